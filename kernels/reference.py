@@ -1,0 +1,43 @@
+"""Naive PyTorch statistics: the reference every backend is tested against."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+
+class TokenStats(NamedTuple):
+    loss: torch.Tensor  # NLL, differentiable w.r.t. the logits
+    entropy: torch.Tensor
+    el2n: torch.Tensor  # ||softmax - onehot||_2
+    p_label: torch.Tensor
+    correct: torch.Tensor  # float 0/1, argmax == label
+    margin: torch.Tensor  # p_label - max_{v != label} p_v
+    valid: torch.Tensor  # bool, label != ignore_index
+
+
+def token_stats(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,
+                backend: str = "auto") -> TokenStats:
+    z = logits.float()
+    valid = labels != ignore_index
+    y = labels.clamp(min=0).unsqueeze(-1)
+    logp = F.log_softmax(z, dim=-1)
+    p = logp.exp()
+    logp_y = logp.gather(-1, y).squeeze(-1)
+    p_y = logp_y.exp()
+    ent = -(p * logp).sum(-1)
+    el2n = ((p * p).sum(-1) - 2 * p_y + 1).clamp(min=0).sqrt()
+    correct = (z.argmax(-1) == labels).float()
+    other = p.scatter(-1, y, float("-inf")).amax(-1)
+    zero = torch.zeros_like(p_y)
+    return TokenStats(
+        loss=torch.where(valid, -logp_y, zero),
+        entropy=torch.where(valid, ent, zero).detach(),
+        el2n=torch.where(valid, el2n, zero).detach(),
+        p_label=torch.where(valid, p_y, zero).detach(),
+        correct=torch.where(valid, correct, zero),
+        margin=torch.where(valid, p_y - other, zero).detach(),
+        valid=valid,
+    )

@@ -1,0 +1,135 @@
+"""The strategy API: a strategy decides, the engine executes.
+
+A strategy answers two questions. Once per epoch, :meth:`PruningStrategy.epoch_plan` says which
+sample ids to visit and, optionally, a loss weight per id. Optionally, once per micro-batch,
+:meth:`PruningStrategy.batch_plan` says which samples of the batch get a gradient and which of
+their tokens count in the loss. Both read only the context they are given (scores, epoch, seed),
+so a plan is a pure function of state and can be recomputed on any rank or after a resume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+
+def check_ratio(value: float, key: str) -> float:
+    """Validate a ratio in (0, 1]; the error names the config key the value came from."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}={value!r} is not a number; expected a ratio in (0, 1]") from None
+    if not (0.0 < v <= 1.0):
+        raise ValueError(f"{key}={value} is out of range; expected a ratio in (0, 1]")
+    return v
+
+
+def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
+    """A private RNG seeded by (seed, epoch): never the global one, so plans are reproducible."""
+    g = torch.Generator()
+    g.manual_seed((int(seed) * 1_000_003 + int(epoch) * 7919 + int(salt)) % (2**63 - 1))
+    return g
+
+
+@dataclass
+class EpochContext:
+    """What a strategy may read when it plans an epoch."""
+
+    epoch: int
+    max_epochs: int
+    num_samples: int
+    seed: int
+    scores: Any  # qtune.engine.score_store.ScoreStore (kept untyped to avoid an import cycle)
+
+
+@dataclass
+class EpochPlan:
+    """Sample ids to visit this epoch (any order; the sampler shuffles) and optional weights.
+
+    ``weights[i]`` multiplies the loss of ``sample_ids[i]``; None means all ones.
+    ``info`` holds numbers worth logging (floats or ints only).
+    """
+
+    sample_ids: torch.Tensor
+    weights: torch.Tensor | None = None
+    info: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.sample_ids = torch.as_tensor(self.sample_ids, dtype=torch.long).flatten()
+        if self.weights is not None:
+            self.weights = torch.as_tensor(self.weights, dtype=torch.float32).flatten()
+            if self.weights.numel() != self.sample_ids.numel():
+                raise ValueError(
+                    f"epoch plan has {self.sample_ids.numel()} ids but {self.weights.numel()} weights"
+                )
+
+
+@dataclass
+class BatchStats:
+    """Per-sample and per-token statistics of one micro-batch, from a no-grad scoring pass.
+
+    Token tensors are [B, T] aligned with the (shifted) labels; ``response_mask`` is True where
+    the token is a response token that would count in the loss.
+    """
+
+    sample_ids: torch.Tensor  # [B]
+    sample_loss: torch.Tensor  # [B] mean NLL over response tokens
+    sample_ppl: torch.Tensor  # [B] exp(sample_loss)
+    sample_entropy: torch.Tensor  # [B] mean entropy over response tokens
+    token_loss: torch.Tensor  # [B, T]
+    token_entropy: torch.Tensor  # [B, T]
+    response_mask: torch.Tensor  # [B, T] bool
+    attention_mask: torch.Tensor | None = None  # [B, T] bool, non-padding positions
+    epoch: int = 0
+    step: int = 0
+
+
+@dataclass
+class BatchPlan:
+    """Which samples of a micro-batch train (``keep`` [B] bool) and which tokens count.
+
+    ``token_mask`` [B, T] (bool or float weights) applies to the kept rows; None keeps all
+    response tokens. ``info`` holds per-batch numbers worth logging.
+    """
+
+    keep: torch.Tensor
+    token_mask: torch.Tensor | None = None
+    info: dict[str, float] = field(default_factory=dict)
+
+
+class PruningStrategy:
+    """Base class. Subclasses set ``name`` and override :meth:`epoch_plan` (and maybe more).
+
+    ``uses_batch_plan``: the engine runs a no-grad scoring pass on every micro-batch and calls
+    :meth:`batch_plan` before the gradient step.
+    """
+
+    name: ClassVar[str] = "base"
+    uses_batch_plan: ClassVar[bool] = False
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = int(seed)
+
+    # -- planning -----------------------------------------------------------------------
+    def needs_scoring_pass(self, ctx: EpochContext) -> bool:
+        """True when the engine must score every training sample (no grad) before this epoch."""
+        return False
+
+    def epoch_plan(self, ctx: EpochContext) -> EpochPlan:
+        raise NotImplementedError(f"strategy {self.name!r} must implement epoch_plan")
+
+    def batch_plan(self, stats: BatchStats) -> BatchPlan | None:
+        return None
+
+    # -- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Anything beyond the constructor arguments that the next plan depends on."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(seed={self.seed})"

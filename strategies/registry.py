@@ -1,0 +1,73 @@
+"""Name → strategy class registry, filled by a decorator and by the ``qtune.strategies``
+entry-point group, so a third-party package adds a strategy without touching qtune."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from importlib.metadata import entry_points
+from typing import Any
+
+from .base import PruningStrategy
+
+_REGISTRY: dict[str, type[PruningStrategy]] = {}
+_ENTRY_POINTS_LOADED = False
+ENTRY_POINT_GROUP = "qtune.strategies"
+
+
+def register_strategy(name: str):
+    """Class decorator: ``@register_strategy("random")``."""
+
+    def wrap(cls: type[PruningStrategy]) -> type[PruningStrategy]:
+        if not (isinstance(cls, type) and issubclass(cls, PruningStrategy)):
+            raise TypeError(f"{cls!r} is not a PruningStrategy subclass")
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            warnings.warn(f"strategy {name!r} re-registered by {cls.__module__}.{cls.__qualname__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def _load_entry_points() -> None:
+    global _ENTRY_POINTS_LOADED
+    if _ENTRY_POINTS_LOADED:
+        return
+    _ENTRY_POINTS_LOADED = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plugin must not break qtune
+            warnings.warn(f"could not load strategy entry point {ep.name!r}: {exc}")
+            continue
+        if isinstance(obj, type) and issubclass(obj, PruningStrategy) and ep.name not in _REGISTRY:
+            register_strategy(ep.name)(obj)
+
+
+def registered_names() -> list[str]:
+    _load_entry_points()
+    return sorted(_REGISTRY)
+
+
+def get_strategy_class(name: str) -> type[PruningStrategy]:
+    _load_entry_points()
+    if name not in _REGISTRY:
+        raise KeyError(
+            f"unknown strategy {name!r} (config key strategy.name); registered: "
+            + ", ".join(registered_names())
+        )
+    return _REGISTRY[name]
+
+
+def build_strategy(name: str, seed: int = 0, **params: Any) -> PruningStrategy:
+    """Instantiate by name; unknown parameters are an error that lists the accepted ones."""
+    cls = get_strategy_class(name)
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "seed")]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"strategy {name!r} got unknown option(s) {unknown} (config keys strategy.<option>); "
+            f"accepted: {accepted}"
+        )
+    return cls(seed=seed, **params)
