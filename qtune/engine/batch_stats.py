@@ -1,0 +1,67 @@
+"""From a batch to per-token statistics and per-sample aggregates, through ``qtune.kernels``.
+
+Both tasks look the same here: a causal LM predicts token t+1 from t (logits and labels are
+shifted by one), a classifier predicts one "token" per sample (logits [B, 1, C], labels [B, 1]).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qtune.data.sft import IGNORE_INDEX
+from qtune.kernels import token_stats
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-row mean of ``values`` [B, T] over ``mask``; rows with no masked token give NaN."""
+    m = mask.to(values.dtype)
+    count = m.sum(-1)
+    total = (values * m).sum(-1)
+    return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))
+
+
+def sample_scores(stats, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-sample aggregates over the response tokens in ``mask`` (detached)."""
+    return {
+        "loss": masked_mean(stats.loss.detach(), mask),
+        "entropy": masked_mean(stats.entropy, mask),
+        "el2n": masked_mean(stats.el2n, mask),
+        "p_label": masked_mean(stats.p_label, mask),
+        "margin": masked_mean(stats.margin, mask),
+        "accuracy": masked_mean(stats.correct.detach(), mask),
+        "num_tokens": mask.sum(-1),
+    }
+
+
+def next_token_labels(batch: dict) -> torch.Tensor:
+    """Labels for every attended position (prompt included), for uncertainty over all tokens."""
+    labels = batch["input_ids"][:, 1:].clone()
+    attn = batch.get("attention_mask")
+    if attn is not None:
+        labels[attn[:, 1:] == 0] = IGNORE_INDEX
+    return labels
+
+
+def lm_stats(model, batch: dict, labels: torch.Tensor | None = None, fused_head: bool = False,
+             backend: str | None = None):
+    """Token statistics of a causal LM on ``batch``; labels default to the response-only ones."""
+    labels = batch["labels"][:, 1:] if labels is None else labels
+    kwargs = {} if backend is None else {"backend": backend}
+    if fused_head:
+        from qtune.kernels import linear_token_stats
+
+        hidden = model.get_decoder()(input_ids=batch["input_ids"],
+                                     attention_mask=batch.get("attention_mask")).last_hidden_state
+        head = model.get_output_embeddings()
+        return linear_token_stats(hidden[:, :-1], head.weight, labels,
+                                  bias=getattr(head, "bias", None), **kwargs)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+    return token_stats(logits[:, :-1], labels, **kwargs)
+
+
+def classifier_stats(model, batch: dict, backend: str | None = None):
+    logits = model(batch["inputs"])
+    if logits.dim() == 2:
+        logits = logits.unsqueeze(1)
+    kwargs = {} if backend is None else {"backend": backend}
+    return token_stats(logits, batch["labels"].view(-1, 1), **kwargs)

@@ -1,0 +1,261 @@
+"""PruningCallback: asks the strategy for plans, feeds it scores, and counts what training cost.
+
+Protocol for a LightningModule (qtune's own modules follow it; so can a user's):
+
+1. Dataset items are dicts with ``sample_id`` (wrap a plain dataset in
+   :class:`qtune.engine.indexed.IndexedDataset`).
+2. ``train_dataloader()`` returns ``callback.dataloader(dataset, batch_size=..., ...)``; the
+   Trainer runs with ``reload_dataloaders_every_n_epochs=1`` and ``use_distributed_sampler=False``.
+3. ``training_step`` returns a dict with ``loss`` and, to feed the score store, ``sample_ids``
+   and ``scores`` (a dict of per-sample tensors named as in ``ScoreStore`` FIELDS, plus
+   ``num_tokens``); optionally ``tokens_trained``, ``forward_tokens``, ``samples_trained``,
+   ``scoring_tokens`` counters. ``callback.sample_weights(ids)`` gives the plan's loss weights.
+4. Strategies that need a scoring pass call ``pl_module.score_batch(batch)`` (no grad), which
+   returns ``(sample_ids, scores, forward_tokens)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader
+
+from qtune.engine.distributed import gather_rows, sum_over_ranks
+from qtune.engine.sampler import PlanSampler, shard_plan
+from qtune.engine.score_store import ScoreStore
+from qtune.strategies.base import EpochContext, EpochPlan, PruningStrategy
+
+COUNTERS = ("samples_trained", "tokens_trained", "forward_tokens", "scoring_tokens")
+
+
+def plan_hash(ids: torch.Tensor) -> str:
+    return hashlib.sha1(ids.sort().values.numpy().tobytes()).hexdigest()[:12]
+
+
+class PruningCallback(Callback):
+    def __init__(self, strategy: PruningStrategy, seed: int = 0, num_samples: int | None = None,
+                 item_meta: list[dict] | None = None, export_dir=None) -> None:
+        self.strategy = strategy
+        self.export_dir = export_dir
+        self.seed = int(seed)
+        self.item_meta = item_meta
+        self.store: ScoreStore | None = ScoreStore(num_samples) if num_samples else None
+        self.plans: dict[int, EpochPlan] = {}
+        self.history: list[dict[str, Any]] = []
+        self.totals = {k: 0.0 for k in COUNTERS} | {"train_time_s": 0.0, "scoring_time_s": 0.0}
+        self._trainer = None
+        self._module = None
+        self._weights: torch.Tensor | None = None
+        self._rows: list[dict[str, torch.Tensor]] = []
+        self._counters: dict[str, torch.Tensor] = {}
+        self._batch_info: dict[str, float] = {}
+        self._epoch_t0 = 0.0
+        self._val_time = 0.0
+
+    @property
+    def state_key(self) -> str:
+        return f"PruningCallback[{self.strategy.name}]"
+
+    # -- Lightning hooks --------------------------------------------------------------------
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit":
+            return
+        if trainer.reload_dataloaders_every_n_epochs != 1:
+            raise ValueError("PruningCallback needs Trainer(reload_dataloaders_every_n_epochs=1): "
+                             "each epoch's loader is built from that epoch's plan")
+        if getattr(trainer, "_accelerator_connector").use_distributed_sampler:
+            raise ValueError("PruningCallback needs Trainer(use_distributed_sampler=False): "
+                             "the plan sampler shards the plan over ranks itself")
+        self._trainer, self._module = trainer, pl_module
+        pl_module.pruning = self
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._rows, self._counters, self._batch_info = [], {}, {}
+        self._val_time = 0.0
+        self._epoch_t0 = time.perf_counter()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._val_t0 = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit" and getattr(self, "_val_t0", None) is not None:
+            self._val_time += time.perf_counter() - self._val_t0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not isinstance(outputs, dict):
+            return
+        if "sample_ids" in outputs and "scores" in outputs:
+            row = {"sample_ids": outputs["sample_ids"].detach()}
+            row.update({k: v.detach() for k, v in outputs["scores"].items()})
+            self._rows.append(row)
+        for key in COUNTERS:
+            if key in outputs:
+                val = torch.as_tensor(outputs[key]).detach()
+                self._counters[key] = self._counters.get(key, 0) + val
+        if "samples_trained" not in outputs and "sample_ids" in outputs:
+            n = torch.tensor(float(outputs["sample_ids"].numel()))
+            self._counters["samples_trained"] = self._counters.get("samples_trained", 0) + n
+
+    def record_batch_info(self, info: dict[str, float]) -> None:
+        """Per-batch numbers of a batch plan (already on the host); summed per epoch."""
+        for k, v in info.items():
+            self._batch_info[k] = self._batch_info.get(k, 0.0) + float(v)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch
+        elapsed = time.perf_counter() - self._epoch_t0 - self._val_time
+        if self._rows and self.store is not None:
+            rows = {k: torch.cat([r[k].flatten() for r in self._rows]) for k in self._rows[0]}
+            rows = gather_rows(trainer, rows)
+            ids = rows.pop("sample_ids")
+            self.store.merge_updates(ids, epoch, **rows)
+        counts = sum_over_ranks(trainer, {k: torch.as_tensor(v) for k, v in self._counters.items()})
+        for k in COUNTERS:
+            self.totals[k] += counts.get(k, 0.0)
+        self.totals["train_time_s"] += elapsed
+        plan = self.plans.get(epoch)
+        n = self.store.num_samples if self.store is not None else 0
+        entry = {"epoch": epoch, "planned_samples": int(plan.sample_ids.numel()) if plan else 0,
+                 "samples_trained": counts.get("samples_trained", 0.0),
+                 "tokens_trained": counts.get("tokens_trained", 0.0),
+                 "plan_hash": plan_hash(plan.sample_ids) if plan else "",
+                 "time_s": elapsed, **(plan.info if plan else {}), **self._batch_info}
+        entry["planned_keep_ratio"] = entry["planned_samples"] / max(n, 1)
+        entry["realised_keep_ratio"] = entry["samples_trained"] / max(n, 1)
+        entry.update(self._kind_shares(plan))
+        self.history.append(entry)
+        if self.export_dir is not None and plan is not None and trainer.is_global_zero:
+            self._export(epoch, plan)
+        self.plans = {e: p for e, p in self.plans.items() if e > epoch}
+        loggable = {f"prune/{k}": float(v) for k, v in entry.items()
+                    if isinstance(v, (int, float)) and k != "epoch"}
+        if loggable and trainer.logger is not None:
+            trainer.logger.log_metrics(loggable, step=trainer.global_step)
+
+    def _export(self, epoch: int, plan: EpochPlan) -> None:
+        """Write the epoch's kept ids (and weights) as plain JSON, atomically."""
+        from qtune.summary import atomic_write_json
+
+        atomic_write_json(f"{self.export_dir}/epoch_{epoch:03d}.json", {
+            "epoch": epoch, "strategy": self.strategy.name, "sample_ids": plan.sample_ids.tolist(),
+            "weights": None if plan.weights is None else plan.weights.tolist(),
+            "plan_hash": plan_hash(plan.sample_ids)})
+
+    def _kind_shares(self, plan: EpochPlan | None) -> dict[str, float]:
+        """Share of each item kind (noisy, duplicate, ...) of the set that the plan kept."""
+        if plan is None or not self.item_meta:
+            return {}
+        kinds = [m.get("kind") for m in self.item_meta]
+        planned = plan.sample_ids.tolist()
+        out = {}
+        for kind in sorted({k for k in kinds if k and k != "clean"}):
+            total = sum(1 for k in kinds if k == kind)
+            kept = sum(1 for i in planned if kinds[i] == kind)
+            out[f"kept_share_{kind}"] = kept / max(total, 1)
+        return out
+
+    # -- plans ---------------------------------------------------------------------------------
+    def dataloader(self, dataset, batch_size: int, collate_fn=None, num_workers: int = 0,
+                   **kwargs) -> DataLoader:
+        """The train loader of the current epoch: only the planned ids, sharded for this rank."""
+        trainer = self._trainer
+        if trainer is None:
+            raise RuntimeError("PruningCallback is not attached: pass it in Trainer(callbacks=[...])")
+        if self.store is None:
+            self.store = ScoreStore(len(dataset))
+        elif self.store.num_samples != len(dataset):
+            raise ValueError(f"the training set has {len(dataset)} samples but the pruning state "
+                             f"was built for {self.store.num_samples}")
+        self._dataset, self._collate = dataset, collate_fn
+        self._batch_size, self._num_workers = batch_size, num_workers
+        epoch = trainer.current_epoch
+        plan = self.plan_for_epoch(epoch)
+        sampler = PlanSampler(plan.sample_ids, seed=self.seed, epoch=epoch,
+                              rank=trainer.global_rank, world_size=trainer.world_size)
+        if plan.weights is not None:
+            w = torch.ones(self.store.num_samples)
+            w[plan.sample_ids] = plan.weights
+            self._weights = w.to(self._module.device)
+        else:
+            self._weights = None
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
+                          num_workers=num_workers, drop_last=False, **kwargs)
+
+    def plan_for_epoch(self, epoch: int) -> EpochPlan:
+        if epoch in self.plans:
+            return self.plans[epoch]
+        ctx = EpochContext(epoch=epoch, max_epochs=int(self._trainer.max_epochs or 1),
+                           num_samples=self.store.num_samples, seed=self.seed, scores=self.store)
+        if self.strategy.needs_scoring_pass(ctx):
+            self.scoring_pass(epoch)
+        plan = self.strategy.epoch_plan(ctx)
+        if plan.sample_ids.numel() == 0:
+            raise ValueError(f"strategy {self.strategy.name!r} returned an empty plan for epoch "
+                             f"{epoch}; check its ratios")
+        if int(plan.sample_ids.min()) < 0 or int(plan.sample_ids.max()) >= self.store.num_samples:
+            raise ValueError(f"strategy {self.strategy.name!r} planned ids outside [0, "
+                             f"{self.store.num_samples}) for epoch {epoch}")
+        self.plans[epoch] = plan
+        return plan
+
+    def sample_weights(self, sample_ids: torch.Tensor) -> torch.Tensor | None:
+        return None if self._weights is None else self._weights[sample_ids]
+
+    @torch.no_grad()
+    def scoring_pass(self, epoch: int) -> None:
+        """Score every training sample without gradients, sharded over ranks, then gather."""
+        module, trainer = self._module, self._trainer
+        if not hasattr(module, "score_batch"):
+            raise TypeError(f"strategy {self.strategy.name!r} needs a scoring pass: the "
+                            "LightningModule must implement score_batch(batch)")
+        t0 = time.perf_counter()
+        ids = shard_plan(torch.arange(self.store.num_samples), seed=self.seed, epoch=epoch,
+                         rank=trainer.global_rank, world_size=trainer.world_size, shuffle=False)
+        loader = DataLoader(self._dataset, batch_size=self._batch_size, sampler=ids.tolist(),
+                            collate_fn=self._collate, num_workers=0)
+        was_training = module.training
+        module.eval()
+        rows, tokens = [], torch.zeros((), dtype=torch.float64)
+        for batch in loader:
+            batch = trainer.strategy.batch_to_device(batch)
+            sample_ids, scores, fwd_tokens = module.score_batch(batch)
+            rows.append({"sample_ids": sample_ids, **scores})
+            tokens += torch.as_tensor(fwd_tokens).double().cpu()
+        module.train(was_training)
+        merged = {k: torch.cat([r[k].flatten() for r in rows]) for k in rows[0]}
+        merged = gather_rows(trainer, merged)
+        self.store.update(merged.pop("sample_ids"), epoch, track_dynamics=False, **merged)
+        self.totals["scoring_tokens"] += sum_over_ranks(trainer, {"t": tokens})["t"]
+        elapsed = time.perf_counter() - t0
+        self.totals["scoring_time_s"] += elapsed
+        self.totals["train_time_s"] += elapsed
+
+    # -- checkpoint state ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "strategy_name": self.strategy.name,
+            "strategy": self.strategy.state_dict(),
+            "store": self.store.state_dict() if self.store is not None else None,
+            "plans": {e: {"ids": p.sample_ids, "weights": p.weights, "info": p.info}
+                      for e, p in self.plans.items()},
+            "history": self.history,
+            "totals": dict(self.totals),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("strategy_name") != self.strategy.name:
+            raise ValueError(f"checkpoint was made with strategy {state.get('strategy_name')!r}, "
+                             f"this run uses {self.strategy.name!r}")
+        self.strategy.load_state_dict(state["strategy"])
+        if state["store"] is not None:
+            if self.store is None:
+                self.store = ScoreStore(int(state["store"]["num_samples"]))
+            self.store.load_state_dict(state["store"])
+        self.plans = {int(e): EpochPlan(p["ids"], p["weights"], dict(p["info"]))
+                      for e, p in state["plans"].items()}
+        self.history = list(state["history"])
+        self.totals = dict(state["totals"])

@@ -1,0 +1,159 @@
+"""QTuneModule: hosts a causal LM (SFT, response-only loss) or a classifier, and runs each
+training step the way the strategy's plans say: only planned samples arrive, a batch plan may
+drop rows and mask tokens, plan weights rescale samples; the loss is the mean over kept,
+unmasked response tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from qtune.engine.batch_stats import classifier_stats, lm_stats, next_token_labels, sample_scores
+from qtune.engine.loss import masked_token_mean
+from qtune.engine.schedule import lr_factor, training_progress
+from qtune.strategies.base import BatchStats
+
+
+def select_rows(batch: dict, rows: torch.Tensor) -> dict:
+    """Sub-batch of the given rows, trimmed to the longest kept sequence (less compute)."""
+    out = {k: v[rows] for k, v in batch.items()}
+    if "attention_mask" in out and out["attention_mask"].numel():
+        length = int(out["attention_mask"].sum(-1).max())
+        out = {k: (v[:, :length] if v.dim() == 2 and k != "sample_id" else v) for k, v in out.items()}
+    return out
+
+
+class QTuneModule(L.LightningModule):
+    def __init__(self, model: torch.nn.Module, task: str = "sft", lr: float = 5e-4,
+                 weight_decay: float = 0.0, betas: tuple = (0.9, 0.95),
+                 scheduler: dict | None = None, fused_head: bool = False,
+                 kernel_backend: str | None = None) -> None:
+        super().__init__()
+        if task not in ("sft", "classify"):
+            raise ValueError(f"unknown task {task!r}; expected sft or classify")
+        self.model = model
+        self.task = task
+        self.lr, self.weight_decay, self.betas = float(lr), float(weight_decay), tuple(betas)
+        self.scheduler_cfg = dict(scheduler or {"name": "cosine", "warmup": 0.0, "min_ratio": 0.1})
+        self.fused_head = bool(fused_head) and task == "sft"
+        self.kernel_backend = kernel_backend
+        self.pruning = None  # set by PruningCallback.setup
+        self.val_loss = MeanMetric()
+        self.val_acc = MeanMetric()
+        self._steps_in_epoch = 0
+
+    # -- statistics ---------------------------------------------------------------------------
+    def stats(self, batch: dict, labels: torch.Tensor | None = None):
+        if self.task == "classify":
+            return classifier_stats(self.model, batch, self.kernel_backend)
+        return lm_stats(self.model, batch, labels, self.fused_head, self.kernel_backend)
+
+    def response_mask(self, batch: dict) -> torch.Tensor:
+        labels = batch["labels"].view(-1, 1) if self.task == "classify" else batch["labels"][:, 1:]
+        return labels != -100
+
+    @torch.no_grad()
+    def score_batch(self, batch: dict):
+        """No-grad statistics of a batch, for scoring passes: (ids, per-sample scores, tokens)."""
+        stats = self.stats(batch)
+        return batch["sample_id"], sample_scores(stats, stats.valid), self._forward_tokens(batch)
+
+    def _forward_tokens(self, batch: dict) -> torch.Tensor:
+        if "attention_mask" in batch:
+            return batch["attention_mask"].sum()
+        return torch.tensor(batch["sample_id"].numel(), device=batch["sample_id"].device)
+
+    # -- training -------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
+        self._steps_in_epoch = batch_idx + 1  # read by the LR schedule after this step
+        strategy = self.pruning.strategy if self.pruning is not None else None
+        if strategy is not None and strategy.uses_batch_plan:
+            return self._batch_planned_step(batch, strategy)
+        stats = self.stats(batch)
+        mask = stats.valid
+        weights = self.pruning.sample_weights(batch["sample_id"]) if self.pruning else None
+        loss = masked_token_mean(stats.loss, mask, weights)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["sample_id"].numel())
+        return {"loss": loss, "sample_ids": batch["sample_id"], "scores": sample_scores(stats, mask),
+                "tokens_trained": mask.sum(), "forward_tokens": self._forward_tokens(batch),
+                "samples_trained": torch.tensor(batch["sample_id"].numel(), device=self.device)}
+
+    def _batch_planned_step(self, batch: dict, strategy) -> dict[str, Any]:
+        """Score the micro-batch, let the strategy choose rows and tokens, train on those."""
+        reuse = getattr(strategy, "scoring", "separate") == "reuse"
+        response = self.response_mask(batch)
+        full_labels = None if self.task == "classify" else next_token_labels(batch)
+        with torch.set_grad_enabled(reuse):
+            scored = self.stats(batch, full_labels)
+        attended = scored.valid
+        plan = strategy.batch_plan(BatchStats(
+            sample_ids=batch["sample_id"],
+            sample_loss=sample_scores(scored, response)["loss"],
+            sample_ppl=sample_scores(scored, response)["loss"].exp(),
+            sample_entropy=sample_scores(scored, attended if getattr(
+                strategy, "entropy_scope", "response") == "all" else response)["entropy"],
+            token_loss=scored.loss.detach(), token_entropy=scored.entropy,
+            response_mask=response, attention_mask=attended,
+            epoch=self.current_epoch, step=self.global_step))
+        self.pruning.record_batch_info(plan.info)
+        keep = plan.keep.to(self.device).bool()
+        token_mask = plan.token_mask.to(self.device) if plan.token_mask is not None else None
+        out = {"sample_ids": batch["sample_id"], "scores": sample_scores(scored, response)}
+        weights = self.pruning.sample_weights(batch["sample_id"])
+        if reuse:
+            mask = response & keep.unsqueeze(-1)
+            if token_mask is not None:
+                mask = mask & token_mask.bool()
+            loss = masked_token_mean(scored.loss, mask, weights)
+            fwd, scoring = self._forward_tokens(batch), torch.zeros((), device=self.device)
+        else:
+            rows = keep.nonzero().flatten()
+            sub = select_rows(batch, rows)
+            stats = self.stats(sub)
+            mask = stats.valid
+            if token_mask is not None:
+                mask = mask & token_mask[rows][:, : mask.shape[1]].bool()
+            w = weights[rows] if weights is not None else None
+            loss = masked_token_mean(stats.loss, mask, w)
+            fwd, scoring = self._forward_tokens(sub), self._forward_tokens(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=int(keep.sum()))
+        return {**out, "loss": loss, "tokens_trained": mask.sum(), "forward_tokens": fwd,
+                "scoring_tokens": scoring, "samples_trained": keep.sum()}
+
+    def on_train_epoch_start(self) -> None:
+        self._steps_in_epoch = 0
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        stats = self.stats(batch)
+        n = stats.valid.sum()
+        self.val_loss.update(stats.loss.detach().sum() / n.clamp(min=1), weight=n)
+        if self.task == "classify":
+            self.val_acc.update(stats.correct.sum() / n.clamp(min=1), weight=n)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("eval/loss", self.val_loss.compute(), prog_bar=True, sync_dist=False)
+        self.val_loss.reset()
+        if self.task == "classify":
+            self.log("eval/accuracy", self.val_acc.compute(), prog_bar=True, sync_dist=False)
+            self.val_acc.reset()
+
+    # -- optimisation -------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.dim() < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=self.lr, betas=self.betas)
+        cfg = self.scheduler_cfg
+
+        def factor(_step: int) -> float:
+            progress = training_progress(self._trainer, self._steps_in_epoch)
+            return lr_factor(progress, cfg.get("name", "cosine"), float(cfg.get("warmup", 0.0)),
+                             float(cfg.get("min_ratio", 0.1)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

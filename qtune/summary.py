@@ -1,0 +1,61 @@
+"""What a run trained on and what it cost, written atomically next to its evaluation.
+
+FLOPs estimate (documented in the README): 6·P per token forwarded with a gradient (forward
+2·P + backward 4·P) plus 2·P per token forwarded without one in scoring passes, with P the
+number of model parameters and a token any non-padding input position. Attention's sequence-
+length term is ignored (small at the lengths qtune's tasks use).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    """Write JSON to a temp file in the same directory, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def flops_estimate(num_params: int, forward_tokens: float, scoring_tokens: float) -> float:
+    return 6.0 * num_params * forward_tokens + 2.0 * num_params * scoring_tokens
+
+
+def build_summary(*, strategy: str, seed: int, epochs: int, train_samples_total: int,
+                  totals: dict[str, float], num_params: int, wall_time_s: float,
+                  evaluation: dict[str, Any], history: list[dict], extra: dict | None = None) -> dict:
+    samples = totals.get("samples_trained", 0.0)
+    return {
+        "strategy": strategy,
+        "seed": seed,
+        "epochs": epochs,
+        "train_samples_total": train_samples_total,
+        "samples_trained": int(samples),
+        "tokens_trained": int(totals.get("tokens_trained", 0.0)),
+        "forward_tokens_trained": int(totals.get("forward_tokens", 0.0)),
+        "scoring_forward_tokens": int(totals.get("scoring_tokens", 0.0)),
+        "num_params": num_params,
+        "flops_estimate": flops_estimate(num_params, totals.get("forward_tokens", 0.0),
+                                         totals.get("scoring_tokens", 0.0)),
+        "wall_time_s": wall_time_s,
+        "train_time_s": totals.get("train_time_s", 0.0),
+        "scoring_time_s": totals.get("scoring_time_s", 0.0),
+        "realised_keep_ratio": samples / max(train_samples_total * epochs, 1),
+        "eval": evaluation,
+        "epochs_detail": history,
+        **(extra or {}),
+    }

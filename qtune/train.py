@@ -1,0 +1,141 @@
+"""``qtune-train``: compose the config, validate it, train with the chosen strategy, write
+``summary.json``. ``run(cfg)`` is the same job without Hydra's command line (tests, notebooks)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from qtune.strategies import build_strategy
+
+TASKS = ("sft", "classify", "pretrain")
+
+
+def strategy_from_config(cfg: DictConfig):
+    """Build the strategy named by ``strategy.name``: unknown names list the registered ones,
+    ratios out of (0, 1] name their config key."""
+    params = OmegaConf.to_container(cfg.strategy, resolve=True)
+    name = params.pop("name", None)
+    if not name:
+        raise ValueError("config key strategy.name is missing (choose strategy=NAME)")
+    try:
+        return build_strategy(name, seed=int(cfg.seed), **params)
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
+
+
+def validate(cfg: DictConfig):
+    """Check everything that can be checked before any work starts; returns the strategy."""
+    if cfg.task not in TASKS:
+        raise ValueError(f"task={cfg.task!r} is not one of {TASKS}")
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        if int(cfg[key]) < 1:
+            raise ValueError(f"{key}={cfg[key]} must be at least 1")
+    return strategy_from_config(cfg)
+
+
+def refuse_finished_run(run_dir: Path, ckpt_path: str | None) -> None:
+    if (run_dir / "summary.json").exists() and not ckpt_path:
+        raise FileExistsError(
+            f"{run_dir} already holds a finished run (summary.json); choose another "
+            "hydra.run.dir, or pass ckpt_path=... to resume a run")
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    if cfg.logger.name == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        os.environ.setdefault("WANDB_MODE", cfg.logger.get("mode", "offline"))
+        loggers.append(WandbLogger(save_dir=str(run_dir), project=cfg.logger.project,
+                                   entity=cfg.logger.get("entity"),
+                                   tags=list(cfg.logger.get("tags") or []),
+                                   offline=cfg.logger.get("mode", "offline") == "offline",
+                                   config=OmegaConf.to_container(cfg, resolve=True)))
+    elif cfg.logger.name != "csv":
+        raise ValueError(f"unknown logger.name {cfg.logger.name!r}; expected csv or wandb")
+    return loggers
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    strategy = validate(cfg)
+    if cfg.task == "pretrain":
+        from qtune.models.base_cache import load_or_build_base
+
+        path = load_or_build_base(cfg.model)
+        print(f"base model ready: {path}")
+        return {"base_path": str(path)}
+
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+
+    from qtune.engine.callback import PruningCallback
+    from qtune.engine.datamodule import QTuneDataModule
+    from qtune.engine.module import QTuneModule
+    from qtune.evaluate import final_evaluation
+    from qtune.factory import build_task_and_model
+    from qtune.kernels import set_default_backend
+    from qtune.summary import atomic_write_json, build_summary
+
+    run_dir = Path(cfg.run_dir)
+    refuse_finished_run(run_dir, cfg.ckpt_path)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    set_default_backend(cfg.kernels.backend)
+    bundle, model = build_task_and_model(cfg)
+    if bundle.task != cfg.task:
+        raise ValueError(f"task={cfg.task} but data={cfg.data.name} is a {bundle.task} task")
+    pruning = PruningCallback(strategy, seed=int(cfg.seed), num_samples=len(bundle.train),
+                              item_meta=bundle.train_meta,
+                              export_dir=run_dir / "plans" if cfg.export_plan else None)
+    module = QTuneModule(model, task=bundle.task, lr=cfg.optim.lr,
+                         weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas),
+                         scheduler=OmegaConf.to_container(cfg.scheduler),
+                         fused_head=bool(cfg.model.get("fused_head", False)))
+    datamodule = QTuneDataModule(bundle, cfg.batch_size, cfg.eval_batch_size, cfg.num_workers)
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    callbacks = [pruning, ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True,
+                                          save_top_k=0, save_on_train_epoch_end=True)]
+    if trainer_kwargs.get("enable_progress_bar", True):
+        callbacks.append(RichProgressBar())
+    trainer = L.Trainer(max_epochs=int(cfg.epochs), reload_dataloaders_every_n_epochs=1,
+                        use_distributed_sampler=False, num_sanity_val_steps=0,
+                        logger=build_loggers(cfg, run_dir), callbacks=callbacks,
+                        default_root_dir=str(run_dir), **trainer_kwargs)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    evaluation = final_evaluation(trainer, module, bundle, cfg.eval)
+    summary = build_summary(
+        strategy=strategy.name, seed=int(cfg.seed), epochs=int(cfg.epochs),
+        train_samples_total=len(bundle.train), totals=pruning.totals,
+        num_params=sum(p.numel() for p in model.parameters()),
+        wall_time_s=time.perf_counter() - t_start, evaluation=evaluation,
+        history=pruning.history, extra={"task": bundle.task, "data_info": bundle.info})
+    if trainer.is_global_zero:
+        atomic_write_json(run_dir / "summary.json", summary)
+        for logger in trainer.loggers:
+            logger.log_metrics({f"final/{k}": v for k, v in evaluation.items()
+                                if isinstance(v, (int, float))}, step=trainer.global_step)
+            logger.save()
+    if cfg.logger.name == "wandb":
+        import wandb
+
+        wandb.finish()
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="pkg://qtune.conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    summary = run(cfg)
+    ev = summary.get("eval", {})
+    return ev.get("exact_match", ev.get("accuracy"))
+
+
+if __name__ == "__main__":
+    main()
