@@ -128,18 +128,14 @@ class QTuneModule(L.LightningModule):
 
     # -- evaluation -------------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Token-weighted means; torchmetrics syncs them over ranks at epoch end."""
         stats = self.stats(batch)
         n = stats.valid.sum()
         self.val_loss.update(stats.loss.detach().sum() / n.clamp(min=1), weight=n)
+        self.log("eval/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
         if self.task == "classify":
             self.val_acc.update(stats.correct.sum() / n.clamp(min=1), weight=n)
-
-    def on_validation_epoch_end(self) -> None:
-        self.log("eval/loss", self.val_loss.compute(), prog_bar=True, sync_dist=False)
-        self.val_loss.reset()
-        if self.task == "classify":
-            self.log("eval/accuracy", self.val_acc.compute(), prog_bar=True, sync_dist=False)
-            self.val_acc.reset()
+            self.log("eval/accuracy", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
 
     # -- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self):
