@@ -24,7 +24,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from qtune.engine.distributed import gather_rows, sum_over_ranks
+from qtune.engine.distributed import digest, gather_rows, ranks_agree, sum_over_ranks
 from qtune.engine.sampler import PlanSampler, shard_plan
 from qtune.engine.score_store import ScoreStore
 from qtune.strategies.base import EpochContext, EpochPlan, PruningStrategy
@@ -127,6 +127,8 @@ class PruningCallback(Callback):
         entry["planned_keep_ratio"] = entry["planned_samples"] / max(n, 1)
         entry["realised_keep_ratio"] = entry["samples_trained"] / max(n, 1)
         entry.update(self._kind_shares(plan))
+        self._check_ranks_agree(trainer, epoch, plan)
+        entry["world_size"] = trainer.world_size
         self.history.append(entry)
         if self.export_dir is not None and plan is not None and trainer.is_global_zero:
             self._export(epoch, plan)
@@ -135,6 +137,19 @@ class PruningCallback(Callback):
                     if isinstance(v, (int, float)) and k != "epoch"}
         if loggable and trainer.logger is not None:
             trainer.logger.log_metrics(loggable, step=trainer.global_step)
+
+    def _check_ranks_agree(self, trainer, epoch: int, plan: EpochPlan | None) -> None:
+        """Every rank must hold the same plan and, after the merge, the same score store."""
+        if trainer.world_size == 1:
+            return
+        if plan is not None and not ranks_agree(trainer, digest(plan.sample_ids.sort().values)):
+            raise RuntimeError(f"ranks computed different plans for epoch {epoch}: the strategy "
+                               f"{self.strategy.name!r} depends on rank-local state")
+        if self.store is not None:
+            state = self.store.state_dict()
+            fp = digest(*(v for k, v in sorted(state.items()) if k != "num_samples"))
+            if not ranks_agree(trainer, fp):
+                raise RuntimeError(f"ranks hold different score stores after epoch {epoch}")
 
     def _export(self, epoch: int, plan: EpochPlan) -> None:
         """Write the epoch's kept ids (and weights) as plain JSON, atomically."""

@@ -36,3 +36,22 @@ def sum_over_ranks(trainer, values: dict[str, torch.Tensor]) -> dict[str, float]
     if trainer is not None and trainer.world_size > 1:
         stacked = trainer.strategy.reduce(stacked.to(trainer.strategy.root_device), reduce_op="sum")
     return dict(zip(keys, stacked.cpu().tolist()))
+
+
+def digest(*tensors: torch.Tensor) -> int:
+    """A 62-bit fingerprint of tensors' bytes (NaNs included), for cross-rank agreement checks."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return int.from_bytes(h.digest()[:8], "little") >> 2
+
+
+def ranks_agree(trainer, value: int) -> bool:
+    """True when every rank passes the same integer (one tiny all_gather)."""
+    if trainer is None or trainer.world_size == 1:
+        return True
+    strategy = trainer.strategy
+    got = strategy.all_gather(torch.tensor([value], dtype=torch.long, device=strategy.root_device))
+    return bool((got.flatten() == got.flatten()[0]).all())
