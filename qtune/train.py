@@ -64,7 +64,8 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     return loggers
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
+    """The whole job; ``extra_callbacks`` are added to the Trainer's (library use, tests)."""
     t_start = time.perf_counter()
     strategy = validate(cfg)
     if cfg.task == "pretrain":
@@ -101,8 +102,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                          fused_head=bool(cfg.model.get("fused_head", False)))
     datamodule = QTuneDataModule(bundle, cfg.batch_size, cfg.eval_batch_size, cfg.num_workers)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    callbacks = [pruning, ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True,
-                                          save_top_k=0, save_on_train_epoch_end=True)]
+    callbacks = [pruning, *(extra_callbacks or []),
+                 ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0,
+                                 save_on_train_epoch_end=True,
+                                 every_n_train_steps=cfg.checkpoint.every_n_train_steps)]
     if trainer_kwargs.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())
     trainer = L.Trainer(max_epochs=int(cfg.epochs), reload_dataloaders_every_n_epochs=1,

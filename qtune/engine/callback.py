@@ -25,9 +25,10 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from qtune.engine.distributed import digest, gather_rows, ranks_agree, sum_over_ranks
+from qtune.engine.rng import capture_rng, restore_rng
 from qtune.engine.sampler import PlanSampler, shard_plan
 from qtune.engine.score_store import ScoreStore
-from qtune.strategies.base import EpochContext, EpochPlan, PruningStrategy
+from qtune.strategies.base import EpochContext, EpochPlan, PruningStrategy, epoch_generator
 
 COUNTERS = ("samples_trained", "tokens_trained", "forward_tokens", "scoring_tokens")
 
@@ -55,10 +56,13 @@ class PruningCallback(Callback):
         self._batch_info: dict[str, float] = {}
         self._epoch_t0 = 0.0
         self._val_time = 0.0
+        self._batches_done = 0  # batches of the current epoch already trained
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) of a mid-epoch resume
 
     @property
     def state_key(self) -> str:
-        return f"PruningCallback[{self.strategy.name}]"
+        # one key whatever the strategy, so resuming with another strategy is caught, not ignored
+        return "PruningCallback"
 
     # -- Lightning hooks --------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -74,9 +78,12 @@ class PruningCallback(Callback):
         pl_module.pruning = self
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._rows, self._counters, self._batch_info = [], {}, {}
         self._val_time = 0.0
         self._epoch_t0 = time.perf_counter()
+        if self._resume_at is not None and self._resume_at[0] == trainer.current_epoch:
+            return  # resumed mid-epoch: keep the restored rows and counters of this epoch
+        self._rows, self._counters, self._batch_info = [], {}, {}
+        self._batches_done = 0
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._val_t0 = time.perf_counter()
@@ -86,6 +93,7 @@ class PruningCallback(Callback):
             self._val_time += time.perf_counter() - self._val_t0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._batches_done = batch_idx + 1
         if not isinstance(outputs, dict):
             return
         if "sample_ids" in outputs and "scores" in outputs:
@@ -109,7 +117,7 @@ class PruningCallback(Callback):
         epoch = trainer.current_epoch
         elapsed = time.perf_counter() - self._epoch_t0 - self._val_time
         if self._rows and self.store is not None:
-            rows = {k: torch.cat([r[k].flatten() for r in self._rows]) for k in self._rows[0]}
+            rows = {k: torch.cat([r[k].flatten().cpu() for r in self._rows]) for k in self._rows[0]}
             rows = gather_rows(trainer, rows)
             ids = rows.pop("sample_ids")
             self.store.merge_updates(ids, epoch, **rows)
@@ -133,6 +141,8 @@ class PruningCallback(Callback):
         if self.export_dir is not None and plan is not None and trainer.is_global_zero:
             self._export(epoch, plan)
         self.plans = {e: p for e, p in self.plans.items() if e > epoch}
+        self._rows, self._counters, self._batch_info = [], {}, {}
+        self._batches_done, self._resume_at = 0, None
         loggable = {f"prune/{k}": float(v) for k, v in entry.items()
                     if isinstance(v, (int, float)) and k != "epoch"}
         if loggable and trainer.logger is not None:
@@ -189,7 +199,10 @@ class PruningCallback(Callback):
         self._batch_size, self._num_workers = batch_size, num_workers
         epoch = trainer.current_epoch
         plan = self.plan_for_epoch(epoch)
-        sampler = PlanSampler(plan.sample_ids, seed=self.seed, epoch=epoch,
+        skip = 0
+        if self._resume_at is not None and self._resume_at[0] == epoch:
+            skip = self._resume_at[1] * batch_size
+        sampler = PlanSampler(plan.sample_ids, seed=self.seed, epoch=epoch, skip=skip,
                               rank=trainer.global_rank, world_size=trainer.world_size)
         if plan.weights is not None:
             w = torch.ones(self.store.num_samples)
@@ -197,6 +210,8 @@ class PruningCallback(Callback):
             self._weights = w.to(self._module.device)
         else:
             self._weights = None
+        # a private generator: creating the loader's iterator must not consume the global RNG
+        kwargs.setdefault("generator", epoch_generator(self.seed, epoch, salt=29))
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
                           num_workers=num_workers, drop_last=False, **kwargs)
 
@@ -259,6 +274,14 @@ class PruningCallback(Callback):
                       for e, p in self.plans.items()},
             "history": self.history,
             "totals": dict(self.totals),
+            "epoch_progress": {  # a checkpoint taken mid-epoch resumes at the next batch
+                "epoch": self._trainer.current_epoch if self._trainer is not None else 0,
+                "batches_done": self._batches_done,
+                "rows": [{k: v.cpu() for k, v in r.items()} for r in self._rows],
+                "counters": {k: torch.as_tensor(v).cpu() for k, v in self._counters.items()},
+                "batch_info": dict(self._batch_info),
+            },
+            "rng": capture_rng(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -274,3 +297,12 @@ class PruningCallback(Callback):
                       for e, p in state["plans"].items()}
         self.history = list(state["history"])
         self.totals = dict(state["totals"])
+        progress = state.get("epoch_progress")
+        if progress and progress["batches_done"] > 0:
+            self._resume_at = (int(progress["epoch"]), int(progress["batches_done"]))
+            self._batches_done = int(progress["batches_done"])
+            self._rows = list(progress["rows"])
+            self._counters = dict(progress["counters"])
+            self._batch_info = dict(progress["batch_info"])
+        if "rng" in state:
+            restore_rng(state["rng"])

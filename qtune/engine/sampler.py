@@ -35,18 +35,23 @@ def shard_plan(plan_ids: torch.Tensor, *, seed: int, epoch: int, rank: int, worl
 
 
 class PlanSampler(Sampler[int]):
+    """``skip`` drops the first ids of this rank's share (a run resumed mid-epoch) while the
+    length stays the whole share, so Lightning's restored batch counter still ends the epoch
+    at the right batch."""
+
     def __init__(self, plan_ids: torch.Tensor, *, seed: int, epoch: int, rank: int = 0,
-                 world_size: int = 1, shuffle: bool = True) -> None:
+                 world_size: int = 1, shuffle: bool = True, skip: int = 0) -> None:
         self.ids = shard_plan(plan_ids, seed=seed, epoch=epoch, rank=rank,
                               world_size=world_size, shuffle=shuffle)
         self.epoch = epoch
+        self.skip = int(skip)
 
     def set_epoch(self, epoch: int) -> None:
         """Lightning calls this; the plan was fixed for its epoch when the loader was built."""
         return None
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.ids.tolist())
+        return iter(self.ids[self.skip:].tolist())
 
     def __len__(self) -> int:
         return int(self.ids.numel())

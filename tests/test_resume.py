@@ -1,0 +1,52 @@
+"""A run stopped mid-epoch or at an epoch end and resumed equals the uninterrupted run."""
+
+import lightning as L
+import pytest
+
+from qtune.train import run
+
+BASE = ["experiment=digits", "epochs=3", "strategy=random", "strategy.keep_ratio=0.7",
+        "checkpoint.every_n_train_steps=5"]
+
+
+class Crash(L.Callback):
+    """Simulates a crash after a given optimiser step."""
+
+    def __init__(self, at_step: int):
+        self.at_step = at_step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.at_step:
+            raise RuntimeError("simulated crash")
+
+
+def _same(a, b):
+    for key in ("samples_trained", "tokens_trained", "realised_keep_ratio", "eval"):
+        assert a[key] == b[key], key
+    assert [e["plan_hash"] for e in a["epochs_detail"]] == [e["plan_hash"] for e in b["epochs_detail"]]
+    assert [e["samples_trained"] for e in a["epochs_detail"]] == [e["samples_trained"] for e in b["epochs_detail"]]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    from conftest import FAST, compose
+
+    return run(compose(FAST + BASE + [f"run_dir={tmp_path_factory.mktemp('a')}"]))
+
+
+@pytest.mark.parametrize("crash_step", [22, 30])  # 16 steps per epoch: end of epoch 0, mid epoch 1
+def test_resume_reproduces_the_uninterrupted_run(make_cfg, tmp_path, uninterrupted, crash_step):
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(make_cfg(BASE, "b"), extra_callbacks=[Crash(crash_step)])
+    assert not (tmp_path / "b" / "summary.json").exists()  # a crashed run claims nothing
+    ckpt = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    resumed = run(make_cfg(BASE + [f"ckpt_path={ckpt}"], "b"))
+    _same(uninterrupted, resumed)
+
+
+def test_resume_with_another_strategy_is_an_error(make_cfg, tmp_path):
+    with pytest.raises(RuntimeError):
+        run(make_cfg(BASE, "c"), extra_callbacks=[Crash(10)])
+    ckpt = tmp_path / "c" / "checkpoints" / "last.ckpt"
+    with pytest.raises(ValueError, match="strategy 'random'.*this run uses 'full'"):
+        run(make_cfg(["experiment=digits", "epochs=3", "strategy=full", f"ckpt_path={ckpt}"], "c"))
