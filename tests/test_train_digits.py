@@ -49,3 +49,13 @@ def test_finished_run_directory_is_not_overwritten(make_cfg):
     run(cfg)
     with pytest.raises(FileExistsError, match="already holds a finished run"):
         run(cfg)
+
+
+def test_wandb_logger_runs_offline(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    s = run(make_cfg(["experiment=digits", "epochs=1", "logger=wandb"], "wb"))
+    assert s["eval"]["accuracy"] > 0
+    runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    assert runs, "an offline wandb run directory is written in the run directory"
+    assert (tmp_path / "wb" / "metrics.csv").is_file()  # the CSV log is kept alongside
