@@ -16,12 +16,12 @@ FAST = [
 ]
 
 
-def compose(overrides: list[str]):
+def compose(overrides: list[str], config_name: str = "train"):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
     with initialize_config_module(config_module="qtune.conf", version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=overrides)
+        return hydra_compose(config_name=config_name, overrides=overrides)
 
 
 @pytest.fixture

@@ -1,0 +1,82 @@
+"""``qtune-score``: write per-sample scores of the training set to a plain file (NPZ or JSON),
+for strategies that take scores from a file (``el2n``, ``ccs``: ``strategy.scores_file=...``).
+
+Scores come from one no-grad pass through the same statistics path as training. With
+``ckpt_path`` the model weights come from a qtune checkpoint, and the training dynamics that
+its score store accumulated (AUM, forgetting counts) are written too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+
+def write_scores(path: str | Path, columns: dict[str, np.ndarray]) -> None:
+    """Atomic write of equal-length columns as .npz or .json (never pickle)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        if path.suffix == ".npz":
+            np.savez(tmp, **columns)
+        elif path.suffix == ".json":
+            Path(tmp).write_text(json.dumps({k: [None if isinstance(x, float) and np.isnan(x) else x
+                                                 for x in v.tolist()] for k, v in columns.items()}))
+        else:
+            raise ValueError(f"out={path}: expected a .npz or .json file name")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def score(cfg: DictConfig) -> dict[str, np.ndarray]:
+    from qtune.engine.module import QTuneModule
+    from qtune.factory import build_task_and_model
+    from qtune.kernels import set_default_backend
+
+    set_default_backend(cfg.kernels.backend)
+    bundle, model = build_task_and_model(cfg)
+    module = QTuneModule(model, task=bundle.task, fused_head=bool(cfg.model.get("fused_head", False)))
+    store = None
+    if cfg.ckpt_path:
+        ckpt = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(ckpt["state_dict"], strict=False)
+        store = (ckpt.get("callbacks", {}).get("PruningCallback") or {}).get("store")
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    module.to(device).eval()
+    loader = DataLoader(bundle.train, batch_size=int(cfg.eval_batch_size), shuffle=False,
+                        collate_fn=bundle.collate)
+    parts: dict[str, list[torch.Tensor]] = {}
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        ids, scores, _ = module.score_batch(batch)
+        for k, v in {"sample_id": ids, **scores}.items():
+            parts.setdefault(k, []).append(v.detach().cpu())
+    cols = {k: torch.cat(v).numpy() for k, v in parts.items()}
+    cols["ppl"] = np.exp(cols["loss"])
+    if store is not None:
+        cols["aum"] = (store["aum_sum"] / store["aum_count"].clamp(min=1)).numpy()
+        cols["forgetting"] = store["forgetting"].numpy()
+    write_scores(cfg.out, cols)
+    return cols
+
+
+@hydra.main(version_base="1.3", config_path="pkg://qtune.conf", config_name="score")
+def main(cfg: DictConfig) -> None:
+    cols = score(cfg)
+    print(f"wrote {len(cols['sample_id'])} samples x {sorted(cols)} to {cfg.out}")
+
+
+if __name__ == "__main__":
+    main()
