@@ -69,3 +69,18 @@ def test_misconfigured_trainer_is_a_clear_error(tmp_path):
                         default_root_dir=tmp_path)
     with pytest.raises(ValueError, match="reload_dataloaders_every_n_epochs=1"):
         trainer.fit(TinyRegressor(ds))
+
+
+def test_nan_loss_is_an_error_naming_the_samples(tmp_path):
+    import pytest
+
+    x = torch.randn(16, 4)
+    x[5] = float("nan")
+    ds = IndexedDataset(TensorDataset(x, torch.zeros(16, dtype=torch.long)))
+    trainer = L.Trainer(max_epochs=1, callbacks=[PruningCallback(build_strategy("full"))],
+                        reload_dataloaders_every_n_epochs=1, use_distributed_sampler=False,
+                        logger=False, enable_progress_bar=False,
+                        default_root_dir=tmp_path)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss: \[(\d+, )*5\b"):
+        trainer.fit(TinyRegressor(ds))
+    assert not list(tmp_path.rglob("*.ckpt"))  # nothing written as if it succeeded

@@ -57,6 +57,7 @@ class PruningCallback(Callback):
         self._epoch_t0 = 0.0
         self._val_time = 0.0
         self._batches_done = 0  # batches of the current epoch already trained
+        self._nonfinite: torch.Tensor | None = None  # any non-finite loss since the last check
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) of a mid-epoch resume
 
     @property
@@ -96,6 +97,9 @@ class PruningCallback(Callback):
         self._batches_done = batch_idx + 1
         if not isinstance(outputs, dict):
             return
+        if "loss" in outputs:  # stays on the device: checked once per epoch and per checkpoint
+            bad = ~torch.isfinite(outputs["loss"].detach())
+            self._nonfinite = bad if self._nonfinite is None else (self._nonfinite | bad)
         if "sample_ids" in outputs and "scores" in outputs:
             row = {"sample_ids": outputs["sample_ids"].detach()}
             row.update({k: v.detach() for k, v in outputs["scores"].items()})
@@ -113,8 +117,26 @@ class PruningCallback(Callback):
         for k, v in info.items():
             self._batch_info[k] = self._batch_info.get(k, 0.0) + float(v)
 
+    def check_finite(self, epoch: int) -> None:
+        """Fail loudly, naming the samples, if any loss since the last check was NaN or inf."""
+        if self._nonfinite is None or not bool(self._nonfinite):
+            return
+        ids = []
+        for r in self._rows:
+            if "loss" in r:
+                bad = ~torch.isfinite(r["loss"].cpu()) & (r["num_tokens"].cpu() > 0 if "num_tokens" in r else True)
+                ids += r["sample_ids"].cpu()[bad].tolist()
+        raise FloatingPointError(
+            f"non-finite training loss in epoch {epoch}; samples with a non-finite loss: "
+            f"{sorted(set(ids))[:50] or 'unknown (no per-sample scores recorded)'}. "
+            "No checkpoint or summary is written for this state.")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self.check_finite(trainer.current_epoch)
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         epoch = trainer.current_epoch
+        self.check_finite(epoch)
         elapsed = time.perf_counter() - self._epoch_t0 - self._val_time
         if self._rows and self.store is not None:
             rows = {k: torch.cat([r[k].flatten().cpu() for r in self._rows]) for k in self._rows[0]}
