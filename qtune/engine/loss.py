@@ -11,11 +11,16 @@ import torch
 
 
 def masked_token_mean(token_loss: torch.Tensor, token_mask: torch.Tensor,
-                      sample_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """``token_loss`` [B, T], ``token_mask`` [B, T] (bool or float), ``sample_weights`` [B]."""
+                      sample_weights: torch.Tensor | None = None,
+                      denominator: torch.Tensor | None = None) -> torch.Tensor:
+    """``token_loss`` [B, T], ``token_mask`` [B, T] (bool or float), ``sample_weights`` [B].
+
+    ``denominator`` replaces the count of kept tokens (Q-Tuning's official code divides by all
+    attended tokens of the micro-batch, so pruning also shrinks the loss scale)."""
     mask = token_mask.to(token_loss.dtype)
     weighted = token_loss * mask
     if sample_weights is not None:
         weighted = weighted * sample_weights.to(token_loss.dtype).unsqueeze(-1)
     # clamp keeps an all-masked batch at loss 0 (with a zero gradient) instead of NaN
-    return weighted.sum() / mask.sum().clamp(min=1.0)
+    denom = mask.sum() if denominator is None else denominator.to(token_loss.dtype)
+    return weighted.sum() / denom.clamp(min=1.0)

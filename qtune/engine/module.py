@@ -82,46 +82,54 @@ class QTuneModule(L.LightningModule):
                 "samples_trained": torch.tensor(batch["sample_id"].numel(), device=self.device)}
 
     def _batch_planned_step(self, batch: dict, strategy) -> dict[str, Any]:
-        """Score the micro-batch, let the strategy choose rows and tokens, train on those."""
+        """Score the micro-batch, let the strategy choose rows and tokens, train on those.
+
+        ``strategy.scoring``: "separate" scores without gradients, then forwards and backwards
+        the kept rows only (the compute saving); "reuse" forwards once with gradients and masks.
+        """
         reuse = getattr(strategy, "scoring", "separate") == "reuse"
         response = self.response_mask(batch)
         full_labels = None if self.task == "classify" else next_token_labels(batch)
         with torch.set_grad_enabled(reuse):
             scored = self.stats(batch, full_labels)
         attended = scored.valid
+        scores = sample_scores(scored, response)
+        entropy_mask = attended if getattr(strategy, "entropy_scope", "response") == "all" else response
         plan = strategy.batch_plan(BatchStats(
-            sample_ids=batch["sample_id"],
-            sample_loss=sample_scores(scored, response)["loss"],
-            sample_ppl=sample_scores(scored, response)["loss"].exp(),
-            sample_entropy=sample_scores(scored, attended if getattr(
-                strategy, "entropy_scope", "response") == "all" else response)["entropy"],
+            sample_ids=batch["sample_id"], sample_loss=scores["loss"],
+            sample_ppl=scores["loss"].exp(),
+            sample_entropy=sample_scores(scored, entropy_mask)["entropy"],
             token_loss=scored.loss.detach(), token_entropy=scored.entropy,
             response_mask=response, attention_mask=attended,
             epoch=self.current_epoch, step=self.global_step))
         self.pruning.record_batch_info(plan.info)
         keep = plan.keep.to(self.device).bool()
-        token_mask = plan.token_mask.to(self.device) if plan.token_mask is not None else None
-        out = {"sample_ids": batch["sample_id"], "scores": sample_scores(scored, response)}
+        token_mask = plan.token_mask.to(self.device).bool() if plan.token_mask is not None else None
         weights = self.pruning.sample_weights(batch["sample_id"])
+        denominator = attended.sum() if getattr(strategy, "loss_denominator", "response") == "all_attended" else None
         if reuse:
             mask = response & keep.unsqueeze(-1)
             if token_mask is not None:
-                mask = mask & token_mask.bool()
-            loss = masked_token_mean(scored.loss, mask, weights)
+                mask = mask & token_mask
+            loss = masked_token_mean(scored.loss, mask, weights, denominator)
             fwd, scoring = self._forward_tokens(batch), torch.zeros((), device=self.device)
         else:
             rows = keep.nonzero().flatten()
+            nothing_kept = rows.numel() == 0
+            if nothing_kept:  # still run one row with an empty mask: every rank must backward
+                rows = rows.new_zeros(1)
             sub = select_rows(batch, rows)
             stats = self.stats(sub)
-            mask = stats.valid
+            mask = stats.valid & (not nothing_kept)
             if token_mask is not None:
-                mask = mask & token_mask[rows][:, : mask.shape[1]].bool()
+                mask = mask & token_mask[rows][:, : mask.shape[1]]
             w = weights[rows] if weights is not None else None
-            loss = masked_token_mean(stats.loss, mask, w)
+            loss = masked_token_mean(stats.loss, mask, w, denominator)
             fwd, scoring = self._forward_tokens(sub), self._forward_tokens(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=int(keep.sum()))
-        return {**out, "loss": loss, "tokens_trained": mask.sum(), "forward_tokens": fwd,
-                "scoring_tokens": scoring, "samples_trained": keep.sum()}
+        self.log("train/loss", loss, prog_bar=True, batch_size=max(int(keep.sum()), 1))
+        return {"sample_ids": batch["sample_id"], "scores": scores, "loss": loss,
+                "tokens_trained": mask.sum(), "forward_tokens": fwd, "scoring_tokens": scoring,
+                "samples_trained": keep.sum()}
 
     def on_train_epoch_start(self) -> None:
         self._steps_in_epoch = 0

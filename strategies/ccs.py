@@ -1,0 +1,156 @@
+"""``ccs``: coverage-centric coreset selection (Zheng et al., §7).
+
+Keeping only the hardest samples collapses at high pruning rates because the subset stops
+covering the easy, typical regions. CCS first cuts the β hardest (likely mislabelled) samples,
+then spreads the budget over equal-width score strata, filling the smallest strata first, so
+dense easy regions and sparse hard ones are both represented. Static: chosen once after the
+warm-up (or at epoch 0 from a scores file), fixed afterwards.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .base import EpochContext, EpochPlan, PruningStrategy, check_ratio, epoch_generator
+from .counting import check_fraction, floor_count, nan_last_order
+from .registry import register_strategy
+from .scores_file import load_scores
+
+_SALT = 0xCC5
+# score name → sign that makes "higher = harder"
+SCORE_SIGNS = {"el2n": 1.0, "loss": 1.0, "entropy": 1.0, "forgetting": 1.0, "aum": -1.0}
+
+
+def stratum_budgets(counts: list[int], budget: int) -> list[int]:
+    """b_j per stratum: visit strata by count ascending (ties by index), b_j = min(n_j,
+    ⌊budget_left / strata_left⌋), so small strata are taken whole and the rest flows upward."""
+    order = sorted(range(len(counts)), key=lambda j: (counts[j], j))
+    out = [0] * len(counts)
+    left = int(budget)
+    for pos, j in enumerate(order):
+        b = min(int(counts[j]), left // (len(counts) - pos))
+        out[j] = b
+        left -= b
+    return out
+
+
+def select_ccs(scores: torch.Tensor, keep_ratio: float, beta: float, num_bins: int = 50,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Ascending indices of a ⌊keep_ratio·N⌋ coreset (at least 1); higher score = harder.
+
+    Drops the ⌊β·N⌋ hardest (ties: lower index counts as harder), splits the remaining scores'
+    range [min, max] into ``num_bins`` equal-width half-open bins (the last one closed), gives
+    each bin ``stratum_budgets`` and samples uniformly inside it. NaN scores are neither cut nor
+    binned; they only top the coreset up, uniformly, when the scored pool is too small.
+    ``generator=None`` means a fixed seed 0 (never the global RNG).
+    """
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    s = torch.as_tensor(scores, dtype=torch.float64).flatten().cpu()
+    n = s.numel()
+    m = min(n, max(1, floor_count(keep_ratio, n)))  # never an empty coreset
+    cut = floor_count(beta, n)
+    order = nan_last_order(s, descending=True)
+    known = order[~torch.isnan(s[order])]
+    pool = known[cut:]
+    if pool.numel() <= m:
+        chosen = pool
+    else:
+        vals = s[pool]
+        lo, hi = float(vals.min()), float(vals.max())
+        edges = torch.linspace(lo, hi, num_bins + 1, dtype=torch.float64)
+        if hi > lo:
+            bins = torch.bucketize(vals, edges[1:-1], right=True)
+        else:
+            bins = torch.zeros(pool.numel(), dtype=torch.long)
+        counts = torch.bincount(bins, minlength=num_bins).tolist()
+        picks = []
+        for j, b in enumerate(stratum_budgets(counts, m)):
+            if b:
+                members = pool[bins == j]
+                picks.append(members[torch.randperm(members.numel(), generator=generator)[:b]])
+        chosen = torch.cat(picks) if picks else pool[:0]
+    short = m - chosen.numel()
+    if short > 0:
+        unknown = torch.nonzero(torch.isnan(s)).flatten()
+        chosen = torch.cat([chosen, unknown[torch.randperm(unknown.numel(), generator=generator)[:short]]])
+    return chosen.sort().values
+
+
+@register_strategy("ccs")
+class CCS(PruningStrategy):
+    """Full data for ``warmup_epochs``, then the static coreset.
+
+    ``score``: el2n | loss | entropy (fresh scoring pass at the end of the warm-up), aum |
+    forgetting (training dynamics recorded during the warm-up epochs), or any of them read from
+    ``scores_file`` (column of the same name). AUM is negated (low margin = hard).
+    """
+
+    def __init__(self, seed: int = 0, keep_ratio: float = 0.5, beta: float = 0.1,
+                 num_bins: int = 50, score: str = "el2n", warmup_epochs: int = 1,
+                 scores_file: str | None = None) -> None:
+        super().__init__(seed)
+        self.keep_ratio = check_ratio(keep_ratio, "strategy.keep_ratio")
+        self.beta = check_fraction(beta, "strategy.beta")
+        if self.beta + self.keep_ratio > 1.0 + 1e-9:
+            raise ValueError(
+                f"strategy.beta ({self.beta}) + strategy.keep_ratio ({self.keep_ratio}) > 1: after "
+                "cutting the hardest samples too few remain to fill the coreset"
+            )
+        self.num_bins = int(num_bins)
+        if self.num_bins < 1:
+            raise ValueError(f"strategy.num_bins={num_bins} must be >= 1")
+        if score not in SCORE_SIGNS:
+            raise ValueError(f"strategy.score={score!r}; choose one of {sorted(SCORE_SIGNS)}")
+        self.score = score
+        self.warmup_epochs = int(warmup_epochs)
+        if self.warmup_epochs < 0:
+            raise ValueError(f"strategy.warmup_epochs={warmup_epochs} must be >= 0")
+        self.scores_file = scores_file
+        self._selected: torch.Tensor | None = None
+        self._info: dict[str, float] = {}
+
+    @property
+    def select_epoch(self) -> int:
+        return 0 if self.scores_file else self.warmup_epochs
+
+    def needs_scoring_pass(self, ctx: EpochContext) -> bool:
+        dynamic = self.score in ("aum", "forgetting")
+        return (self._selected is None and not self.scores_file and not dynamic
+                and ctx.epoch == self.warmup_epochs)
+
+    def _scores(self, ctx: EpochContext) -> torch.Tensor:
+        if self.scores_file:
+            raw = load_scores(self.scores_file, ctx.num_samples, self.score)
+        else:
+            st = ctx.scores
+            raw = getattr(st, self.score).detach().float().cpu().clone()
+            if self.score in ("aum", "forgetting"):
+                raw[st.seen_epoch < 0] = float("nan")  # never trained: no dynamics recorded
+        return SCORE_SIGNS[self.score] * raw
+
+    def epoch_plan(self, ctx: EpochContext) -> EpochPlan:
+        n = ctx.num_samples
+        if self._selected is None:
+            if ctx.epoch < self.select_epoch:
+                return EpochPlan(torch.arange(n), info={"planned_keep_ratio": 1.0, "warmup": 1})
+            scores = self._scores(ctx)
+            g = epoch_generator(self.seed, ctx.epoch, _SALT)
+            self._selected = select_ccs(scores, self.keep_ratio, self.beta, self.num_bins, g)
+            scored = int(torch.isfinite(scores).sum())
+            self._info = {"scored_samples": scored, "cutoff": floor_count(self.beta, n),
+                          "topped_up_unscored": int(torch.isnan(scores[self._selected]).sum()),
+                          "selected_at_epoch": int(ctx.epoch)}
+        return EpochPlan(self._selected.clone(), info={
+            "planned_keep_ratio": self.keep_ratio,
+            "realised_keep_ratio": self._selected.numel() / max(1, n), "warmup": 0, **self._info,
+        })
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"selected": self._selected, "info": dict(self._info)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._selected = state.get("selected")
+        self._info = dict(state.get("info", {}))
