@@ -113,9 +113,17 @@ class PruningCallback(Callback):
             self._counters["samples_trained"] = self._counters.get("samples_trained", 0) + n
 
     def record_batch_info(self, info: dict[str, float]) -> None:
-        """Per-batch numbers of a batch plan (already on the host); summed per epoch."""
+        """Per-batch numbers of a batch plan, summed per epoch (tensors stay on the device)."""
         for k, v in info.items():
-            self._batch_info[k] = self._batch_info.get(k, 0.0) + float(v)
+            v = v.detach() if torch.is_tensor(v) else float(v)
+            self._batch_info[k] = self._batch_info.get(k, 0.0) + v
+
+    def _epoch_batch_info(self) -> dict[str, float]:
+        """This epoch's summed batch-plan numbers on the host; ``alpha`` becomes a mean."""
+        info = {k: float(v) for k, v in self._batch_info.items()}
+        if "alpha" in info and info.get("batches"):
+            info["alpha"] /= info["batches"]
+        return info
 
     def check_finite(self, epoch: int) -> None:
         """Fail loudly, naming the samples, if any loss since the last check was NaN or inf."""
@@ -153,7 +161,7 @@ class PruningCallback(Callback):
                  "samples_trained": counts.get("samples_trained", 0.0),
                  "tokens_trained": counts.get("tokens_trained", 0.0),
                  "plan_hash": plan_hash(plan.sample_ids) if plan else "",
-                 "time_s": elapsed, **(plan.info if plan else {}), **self._batch_info}
+                 "time_s": elapsed, **(plan.info if plan else {}), **self._epoch_batch_info()}
         entry["planned_keep_ratio"] = entry["planned_samples"] / max(n, 1)
         entry["realised_keep_ratio"] = entry["samples_trained"] / max(n, 1)
         entry.update(self._kind_shares(plan))
@@ -301,7 +309,7 @@ class PruningCallback(Callback):
                 "batches_done": self._batches_done,
                 "rows": [{k: v.cpu() for k, v in r.items()} for r in self._rows],
                 "counters": {k: torch.as_tensor(v).cpu() for k, v in self._counters.items()},
-                "batch_info": dict(self._batch_info),
+                "batch_info": {k: float(v) for k, v in self._batch_info.items()},
             },
             "rng": capture_rng(),
         }
