@@ -119,7 +119,8 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
         train_samples_total=len(bundle.train), totals=pruning.totals,
         num_params=sum(p.numel() for p in model.parameters()),
         wall_time_s=time.perf_counter() - t_start, evaluation=evaluation,
-        history=pruning.history, extra={"task": bundle.task, "data_info": bundle.info})
+        history=pruning.history,
+        extra={"task": bundle.task, "data_info": bundle.info, **pruning.run_shares(int(cfg.epochs))})
     if trainer.is_global_zero:
         atomic_write_json(run_dir / "summary.json", summary)
         for logger in trainer.loggers:

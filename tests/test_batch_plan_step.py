@@ -35,6 +35,9 @@ class FakePruning:
     def sample_weights(self, ids):
         return None
 
+    def wrong_tokens(self, ids, length):
+        return None
+
     def record_batch_info(self, info):
         self.info.update(info)
 

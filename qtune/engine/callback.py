@@ -24,13 +24,15 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
+from qtune.engine.item_tracking import ItemTracker
 from qtune.engine.distributed import digest, gather_rows, ranks_agree, sum_over_ranks
 from qtune.engine.rng import capture_rng, restore_rng
 from qtune.engine.sampler import PlanSampler, shard_plan
 from qtune.engine.score_store import ScoreStore
 from qtune.strategies.base import EpochContext, EpochPlan, PruningStrategy, epoch_generator
 
-COUNTERS = ("samples_trained", "tokens_trained", "forward_tokens", "scoring_tokens")
+COUNTERS = ("samples_trained", "tokens_trained", "forward_tokens", "scoring_tokens",
+            "wrong_tokens_trained")
 
 
 def plan_hash(ids: torch.Tensor) -> str:
@@ -43,7 +45,7 @@ class PruningCallback(Callback):
         self.strategy = strategy
         self.export_dir = export_dir
         self.seed = int(seed)
-        self.item_meta = item_meta
+        self.items = ItemTracker.maybe(item_meta)
         self.store: ScoreStore | None = ScoreStore(num_samples) if num_samples else None
         self.plans: dict[int, EpochPlan] = {}
         self.history: list[dict[str, Any]] = []
@@ -77,6 +79,8 @@ class PruningCallback(Callback):
                              "the plan sampler shards the plan over ranks itself")
         self._trainer, self._module = trainer, pl_module
         pl_module.pruning = self
+        if self.items is not None:
+            self.items.to(pl_module.device)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._val_time = 0.0
@@ -104,6 +108,9 @@ class PruningCallback(Callback):
             row = {"sample_ids": outputs["sample_ids"].detach()}
             row.update({k: v.detach() for k, v in outputs["scores"].items()})
             self._rows.append(row)
+        if self.items is not None and "sample_ids" in outputs:
+            for key, val in self.items.step_counts(outputs["sample_ids"], outputs.get("trained_mask")).items():
+                self._counters[key] = self._counters.get(key, 0) + val
         for key in COUNTERS:
             if key in outputs:
                 val = torch.as_tensor(outputs[key]).detach()
@@ -152,8 +159,8 @@ class PruningCallback(Callback):
             ids = rows.pop("sample_ids")
             self.store.merge_updates(ids, epoch, **rows)
         counts = sum_over_ranks(trainer, {k: torch.as_tensor(v) for k, v in self._counters.items()})
-        for k in COUNTERS:
-            self.totals[k] += counts.get(k, 0.0)
+        for k, v in counts.items():
+            self.totals[k] = self.totals.get(k, 0.0) + v
         self.totals["train_time_s"] += elapsed
         plan = self.plans.get(epoch)
         n = self.store.num_samples if self.store is not None else 0
@@ -164,7 +171,8 @@ class PruningCallback(Callback):
                  "time_s": elapsed, **(plan.info if plan else {}), **self._epoch_batch_info()}
         entry["planned_keep_ratio"] = entry["planned_samples"] / max(n, 1)
         entry["realised_keep_ratio"] = entry["samples_trained"] / max(n, 1)
-        entry.update(self._kind_shares(plan))
+        if self.items is not None:
+            entry.update(self.items.shares(counts))
         self._check_ranks_agree(trainer, epoch, plan)
         entry["world_size"] = trainer.world_size
         self.history.append(entry)
@@ -199,19 +207,6 @@ class PruningCallback(Callback):
             "epoch": epoch, "strategy": self.strategy.name, "sample_ids": plan.sample_ids.tolist(),
             "weights": None if plan.weights is None else plan.weights.tolist(),
             "plan_hash": plan_hash(plan.sample_ids)})
-
-    def _kind_shares(self, plan: EpochPlan | None) -> dict[str, float]:
-        """Share of each item kind (noisy, duplicate, ...) of the set that the plan kept."""
-        if plan is None or not self.item_meta:
-            return {}
-        kinds = [m.get("kind") for m in self.item_meta]
-        planned = plan.sample_ids.tolist()
-        out = {}
-        for kind in sorted({k for k in kinds if k and k != "clean"}):
-            total = sum(1 for k in kinds if k == kind)
-            kept = sum(1 for i in planned if kinds[i] == kind)
-            out[f"kept_share_{kind}"] = kept / max(total, 1)
-        return out
 
     # -- plans ---------------------------------------------------------------------------------
     def dataloader(self, dataset, batch_size: int, collate_fn=None, num_workers: int = 0,
@@ -261,6 +256,14 @@ class PruningCallback(Callback):
                              f"{self.store.num_samples}) for epoch {epoch}")
         self.plans[epoch] = plan
         return plan
+
+    def wrong_tokens(self, sample_ids: torch.Tensor, length: int) -> torch.Tensor | None:
+        """Wrong-answer token flags [B, length] (label coordinates) when the data marks them."""
+        return None if self.items is None else self.items.wrong_tokens(sample_ids, length)
+
+    def run_shares(self, epochs: int) -> dict[str, float]:
+        """Whole-run share of each item kind (and of wrong-answer tokens) that was trained."""
+        return {} if self.items is None else self.items.shares(self.totals, epochs)
 
     def sample_weights(self, sample_ids: torch.Tensor) -> torch.Tensor | None:
         return None if self._weights is None else self._weights[sample_ids]

@@ -79,7 +79,13 @@ class QTuneModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["sample_id"].numel())
         return {"loss": loss, "sample_ids": batch["sample_id"], "scores": sample_scores(stats, mask),
                 "tokens_trained": mask.sum(), "forward_tokens": self._forward_tokens(batch),
-                "samples_trained": torch.tensor(batch["sample_id"].numel(), device=self.device)}
+                "samples_trained": torch.tensor(batch["sample_id"].numel(), device=self.device),
+                **self._wrong_tokens(batch["sample_id"], mask)}
+
+    def _wrong_tokens(self, sample_ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Wrong-answer tokens left in the loss, when the data marks them (embedded task)."""
+        wrong = self.pruning.wrong_tokens(sample_ids, mask.shape[1]) if self.pruning else None
+        return {} if wrong is None else {"wrong_tokens_trained": (mask & wrong).sum()}
 
     def _batch_planned_step(self, batch: dict, strategy) -> dict[str, Any]:
         """Score the micro-batch, let the strategy choose rows and tokens, train on those.
@@ -113,6 +119,7 @@ class QTuneModule(L.LightningModule):
                 mask = mask & token_mask
             loss = masked_token_mean(scored.loss, mask, weights, denominator)
             fwd, scoring = self._forward_tokens(batch), torch.zeros((), device=self.device)
+            wrong = self._wrong_tokens(batch["sample_id"], mask)
         else:
             rows = keep.nonzero().flatten()
             nothing_kept = rows.numel() == 0
@@ -126,10 +133,11 @@ class QTuneModule(L.LightningModule):
             w = weights[rows] if weights is not None else None
             loss = masked_token_mean(stats.loss, mask, w, denominator)
             fwd, scoring = self._forward_tokens(sub), self._forward_tokens(batch)
+            wrong = self._wrong_tokens(sub["sample_id"], mask)
         self.log("train/loss", loss, prog_bar=True, batch_size=max(int(keep.sum()), 1))
         return {"sample_ids": batch["sample_id"], "scores": scores, "loss": loss,
                 "tokens_trained": mask.sum(), "forward_tokens": fwd, "scoring_tokens": scoring,
-                "samples_trained": keep.sum()}
+                "samples_trained": keep.sum(), "trained_mask": keep, **wrong}
 
     def on_train_epoch_start(self) -> None:
         self._steps_in_epoch = 0
