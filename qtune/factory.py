@@ -34,9 +34,10 @@ def build_task_and_model(cfg: Any) -> tuple[TaskBundle, Any]:
 
         model, tokenizer = build_hf_model(cfg.model)
     else:
-        from qtune.models.base_cache import load_base_model
+        from qtune.models.base_cache import load_base, load_or_build_base
 
-        model, tokenizer = load_base_model(cfg.model)
+        model, tokenizer = load_base(load_or_build_base(cfg.model))
+        model.train()  # from_pretrained returns eval mode; Lightning would keep it
     if data_name == "jsonl":
         from qtune.data.jsonl import build_jsonl_task
 
