@@ -36,6 +36,8 @@ def validate(cfg: DictConfig):
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if int(cfg[key]) < 1:
             raise ValueError(f"{key}={cfg[key]} must be at least 1")
+    if cfg.ckpt_path and not Path(str(cfg.ckpt_path)).is_file():
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
     return strategy_from_config(cfg)
 
 

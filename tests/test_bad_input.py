@@ -1,0 +1,63 @@
+"""Bad input fails clearly, before work where it can, and leaves no finished-looking run."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from qtune.engine.callback import PruningCallback
+from qtune.engine.sampler import shard_plan
+from qtune.strategies import EpochPlan, PruningStrategy
+from qtune.strategies.scores_file import load_scores
+from qtune.train import run
+
+
+def test_missing_checkpoint_names_the_key(make_cfg, tmp_path):
+    with pytest.raises(FileNotFoundError, match="ckpt_path="):
+        run(make_cfg(["experiment=digits", f"ckpt_path={tmp_path / 'nope.ckpt'}"], "x"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_corrupt_checkpoint_is_refused(make_cfg, tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception):
+        run(make_cfg(["experiment=digits", "epochs=1", f"ckpt_path={bad}"], "y"))
+    assert not (tmp_path / "y" / "summary.json").exists()
+
+
+def test_empty_plan_is_an_error_naming_the_strategy():
+    class Nothing(PruningStrategy):
+        name = "nothing"
+
+        def epoch_plan(self, ctx):
+            return EpochPlan(torch.tensor([], dtype=torch.long))
+
+    cb = PruningCallback(Nothing(), num_samples=4)
+    cb._trainer = type("T", (), {"max_epochs": 1})()
+    with pytest.raises(ValueError, match="'nothing' returned an empty plan"):
+        cb.plan_for_epoch(0)
+
+
+def test_dataset_smaller_than_world_size_repeats_samples():
+    shards = [shard_plan(torch.tensor([7]), seed=0, epoch=0, rank=r, world_size=4) for r in range(4)]
+    assert [s.tolist() for s in shards] == [[7]] * 4  # every rank still runs one step
+
+
+def test_pickle_disguised_as_scores_file_is_refused(tmp_path):
+    fake = tmp_path / "scores.npz"
+    fake.write_bytes(pickle.dumps({"sample_id": np.arange(3), "el2n": np.ones(3)}))
+    with pytest.raises(ValueError):
+        load_scores(fake, 3, "el2n")
+    obj = tmp_path / "obj.npz"
+    np.savez(obj, sample_id=np.arange(3), el2n=np.array([{"x": 1}] * 3, dtype=object))
+    with pytest.raises(ValueError, match="pickle"):
+        load_scores(obj, 3, "el2n")
+
+
+def test_scores_file_for_another_dataset_is_refused(tmp_path):
+    f = tmp_path / "s.npz"
+    np.savez(f, sample_id=np.arange(5), el2n=np.ones(5))
+    with pytest.raises(ValueError, match=str(f)):
+        load_scores(f, 6, "el2n")
