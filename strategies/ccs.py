@@ -9,14 +9,13 @@ warm-up (or at epoch 0 from a scores file), fixed afterwards.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from .base import EpochContext, EpochPlan, PruningStrategy, check_ratio, epoch_generator
-from .counting import check_fraction, floor_count, nan_last_order
+from .base import EpochContext, check_ratio, epoch_generator
+from .counting import check_fraction, floor_count, nan_last_order, check_skip_plus_keep, check_warmup
 from .registry import register_strategy
 from .scores_file import load_scores
+from .static_subset import StaticSubset
 
 _SALT = 0xCC5
 # score name → sign that makes "higher = harder"
@@ -80,7 +79,7 @@ def select_ccs(scores: torch.Tensor, keep_ratio: float, beta: float, num_bins: i
 
 
 @register_strategy("ccs")
-class CCS(PruningStrategy):
+class CCS(StaticSubset):
     """Full data for ``warmup_epochs``, then the static coreset.
 
     ``score``: el2n | loss | entropy (fresh scoring pass at the end of the warm-up), aum |
@@ -94,27 +93,16 @@ class CCS(PruningStrategy):
         super().__init__(seed)
         self.keep_ratio = check_ratio(keep_ratio, "strategy.keep_ratio")
         self.beta = check_fraction(beta, "strategy.beta")
-        if self.beta + self.keep_ratio > 1.0 + 1e-9:
-            raise ValueError(
-                f"strategy.beta ({self.beta}) + strategy.keep_ratio ({self.keep_ratio}) > 1: after "
-                "cutting the hardest samples too few remain to fill the coreset"
-            )
+        check_skip_plus_keep(self.beta, "strategy.beta", self.keep_ratio,
+                             "after cutting the hardest samples too few remain to fill the coreset")
         self.num_bins = int(num_bins)
         if self.num_bins < 1:
             raise ValueError(f"strategy.num_bins={num_bins} must be >= 1")
         if score not in SCORE_SIGNS:
             raise ValueError(f"strategy.score={score!r}; choose one of {sorted(SCORE_SIGNS)}")
         self.score = score
-        self.warmup_epochs = int(warmup_epochs)
-        if self.warmup_epochs < 0:
-            raise ValueError(f"strategy.warmup_epochs={warmup_epochs} must be >= 0")
+        self.warmup_epochs = check_warmup(warmup_epochs)
         self.scores_file = scores_file
-        self._selected: torch.Tensor | None = None
-        self._info: dict[str, float] = {}
-
-    @property
-    def select_epoch(self) -> int:
-        return 0 if self.scores_file else self.warmup_epochs
 
     def needs_scoring_pass(self, ctx: EpochContext) -> bool:
         dynamic = self.score in ("aum", "forgetting")
@@ -131,26 +119,10 @@ class CCS(PruningStrategy):
                 raw[st.seen_epoch < 0] = float("nan")  # never trained: no dynamics recorded
         return SCORE_SIGNS[self.score] * raw
 
-    def epoch_plan(self, ctx: EpochContext) -> EpochPlan:
-        n = ctx.num_samples
-        if self._selected is None:
-            if ctx.epoch < self.select_epoch:
-                return EpochPlan(torch.arange(n), info={"planned_keep_ratio": 1.0, "warmup": 1})
-            scores = self._scores(ctx)
-            g = epoch_generator(self.seed, ctx.epoch, _SALT)
-            self._selected = select_ccs(scores, self.keep_ratio, self.beta, self.num_bins, g)
-            scored = int(torch.isfinite(scores).sum())
-            self._info = {"scored_samples": scored, "cutoff": floor_count(self.beta, n),
-                          "topped_up_unscored": int(torch.isnan(scores[self._selected]).sum()),
-                          "selected_at_epoch": int(ctx.epoch)}
-        return EpochPlan(self._selected.clone(), info={
-            "planned_keep_ratio": self.keep_ratio,
-            "realised_keep_ratio": self._selected.numel() / max(1, n), "warmup": 0, **self._info,
-        })
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"selected": self._selected, "info": dict(self._info)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._selected = state.get("selected")
-        self._info = dict(state.get("info", {}))
+    def select(self, ctx: EpochContext) -> tuple[torch.Tensor, dict[str, float]]:
+        scores = self._scores(ctx)
+        g = epoch_generator(self.seed, ctx.epoch, _SALT)
+        selected = select_ccs(scores, self.keep_ratio, self.beta, self.num_bins, g)
+        return selected, {"scored_samples": int(torch.isfinite(scores).sum()),
+                          "cutoff": floor_count(self.beta, ctx.num_samples),
+                          "topped_up_unscored": int(torch.isnan(scores[selected]).sum())}

@@ -60,3 +60,17 @@ def nan_last_order(scores, descending: bool = True):
     # NaN entries were mapped to the worst value; move them behind genuine -inf/+inf too
     is_nan = torch.isnan(s)[order]
     return torch.cat([order[~is_nan], order[is_nan]])
+
+
+def check_warmup(value: int, key: str = "strategy.warmup_epochs") -> int:
+    """A non-negative whole number of warm-up epochs."""
+    v = int(value)
+    if v < 0:
+        raise ValueError(f"{key}={value} must be >= 0")
+    return v
+
+
+def check_skip_plus_keep(skip: float, skip_key: str, keep: float, why: str) -> None:
+    """A share skipped first plus the share kept must not exceed the whole set."""
+    if skip + keep > 1.0 + 1e-9:
+        raise ValueError(f"{skip_key} ({skip}) + strategy.keep_ratio ({keep}) > 1: {why}")

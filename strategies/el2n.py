@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
-from .base import EpochContext, EpochPlan, PruningStrategy, check_ratio
-from .counting import check_fraction, nan_last_order, round_count
+from .base import EpochContext, check_ratio
+from .counting import check_fraction, nan_last_order, round_count, check_skip_plus_keep, check_warmup
 from .registry import register_strategy
 from .scores_file import load_scores
+from .static_subset import StaticSubset
 
 
 def select_el2n(scores: torch.Tensor, keep_ratio: float, offset: float = 0.0) -> torch.Tensor:
@@ -39,7 +40,7 @@ def select_el2n(scores: torch.Tensor, keep_ratio: float, offset: float = 0.0) ->
 
 
 @register_strategy("el2n")
-class EL2N(PruningStrategy):
+class EL2N(StaticSubset):
     """Full data during warm-up, then the static EL2N subset.
 
     With ``score_passes`` = P > 1 the scores are averaged over scoring passes at the ends of the
@@ -53,14 +54,9 @@ class EL2N(PruningStrategy):
         super().__init__(seed)
         self.keep_ratio = check_ratio(keep_ratio, "strategy.keep_ratio")
         self.offset = check_fraction(offset, "strategy.offset")
-        if self.offset + self.keep_ratio > 1.0 + 1e-9:
-            raise ValueError(
-                f"strategy.offset ({self.offset}) + strategy.keep_ratio ({self.keep_ratio}) > 1: "
-                "the kept window would run past the easiest sample"
-            )
-        self.warmup_epochs = int(warmup_epochs)
-        if self.warmup_epochs < 0:
-            raise ValueError(f"strategy.warmup_epochs={warmup_epochs} must be >= 0")
+        check_skip_plus_keep(self.offset, "strategy.offset", self.keep_ratio,
+                             "the kept window would run past the easiest sample")
+        self.warmup_epochs = check_warmup(warmup_epochs)
         self.score_passes = int(score_passes)
         if not (1 <= self.score_passes <= self.warmup_epochs + 1):
             raise ValueError(
@@ -72,12 +68,6 @@ class EL2N(PruningStrategy):
         self._sum: torch.Tensor | None = None
         self._count: torch.Tensor | None = None
         self._scored_epochs: list[int] = []
-        self._selected: torch.Tensor | None = None
-        self._info: dict[str, float] = {}
-
-    @property
-    def select_epoch(self) -> int:
-        return 0 if self.scores_file else self.warmup_epochs
 
     def needs_scoring_pass(self, ctx: EpochContext) -> bool:
         if self.scores_file or self._selected is not None:
@@ -85,8 +75,9 @@ class EL2N(PruningStrategy):
         first = self.warmup_epochs - self.score_passes + 1
         return first <= ctx.epoch <= self.warmup_epochs
 
-    def _accumulate(self, ctx: EpochContext) -> None:
-        if ctx.epoch in self._scored_epochs:
+    def observe(self, ctx: EpochContext) -> None:
+        """Add this epoch's fresh scoring pass to the running mean (once per epoch)."""
+        if self.scores_file or not self.needs_scoring_pass(ctx) or ctx.epoch in self._scored_epochs:
             return  # the same epoch planned twice (e.g. after a resume) must not count twice
         vals = ctx.scores.el2n.detach().float().cpu()
         if self._sum is None:
@@ -103,34 +94,20 @@ class EL2N(PruningStrategy):
         mean = self._sum / self._count.clamp(min=1)
         return mean.masked_fill(self._count == 0, float("nan")).float()
 
-    def epoch_plan(self, ctx: EpochContext) -> EpochPlan:
-        if self._selected is None:
-            if not self.scores_file and self.needs_scoring_pass(ctx):
-                self._accumulate(ctx)
-            if ctx.epoch < self.select_epoch:
-                return EpochPlan(torch.arange(ctx.num_samples),
-                                 info={"planned_keep_ratio": 1.0, "warmup": 1})
-            scores = self._scores(ctx)
-            self._selected = select_el2n(scores, self.keep_ratio, self.offset)
-            kept = scores[self._selected]
-            self._info = {
-                "scored_samples": int(torch.isfinite(scores).sum()),
-                "score_passes_done": len(self._scored_epochs),
-                "kept_score_min": float(kept[torch.isfinite(kept)].min()) if torch.isfinite(kept).any() else float("nan"),
-                "selected_at_epoch": int(ctx.epoch),
-            }
-        n = max(1, ctx.num_samples)
-        return EpochPlan(self._selected.clone(), info={
-            "planned_keep_ratio": self.keep_ratio, "realised_keep_ratio": len(self._selected) / n,
-            "warmup": 0, **self._info,
-        })
+    def select(self, ctx: EpochContext) -> tuple[torch.Tensor, dict[str, float]]:
+        scores = self._scores(ctx)
+        selected = select_el2n(scores, self.keep_ratio, self.offset)
+        kept = scores[selected]
+        finite = torch.isfinite(kept)
+        return selected, {"scored_samples": int(torch.isfinite(scores).sum()),
+                          "score_passes_done": len(self._scored_epochs),
+                          "kept_score_min": float(kept[finite].min()) if finite.any() else float("nan")}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sum": self._sum, "count": self._count, "scored_epochs": list(self._scored_epochs),
-                "selected": self._selected, "info": dict(self._info)}
+        return {**super().state_dict(), "sum": self._sum, "count": self._count,
+                "scored_epochs": list(self._scored_epochs)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
         self._sum, self._count = state.get("sum"), state.get("count")
         self._scored_epochs = list(state.get("scored_epochs", []))
-        self._selected = state.get("selected")
-        self._info = dict(state.get("info", {}))
