@@ -56,7 +56,10 @@ def lm_stats(model, batch: dict, labels: torch.Tensor | None = None, fused_head:
         return linear_token_stats(hidden[:, :-1], head.weight, labels,
                                   bias=getattr(head, "bias", None), **kwargs)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
-    return token_stats(logits[:, :-1], labels, **kwargs)
+    # pad the labels instead of slicing the logits: logits[:, :-1] would copy all N x V of them
+    padded = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)
+    stats = token_stats(logits, padded, **kwargs)
+    return type(stats)(*(t[:, :-1] for t in stats))
 
 
 def classifier_stats(model, batch: dict, backend: str | None = None):

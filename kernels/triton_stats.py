@@ -1,0 +1,176 @@
+"""Backend "triton": hand-written forward and backward kernels, one program per token row.
+
+Forward: one sweep over the row in BLOCK-wide tiles keeping, per lane, the sum of exponentials
+s, sum e*(z - m) t and sum e^2 q; per tile only the tile max is reduced across lanes. The
+rescale of s, t, q, the argmax (tl.argmax of the tile) and the "max over v != label" (tile
+maxima, plus one masked re-read of the label's tile at the end) are scalar work done only when
+a tile changes them, so each element costs about one exp and a handful of FMAs. m starts at
+the label logit, finite and <= the row max, and out-of-row lanes hold -1e30 instead of -inf,
+so no inf - inf or 0 * inf can arise. Ignored rows skip the sweep.
+Traffic: the logits are read once (plus one tile per row); 7 floats per row are written.
+
+Backward: (softmax - onehot) * g written tile by tile into the gradient (the only N x V
+allocation), reading the logits once more: 2 reads + 1 write per training step.
+Tile sizes are picked per (V, dtype) by timing a few candidates on the first CUDA call.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _stats_fwd(Z, Y, OUT, stride_z, N, V, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    lab = tl.load(Y + row)
+    if lab < 0:
+        for k in tl.static_range(7):
+            tl.store(OUT + k * N + row, 0.0)
+    else:
+        zrow = Z + row * stride_z
+        zy = tl.load(zrow + lab).to(tl.float32)
+        m = zy  # running max; starts at the label logit (finite, <= the row max)
+        best = -1.0e30  # running max for the first-index argmax, kept apart from m
+        bidx = 0
+        mo = -1.0e30  # max over tiles that do not hold the label (label tile done after)
+        s = tl.zeros([BLOCK], tl.float32)
+        t = tl.zeros([BLOCK], tl.float32)
+        q = tl.zeros([BLOCK], tl.float32)
+        for start in range(0, V, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            mask = cols < V
+            x = tl.load(zrow + cols, mask=mask, other=0.0).to(tl.float32)
+            x = tl.where(mask, x, -1.0e30)
+            tmax = tl.max(x, 0)
+            has_lab = (lab >= start) & (lab < start + BLOCK)
+            mo = tl.maximum(mo, tl.where(has_lab, -1.0e30, tmax))
+            if tmax > best:  # strictly greater: earlier tiles win ties, as torch.argmax
+                best = tmax
+                bidx = start + tl.argmax(x, 0)
+            if tmax > m:  # rescale only when the max grows (rare after the first tiles)
+                d = m - tmax
+                alpha = tl.exp(d)
+                t = alpha * (t + d * s)
+                s = alpha * s
+                q = (alpha * alpha) * q
+                m = tmax
+            xs = x - m
+            e = tl.exp(xs)
+            s += e
+            t += e * xs
+            q += e * e
+        lstart = (lab // BLOCK) * BLOCK
+        cols = lstart + tl.arange(0, BLOCK)
+        keep = (cols < V) & (cols != lab)
+        xl = tl.load(zrow + cols, mask=keep, other=0.0).to(tl.float32)
+        other = tl.maximum(mo, tl.max(tl.where(keep, xl, -1.0e30), 0))
+        ssum = tl.sum(s, 0)
+        logs = tl.log(ssum)
+        lse = m + logs
+        loss = lse - zy
+        p_y = tl.exp(-loss)
+        ent = logs - tl.sum(t, 0) / ssum
+        el2n = tl.sqrt(tl.maximum(tl.sum(q, 0) / (ssum * ssum) - 2.0 * p_y + 1.0, 0.0))
+        margin = p_y - tl.exp(other - lse)
+        tl.store(OUT + row, loss)
+        tl.store(OUT + N + row, ent)
+        tl.store(OUT + 2 * N + row, el2n)
+        tl.store(OUT + 3 * N + row, p_y)
+        tl.store(OUT + 4 * N + row, tl.where(bidx == lab, 1.0, 0.0))
+        tl.store(OUT + 5 * N + row, margin)
+        tl.store(OUT + 6 * N + row, lse)
+
+
+@triton.jit
+def _stats_bwd(Z, Y, LSE, G, DZ, stride_z, stride_d, V, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    lab = tl.load(Y + row)
+    drow = DZ + row * stride_d
+    if lab < 0:
+        for start in range(0, V, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            tl.store(drow + cols, tl.zeros([BLOCK], tl.float32).to(DZ.dtype.element_ty),
+                     mask=cols < V)
+    else:
+        zrow = Z + row * stride_z
+        lse = tl.load(LSE + row)
+        g = tl.load(G + row)
+        for start in range(0, V, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            mask = cols < V
+            x = tl.load(zrow + cols, mask=mask, other=0.0).to(tl.float32)
+            p = tl.exp(x - lse)
+            dz = (p - tl.where(cols == lab, 1.0, 0.0)) * g
+            tl.store(drow + cols, dz.to(DZ.dtype.element_ty), mask=mask)
+
+
+_CANDIDATES = ((1024, 4), (2048, 4), (4096, 8), (8192, 8), (8192, 16), (16384, 16))
+_chosen: dict = {}
+
+
+def _heuristic(v: int) -> tuple[int, int]:
+    block = min(triton.next_power_of_2(max(v, 16)), 4096)
+    return block, (8 if block >= 4096 else 4)
+
+
+def _config(kind: str, z: torch.Tensor, launch) -> tuple[int, int]:
+    """(BLOCK, num_warps): timed once per (kind, V, dtype) on CUDA for big inputs, else a rule."""
+    n, v = z.shape
+    if z.device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1" or n * v < 1 << 24:
+        return _heuristic(v)
+    key = (kind, v, z.dtype)
+    if key not in _chosen:
+        cands = [c for c in _CANDIDATES if c[0] <= triton.next_power_of_2(v)] or [_heuristic(v)]
+        times = []
+        for cfg in cands:
+            launch(*cfg)  # compile + warm
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(3):
+                launch(*cfg)
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        _chosen[key] = cands[min(range(len(cands)), key=times.__getitem__)]
+    return _chosen[key]
+
+
+class TritonStats:
+    """`block` pins the tile width (tests use it to force many tiles on small rows)."""
+
+    name = "triton"
+
+    def __init__(self, block: int | None = None):
+        self.block = block
+
+    def _cfg(self, kind, z, launch):
+        if self.block:
+            return self.block, 4
+        return _config(kind, z, launch)
+
+    def stats(self, z, y, valid):
+        n, v = z.shape
+        yk = torch.where(valid, y, torch.full_like(y, -1))
+        out = torch.empty(7, n, device=z.device, dtype=torch.float32)
+
+        def launch(block, warps):
+            _stats_fwd[(n,)](z, yk, out, z.stride(0), n, v, BLOCK=block, num_warps=warps)
+
+        launch(*self._cfg("fwd", z, launch))
+        return tuple(out.unbind(0))
+
+    def grad(self, z, y, valid, lse, g):
+        n, v = z.shape
+        yk = torch.where(valid, y, torch.full_like(y, -1))
+        dz = torch.empty_like(z)
+
+        def launch(block, warps):
+            _stats_bwd[(n,)](z, yk, lse, g, dz, z.stride(0), dz.stride(0), v, BLOCK=block,
+                             num_warps=warps)
+
+        launch(*self._cfg("bwd", z, launch))
+        return dz
