@@ -66,6 +66,25 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     return loggers
 
 
+def write_final_scores(path: Path, pruning) -> None:
+    """The score store at the end of training, with each item's kind when the data has one:
+    what reports plot (e.g. the error-uncertainty plane)."""
+    import numpy as np
+
+    from qtune.score import write_scores
+
+    state = pruning.store.state_dict()
+    cols = {"sample_id": np.arange(pruning.store.num_samples)}
+    for key in ("loss", "entropy", "el2n", "p_label", "margin", "accuracy", "num_tokens",
+                "seen_epoch", "forgetting"):
+        cols[key] = state[key].numpy()
+    cols["ppl"] = np.exp(cols["loss"])
+    cols["aum"] = pruning.store.aum.numpy()
+    if pruning.items is not None:
+        cols["kind"] = np.array(pruning.items.kind_names)[pruning.items.kind_code.cpu().numpy()]
+    write_scores(path, cols)
+
+
 def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     """The whole job; ``extra_callbacks`` are added to the Trainer's (library use, tests)."""
     t_start = time.perf_counter()
@@ -124,6 +143,7 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
         history=pruning.history,
         extra={"task": bundle.task, "data_info": bundle.info, **pruning.run_shares(int(cfg.epochs))})
     if trainer.is_global_zero:
+        write_final_scores(run_dir / "scores.npz", pruning)
         atomic_write_json(run_dir / "summary.json", summary)
         for logger in trainer.loggers:
             logger.log_metrics({f"final/{k}": v for k, v in evaluation.items()

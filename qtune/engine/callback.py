@@ -59,6 +59,7 @@ class PruningCallback(Callback):
         self._epoch_t0 = 0.0
         self._val_time = 0.0
         self._batches_done = 0  # batches of the current epoch already trained
+        self._token_rows: list[dict[str, torch.Tensor]] = []  # token masks, with export_dir
         self._nonfinite: torch.Tensor | None = None  # any non-finite loss since the last check
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) of a mid-epoch resume
 
@@ -88,6 +89,7 @@ class PruningCallback(Callback):
         if self._resume_at is not None and self._resume_at[0] == trainer.current_epoch:
             return  # resumed mid-epoch: keep the restored rows and counters of this epoch
         self._rows, self._counters, self._batch_info = [], {}, {}
+        self._token_rows = []
         self._batches_done = 0
 
     def on_validation_start(self, trainer, pl_module) -> None:
@@ -111,6 +113,9 @@ class PruningCallback(Callback):
         if self.items is not None and "sample_ids" in outputs:
             for key, val in self.items.step_counts(outputs["sample_ids"], outputs.get("trained_mask")).items():
                 self._counters[key] = self._counters.get(key, 0) + val
+        if self.export_dir is not None and "token_keep" in outputs:
+            self._token_rows.append({k: outputs[k].detach().cpu() for k in
+                                     ("sample_ids", "token_keep", "response_mask")})
         for key in COUNTERS:
             if key in outputs:
                 val = torch.as_tensor(outputs[key]).detach()
@@ -207,6 +212,16 @@ class PruningCallback(Callback):
             "epoch": epoch, "strategy": self.strategy.name, "sample_ids": plan.sample_ids.tolist(),
             "weights": None if plan.weights is None else plan.weights.tolist(),
             "plan_hash": plan_hash(plan.sample_ids)})
+        if self._token_rows:  # this rank's share of the batch plans' token masks
+            rows = []
+            for r in self._token_rows:
+                for sid, keep, resp in zip(r["sample_ids"].tolist(), r["token_keep"], r["response_mask"]):
+                    rows.append({"sample_id": sid, "response": resp.nonzero().flatten().tolist(),
+                                 "kept": keep.nonzero().flatten().tolist()})
+            atomic_write_json(f"{self.export_dir}/tokens_epoch_{epoch:03d}.json",
+                              {"epoch": epoch, "coordinates": "label positions (label j predicts "
+                               "input token j + 1)", "rows": rows})
+            self._token_rows = []
 
     # -- plans ---------------------------------------------------------------------------------
     def dataloader(self, dataset, batch_size: int, collate_fn=None, num_workers: int = 0,

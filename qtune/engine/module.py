@@ -135,6 +135,13 @@ class QTuneModule(L.LightningModule):
             fwd, scoring = self._forward_tokens(sub), self._forward_tokens(batch)
             wrong = self._wrong_tokens(sub["sample_id"], mask)
         self.log("train/loss", loss, prog_bar=True, batch_size=max(int(keep.sum()), 1))
+        if getattr(self.pruning, "export_dir", None) is not None:  # token masks, on request only
+            token_keep = torch.zeros_like(response)
+            if reuse:
+                token_keep = mask
+            elif not nothing_kept:
+                token_keep[rows, : mask.shape[1]] = mask
+            wrong["token_keep"], wrong["response_mask"] = token_keep, response
         return {"sample_ids": batch["sample_id"], "scores": scores, "loss": loss,
                 "tokens_trained": mask.sum(), "forward_tokens": fwd, "scoring_tokens": scoring,
                 "samples_trained": keep.sum(), "trained_mask": keep, **wrong}
