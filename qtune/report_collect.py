@@ -1,0 +1,166 @@
+"""Reading finished runs for ``qtune-report``: run directories in, grouped records out.
+
+A run is a directory with a ``summary.json``; its ``.hydra/config.yaml`` (when present) gives
+the task (the data group's name) and the strategy's knobs, and its ``metrics.csv`` the per-epoch
+log. Runs are grouped into *points* (same task, strategy, strategy knobs and epoch count) whose
+seeds are averaged, because a pruning method is judged by its mean over seeds, not one run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RATIO_KEYS = ("keep_ratio", "prune_ratio", "sample_ratio", "token_ratio", "p", "beta", "offset")
+
+
+@dataclass
+class Run:
+    path: Path
+    summary: dict
+    config: dict
+    metrics: list[dict] = field(default_factory=list)
+
+    @property
+    def task(self) -> str:
+        return str((self.config.get("data") or {}).get("name") or self.summary.get("task", "?"))
+
+    @property
+    def strategy(self) -> str:
+        return str(self.summary.get("strategy") or self.strategy_cfg.get("name", "?"))
+
+    @property
+    def strategy_cfg(self) -> dict:
+        return dict(self.config.get("strategy") or {})
+
+    @property
+    def epochs(self) -> int:
+        return int(self.summary.get("epochs", 0))
+
+    @property
+    def metric(self) -> str:
+        """The headline eval metric: exact match for generation tasks, else accuracy."""
+        ev = self.summary.get("eval") or {}
+        return "exact_match" if "exact_match" in ev else "accuracy"
+
+    def eval_value(self) -> float:
+        return float((self.summary.get("eval") or {}).get(self.metric, math.nan))
+
+    def epoch_keep_ratios(self) -> list[float]:
+        """Realised keep ratio per epoch: the summary's record, else metrics.csv's prune rows."""
+        detail = self.summary.get("epochs_detail") or []
+        if detail:
+            return [float(d.get("realised_keep_ratio", math.nan)) for d in detail]
+        return [float(r["prune/realised_keep_ratio"]) for r in self.metrics
+                if r.get("prune/realised_keep_ratio") not in (None, "")]
+
+
+def find_runs(paths: list[str | Path]) -> list[Run]:
+    """Every run at or below the given paths (a run dir or any parent), each once, sorted."""
+    found: dict[Path, Run] = {}
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such run directory")
+        files = [p / "summary.json"] if (p / "summary.json").is_file() else sorted(p.rglob("summary.json"))
+        for f in files:
+            found.setdefault(f.parent.resolve(), load_run(f.parent))
+    return [found[k] for k in sorted(found)]
+
+
+def load_run(run_dir: Path) -> Run:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    config: dict = {}
+    cfg_file = run_dir / ".hydra" / "config.yaml"
+    if cfg_file.is_file():
+        from omegaconf import OmegaConf
+
+        config = OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=False)
+    metrics: list[dict] = []
+    if (run_dir / "metrics.csv").is_file():
+        with open(run_dir / "metrics.csv", newline="") as fh:
+            metrics = list(csv.DictReader(fh))
+    return Run(run_dir, summary, config, metrics)
+
+
+@dataclass
+class Point:
+    """The runs of one (task, strategy, knobs, epochs): one table row, one plotted point."""
+
+    task: str
+    strategy: str
+    knobs: dict
+    epochs: int
+    runs: list[Run]
+    label: str = ""
+
+    @property
+    def metric(self) -> str:
+        return self.runs[0].metric
+
+    def mean_std(self, values: list[float]) -> tuple[float, float]:
+        """Mean and sample standard deviation (ddof=1; 0 for a single seed)."""
+        vals = [v for v in values if not math.isnan(v)]
+        if not vals:
+            return math.nan, math.nan
+        m = sum(vals) / len(vals)
+        if len(vals) < 2:
+            return m, 0.0
+        return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+
+    def mean(self, key: str) -> float:
+        return self.mean_std([float(r.summary.get(key, math.nan)) for r in self.runs])[0]
+
+    def eval_stats(self) -> tuple[float, float]:
+        return self.mean_std([r.eval_value() for r in self.runs])
+
+    def seeds(self) -> list[int]:
+        return sorted({int(r.summary.get("seed", -1)) for r in self.runs})
+
+    def keep_per_epoch(self) -> list[float]:
+        rows = [r.epoch_keep_ratios() for r in self.runs]
+        n = max((len(x) for x in rows), default=0)
+        return [self.mean_std([x[e] for x in rows if e < len(x)])[0] for e in range(n)]
+
+
+def group_points(runs: list[Run]) -> dict[str, list[Point]]:
+    """Points per task, sorted by strategy then knobs then epochs; each gets a display label
+    naming its ratio knobs plus whichever other knobs differ between points of its strategy."""
+    groups: dict[tuple, list[Run]] = {}
+    for r in runs:
+        knobs = {k: v for k, v in r.strategy_cfg.items() if k != "name"}
+        key = (r.task, r.strategy, json.dumps(knobs, sort_keys=True, default=str), r.epochs)
+        groups.setdefault(key, []).append(r)
+    by_task: dict[str, list[Point]] = {}
+    for (task, strat, knobs, epochs), rs in sorted(groups.items()):
+        by_task.setdefault(task, []).append(Point(task, strat, json.loads(knobs), epochs, rs))
+    for points in by_task.values():
+        for pt in points:
+            same = [q for q in points if q.strategy == pt.strategy]
+            varying = {k for q in same for k in set(q.knobs) | set(pt.knobs)
+                       if q.knobs.get(k) != pt.knobs.get(k)}
+            shown = [k for k in pt.knobs if k in RATIO_KEYS or k in varying]
+            pt.label = ", ".join(f"{k}={_fmt(pt.knobs[k])}" for k in shown)
+    return by_task
+
+
+def reference_full(point: Point, points: list[Point]) -> Point | None:
+    """The ``full`` point that compute is measured against: same task and epochs; else (a
+    same-steps run with more epochs than the baseline) the ``full`` point with the most epochs
+    not above this point's; else None."""
+    fulls = [q for q in points if q.strategy == "full" and q.epochs <= point.epochs]
+    exact = [q for q in fulls if q.epochs == point.epochs]
+    if exact:
+        return exact[0]
+    return max(fulls, key=lambda q: q.epochs) if fulls else None
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{k}:{_fmt(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)

@@ -1,0 +1,68 @@
+"""The numbers of ``qtune-report``: one row per point, rendered as a Markdown table per task.
+
+Compute is relative to the ``full`` point of the same task (see
+``report_collect.reference_full``): mean FLOPs estimate over mean FLOPs of full, and the same
+for train time, so 1.0 means "cost as much as training on everything".
+"""
+
+from __future__ import annotations
+
+import math
+
+from .report_collect import Point, reference_full
+
+SHARE_KEYS = (("trained_share_noisy", "noisy kept"), ("trained_share_duplicate", "dup. kept"),
+              ("wrong_token_share", "wrong tok. kept"))
+
+
+def point_rows(points: list[Point]) -> list[dict]:
+    """Plain-number rows (also written to report.json) for one task's points."""
+    rows = []
+    for pt in points:
+        ref = reference_full(pt, points)
+        mean, std = pt.eval_stats()
+        row = {
+            "task": pt.task, "strategy": pt.strategy, "ratios": pt.label, "knobs": pt.knobs,
+            "epochs": pt.epochs, "seeds": len(pt.runs), "seed_ids": pt.seeds(),
+            "metric": pt.metric, "eval_mean": mean, "eval_std": std,
+            "eval_loss": pt.mean_std([float((r.summary.get("eval") or {}).get("loss", math.nan))
+                                      for r in pt.runs])[0],
+            "flops": pt.mean("flops_estimate"), "train_time_s": pt.mean("train_time_s"),
+            "rel_flops": math.nan, "rel_time": math.nan, "ref_epochs": None,
+            "realised_keep_ratio": pt.mean("realised_keep_ratio"),
+            "runs": [str(r.path) for r in pt.runs],
+        }
+        if ref is not None:
+            row["ref_epochs"] = ref.epochs
+            row["rel_flops"] = _ratio(row["flops"], ref.mean("flops_estimate"))
+            row["rel_time"] = _ratio(row["train_time_s"], ref.mean("train_time_s"))
+        for key, _ in SHARE_KEYS:
+            if any(key in r.summary for r in pt.runs):
+                row[key] = pt.mean(key)
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """One task's table; share columns appear only when some run of the task records them."""
+    shares = [(k, title) for k, title in SHARE_KEYS if any(k in r for r in rows)]
+    metric = rows[0]["metric"] if rows else "eval"
+    head = (["strategy", "ratios", "epochs", "seeds", f"{metric} (mean ± std)", "FLOPs vs full",
+             "train time vs full", "full ref. epochs", "realised keep"] + [t for _, t in shares])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["strategy"], r["ratios"] or "—", str(r["epochs"]), str(r["seeds"]),
+                 f"{_num(r['eval_mean'])} ± {_num(r['eval_std'])}", _num(r["rel_flops"]),
+                 _num(r["rel_time"]), str(r["ref_epochs"] if r["ref_epochs"] is not None else "—"),
+                 _num(r["realised_keep_ratio"])]
+        cells += [_num(r.get(k, math.nan)) for k, _ in shares]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(b) else math.nan
+
+
+def _num(x: float) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"

@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""Run a grid of qtune-train jobs unattended: strategies × keep ratios × seeds × budgets.
+
+Each point gets its own run directory with a deterministic name,
+``OUT/<task>/<strategy>[-<ratio>]-<budget>-e<epochs>/seed<N>``, so an interrupted grid is
+resumed by running the same command again: points whose ``summary.json`` exists are skipped,
+and a point that stopped after writing ``checkpoints/last.ckpt`` continues from it.
+
+Ratios are *keep* ratios (0.1 = 90 % pruned), translated per strategy: ``keep_ratio`` for
+random / el2n / ccs / rs2, ``prune_ratio = 1 − r`` for infobatch, ``p = 1 − r`` for seta, and
+for qtuning ``S`` or ``SxT`` (``sample_ratio=S``, ``token_ratio=T``; other strategies skip
+``SxT`` ratios). ``full`` has no ratio and runs once per seed. Budgets: ``same_epochs`` trains
+every point for the base epochs (a pruned run does fewer steps); ``same_steps`` gives a pruned
+run round(epochs / r) epochs with r the nominal keep ratio (the sample ratio for qtuning), so
+it does about as many steps as full.
+
+    python scripts/run_grid.py --task digits --seeds 10 --strategies full random el2n \\
+        --ratios 0.1 0.3 0.5 0.7 --budgets same_epochs same_steps --out outputs/grid
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+TASKS = {"digits": (["experiment=digits"], 30), "sft": ([], 3)}  # overrides, default epochs
+KEEP_KEY = {"random": "keep_ratio", "el2n": "keep_ratio", "ccs": "keep_ratio", "rs2": "keep_ratio"}
+PRUNE_KEY = {"infobatch": "prune_ratio", "seta": "p"}
+BUDGETS = ("same_epochs", "same_steps")
+
+
+@dataclass
+class GridPoint:
+    run_dir: Path
+    overrides: list[str]
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "qtune.train", *self.overrides, f"hydra.run.dir={self.run_dir}"]
+
+
+def strategy_overrides(strategy: str, ratio: str | None) -> tuple[list[str], float, str]:
+    """(overrides, nominal keep ratio, name tag) for one strategy at one grid ratio."""
+    if strategy == "full":
+        return [], 1.0, ""
+    if ratio is None:
+        raise ValueError(f"{strategy} needs --ratios")
+    if strategy == "qtuning":
+        sample, _, token = ratio.partition("x")
+        ov = [f"strategy.sample_ratio={float(sample)}"]
+        ov += [f"strategy.token_ratio={float(token)}"] if token else []
+        return ov, float(sample), f"s{float(sample):g}" + (f"xt{float(token):g}" if token else "")
+    r = float(ratio)
+    if not 0.0 < r <= 1.0:
+        raise ValueError(f"keep ratio {ratio} not in (0, 1]")
+    if strategy in KEEP_KEY:
+        return [f"strategy.{KEEP_KEY[strategy]}={r}"], r, f"keep{r:g}"
+    if strategy in PRUNE_KEY:
+        return [f"strategy.{PRUNE_KEY[strategy]}={round(1.0 - r, 6)}"], r, f"keep{r:g}"
+    raise ValueError(f"run_grid does not know the ratio knob of strategy {strategy!r}")
+
+
+def plan_grid(task: str, strategies: list[str], ratios: list[str], seeds: list[int],
+              budgets: list[str], out: Path, epochs: int | None = None,
+              extra: list[str] | None = None) -> list[GridPoint]:
+    """Every point of the grid, in a fixed order (full once per seed, whatever the budgets)."""
+    task_ov, default_epochs = TASKS[task]
+    base = int(epochs or default_epochs)
+    points: list[GridPoint] = []
+    for strategy in strategies:
+        for ratio in ([None] if strategy == "full" else ratios):
+            if ratio is not None and "x" in ratio and strategy != "qtuning":
+                continue  # an SxT ratio is qtuning's sample x token pair only
+            ov, keep, tag = strategy_overrides(strategy, ratio)
+            for budget in (["same_epochs"] if strategy == "full" else budgets):
+                if budget not in BUDGETS:
+                    raise ValueError(f"unknown budget {budget!r}; expected one of {BUDGETS}")
+                ep = base if budget == "same_epochs" else max(1, round(base / keep))
+                name = "-".join(x for x in (strategy, tag, budget, f"e{ep}") if x)
+                for seed in seeds:
+                    points.append(GridPoint(
+                        out / task / name / f"seed{seed}",
+                        [*task_ov, f"strategy={strategy}", *ov, f"epochs={ep}", f"seed={seed}",
+                         "trainer.enable_progress_bar=false", *(extra or [])]))
+    return points
+
+
+def subprocess_runner(point: GridPoint) -> int:
+    """Run one point, its output appended to ``<run_dir>/grid.log``."""
+    point.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(point.run_dir / "grid.log", "a") as log:
+        return subprocess.call(point.command(), stdout=log, stderr=subprocess.STDOUT)
+
+
+def run_grid(points: list[GridPoint], runner: Callable[[GridPoint], int] = subprocess_runner,
+             dry_run: bool = False, log: Callable[[str], None] = print) -> dict[str, list[Path]]:
+    """Run the unfinished points one after another; a failed point is reported, not fatal."""
+    done: dict[str, list[Path]] = {"skipped": [], "ran": [], "failed": [], "planned": []}
+    for i, point in enumerate(points, 1):
+        if (point.run_dir / "summary.json").exists():
+            done["skipped"].append(point.run_dir)
+            continue
+        ckpt = point.run_dir / "checkpoints" / "last.ckpt"
+        if ckpt.exists() and not any(o.startswith("ckpt_path=") for o in point.overrides):
+            point = GridPoint(point.run_dir, [*point.overrides, f"ckpt_path={ckpt}"])
+        log(f"[{i}/{len(points)}] {' '.join(point.command()[1:])}")
+        if dry_run:
+            done["planned"].append(point.run_dir)
+            continue
+        rc = runner(point)
+        done["ran" if rc == 0 else "failed"].append(point.run_dir)
+        if rc != 0:
+            log(f"  failed (exit {rc}); see {point.run_dir / 'grid.log'}")
+    log(", ".join(f"{k}: {len(v)}" for k, v in done.items()))
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", choices=sorted(TASKS), required=True)
+    ap.add_argument("--strategies", nargs="+", default=["full", "random"])
+    ap.add_argument("--ratios", nargs="+", default=["0.5"], help="keep ratios (qtuning: S or SxT)")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    ap.add_argument("--budgets", nargs="+", default=["same_epochs"], choices=BUDGETS)
+    ap.add_argument("--epochs", type=int, default=None, help="base epochs (default: the task's)")
+    ap.add_argument("--out", type=Path, required=True, help="grid output root")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra qtune-train overrides for every point (e.g. export_plan=true)")
+    ap.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
+    args = ap.parse_args(argv)
+    points = plan_grid(args.task, args.strategies, args.ratios, list(range(args.seeds)),
+                       args.budgets, args.out, args.epochs, args.set)
+    done = run_grid(points, dry_run=args.dry_run)
+    return 1 if done["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""qtune-report on tiny runs made here, and scripts/run_grid.py's planning and resume logic."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pytest
+from omegaconf import OmegaConf
+
+from qtune.report import build_report, main
+from qtune.report_collect import find_runs
+from qtune.report_plots import pareto_front
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+RUNS = [("full", 0, []), ("full", 1, []),
+        ("random", 0, ["strategy.keep_ratio=0.5"]), ("random", 1, ["strategy.keep_ratio=0.5"]),
+        ("qtuning", 0, ["export_plan=true"])]
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory):
+    """Five 2-epoch digits runs, each with the config file a Hydra launch would have saved."""
+    from conftest import FAST, compose
+
+    from qtune.train import run
+
+    root = tmp_path_factory.mktemp("runs")
+    for strategy, seed, extra in RUNS:
+        run_dir = root / f"{strategy}_{seed}"
+        cfg = compose(FAST + [f"run_dir={run_dir}", "experiment=digits", "epochs=2",
+                              f"strategy={strategy}", f"seed={seed}", *extra])
+        run(cfg)
+        (run_dir / ".hydra").mkdir()
+        OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    return root
+
+
+def _summaries(root: Path, strategy: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(root.glob(f"{strategy}_*/summary.json"))]
+
+
+def test_table_numbers_match_the_summaries(runs_root, tmp_path):
+    out = tmp_path / "report"
+    rows = {r["strategy"]: r for r in build_report([runs_root], out)["rows"]}
+    assert set(rows) == {"full", "random", "qtuning"}
+    full, rand = _summaries(runs_root, "full"), _summaries(runs_root, "random")
+    acc = [s["eval"]["accuracy"] for s in rand]
+    flops_full = statistics.mean(s["flops_estimate"] for s in full)
+    time_full = statistics.mean(s["train_time_s"] for s in full)
+    r = rows["random"]
+    assert r["seeds"] == 2 and r["seed_ids"] == [0, 1] and r["ratios"] == "keep_ratio=0.5"
+    assert r["eval_mean"] == pytest.approx(statistics.mean(acc))
+    assert r["eval_std"] == pytest.approx(statistics.stdev(acc))
+    rel = statistics.mean(s["flops_estimate"] for s in rand) / flops_full
+    assert r["rel_flops"] == pytest.approx(rel)
+    assert r["rel_time"] == pytest.approx(statistics.mean(s["train_time_s"] for s in rand) / time_full)
+    assert r["realised_keep_ratio"] == pytest.approx(statistics.mean(s["realised_keep_ratio"] for s in rand))
+    assert rows["full"]["rel_flops"] == pytest.approx(1.0)
+    assert rows["qtuning"]["seeds"] == 1 and rows["qtuning"]["eval_std"] == 0.0
+    md = (out / "report.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| random |"))
+    assert f"{statistics.mean(acc):.4f} ± {statistics.stdev(acc):.4f}" in line
+    assert f"| {rel:.4f} |" in line
+    assert "## digits" in md and "FLOPs vs full" in md
+
+
+def test_every_figure_is_a_valid_png(runs_root, tmp_path):
+    files = build_report([runs_root], tmp_path)["files"]
+    pngs = [p for p in files if p.suffix == ".png"]
+    assert {p.name for p in pngs} == {"pareto_digits.png", "keep_ratio_digits.png", "plane_digits.png"}
+    for p in pngs:
+        assert p.read_bytes()[:8] == PNG_SIGNATURE
+        img = mpimg.imread(p)
+        assert img.ndim == 3 and img.shape[2] in (3, 4) and min(img.shape[:2]) > 100
+        assert f"]({p.name})" in (tmp_path / "report.md").read_text()
+    page = (tmp_path / "tokens.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "class='row'" in page and "qtuning" in page
+
+
+def test_run_dirs_and_parent_dirs_find_each_run_once(runs_root, tmp_path):
+    runs = find_runs([runs_root, runs_root / "full_0"])
+    assert len(runs) == len(RUNS)
+    main([str(runs_root / "full_0"), str(runs_root / "random_0"), "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "report.json").read_text())["rows"][1]["rel_flops"] < 0.6
+    with pytest.raises(FileNotFoundError):
+        find_runs([tmp_path / "missing"])
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    xy = [(1.0, 0.9), (0.5, 0.85), (0.6, 0.8), (0.3, 0.85), (0.2, 0.5)]
+    assert pareto_front(xy) == [4, 3, 0]
+
+
+def test_tokens_html_decodes_embedded_items(tmp_path):
+    """A hand-made embedded run: token text, kept / masked spans and the wrong-answer marks."""
+    from qtune.data.embedded import build_embedded_task
+
+    data = {"num_train": 40, "num_eval": 5, "seed": 1}
+    bundle = build_embedded_task(data)
+    noisy = next(i for i, m in enumerate(bundle.train_meta) if m["kind"] == "noisy")
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "plans").mkdir()
+    OmegaConf.save(OmegaConf.create({"data": {"name": "embedded", **data},
+                                     "strategy": {"name": "qtuning"}}), run_dir / ".hydra" / "config.yaml")
+    (run_dir / "summary.json").write_text(json.dumps({
+        "strategy": "qtuning", "seed": 0, "epochs": 1, "task": "sft", "train_samples_total": 40,
+        "eval": {"exact_match": 0.0}, "data_info": {"config": bundle.info["config"]}}))
+    labels = bundle.train.labels[noisy].tolist()
+    response = [j for j in range(len(labels) - 1) if labels[j + 1] != -100]
+    rows = [{"sample_id": noisy, "response": response, "kept": response[:1]},
+            {"sample_id": 0, "response": [5], "kept": []}]
+    (run_dir / "plans" / "tokens_epoch_000.json").write_text(json.dumps({"epoch": 0, "rows": rows}))
+    build_report([run_dir], tmp_path / "out")
+    page = (tmp_path / "out" / "tokens.html").read_text()
+    first = bundle.tokenizer.decode([bundle.train.input_ids[noisy][1]])
+    assert f"<span class='t prompt'>{first}</span>" in page
+    assert "token-pruned: 1/" in page and "dropped: 0/1" in page
+    assert "wrong" in page and "true answer" in page
+
+
+def _load_run_grid():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "run_grid.py"
+    spec = importlib.util.spec_from_file_location("run_grid", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_run_grid_plans_deterministic_points_and_budgets(tmp_path):
+    rg = _load_run_grid()
+    pts = rg.plan_grid("digits", ["full", "random", "qtuning", "infobatch"], ["0.25", "0.5x0.7"],
+                       [0, 1], ["same_epochs", "same_steps"], tmp_path, epochs=4)
+    names = {p.run_dir.relative_to(tmp_path).as_posix() for p in pts}
+    assert "digits/full-same_epochs-e4/seed1" in names
+    assert "digits/random-keep0.25-same_steps-e16/seed0" in names
+    assert "digits/qtuning-s0.5xt0.7-same_steps-e8/seed0" in names
+    assert not any(n.startswith("digits/random-keep0.5") for n in names)  # SxT is qtuning's only
+    assert len(pts) == 2 + 4 + 8 + 4  # full per seed; random, infobatch 1 ratio; qtuning 2 (x 2 budgets x 2 seeds)
+    ib = next(p for p in pts if "infobatch" in str(p.run_dir))
+    assert "strategy.prune_ratio=0.75" in ib.overrides and "experiment=digits" in ib.overrides
+
+
+def test_run_grid_skips_finished_points_and_resumes_from_checkpoints(tmp_path):
+    rg = _load_run_grid()
+    pts = rg.plan_grid("digits", ["full", "random"], ["0.5"], [0, 1], ["same_epochs"], tmp_path)
+    calls = []
+
+    def fake_runner(point):
+        calls.append(point)
+        point.run_dir.mkdir(parents=True, exist_ok=True)
+        (point.run_dir / "summary.json").write_text("{}")
+        return 0
+
+    (pts[0].run_dir).mkdir(parents=True)
+    (pts[0].run_dir / "summary.json").write_text("{}")           # finished
+    (pts[1].run_dir / "checkpoints").mkdir(parents=True)
+    (pts[1].run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")  # interrupted
+    dry = rg.run_grid(pts, runner=fake_runner, dry_run=True, log=lambda m: None)
+    assert calls == [] and len(dry["planned"]) == 3 and len(dry["skipped"]) == 1
+    done = rg.run_grid(pts, runner=fake_runner, log=lambda m: None)
+    assert len(done["ran"]) == 3 and [c.run_dir for c in calls] == [p.run_dir for p in pts[1:]]
+    assert f"ckpt_path={pts[1].run_dir / 'checkpoints' / 'last.ckpt'}" in calls[0].overrides
+    again = rg.run_grid(pts, runner=fake_runner, log=lambda m: None)
+    assert len(again["skipped"]) == 4 and len(calls) == 3
