@@ -25,7 +25,11 @@ def _with_base(**kw):
 
 def test_build_then_reuse(tmp_path, monkeypatch):
     logs: list[str] = []
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
     path = load_or_build_base(TINY, cache_dir=str(tmp_path), log=logs.append)
+    assert torch.equal(torch.rand(3), expected)  # the caller's RNG stream is left alone
     assert os.path.basename(path) == f"tiny_llama-{base_key(TINY)}"
     for name in ("config.json", META_FILE, "qtune_char_tokenizer.json"):
         assert os.path.isfile(os.path.join(path, name))
@@ -107,13 +111,14 @@ def test_yaml_defaults_match_code_defaults():
 
 
 def test_packed_pretraining_batch_labels_answers_only():
-    from qtune.data.skills import SkillSpec, raw_corpus
+    from qtune.data.skills import SkillSpec, raw_corpus, raw_prompt
 
     tok = CharTokenizer()
     problems = raw_corpus(6, seed=0, spec=SkillSpec())
     ids, labels = base_cache._batch(problems, tok, answer_only=True, pack=3)
     assert ids.shape[0] == 2 and int(ids[0, 0]) == tok.bos_id
     text = tok.decode(ids[0], skip_special=False)
-    assert text.count("<eos>") == 3 and text.startswith("<bos>" + problems[0].answer[:0])
+    assert text.count("<eos>") == 3
+    assert text.startswith("<bos>" + raw_prompt(problems[0]) + problems[0].answer + "<eos>" + raw_prompt(problems[1]))
     kept = tok.decode([int(i) for i in labels[0] if i >= 0], skip_special=False)
     assert kept == "".join(p.answer + "<eos>" for p in problems[:3])

@@ -39,9 +39,9 @@ class EmbeddedConfig:
     noise_fraction: float = 0.2      # share of training items with a wrong answer
     near_miss_share: float = 0.5     # share of the noisy items that are near misses
     duplicate_fraction: float = 0.1  # share of training items that copy a clean item
-    max_digits: int = 3
+    max_digits: int = 2
     min_len: int = 2
-    max_len: int = 8
+    max_len: int = 6
     max_length: int = 64             # token truncation of prompt + response
 
     def __post_init__(self) -> None:

@@ -1,7 +1,7 @@
 """The skills of the embedded task: problem sampling, the two surface formats, and corruptions.
 
 One problem has two written forms. The *raw* form (``123+45=168``, ``rev(abc)=cba``) is what the
-base model is pretrained on; the *instruction* form (``Q: add 123 and 45\\nA: `` -> ``168``) is
+base model is pretrained on; the *instruction* form (``what is 123+45=?\\nA: `` -> ``168``) is
 what fine-tuning teaches. The base therefore knows how to compute the answers but not how to
 read the instructions, which is the regime where a model's loss and entropy on an SFT sample
 carry information. Both forms are kept short: on a CPU, fine-tuning time is proportional to
@@ -24,9 +24,9 @@ ALL_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 class SkillSpec:
     """Sizes of the problems: shared by the SFT set and the pretraining corpus."""
 
-    max_digits: int = 3          # addition operands have 1..max_digits digits
+    max_digits: int = 2          # addition operands have 1..max_digits digits
     min_len: int = 2             # string length range for reverse / sort / copy / count
-    max_len: int = 8
+    max_len: int = 6
     letters: str = "abcdefghijklmnopqrstuvwxyz"
     count_letters: str = "abcde"  # a small alphabet, so counts are rarely all zero
 
@@ -94,14 +94,18 @@ def raw_prompt(p: Problem) -> str:
 
 
 def instruction_prompt(p: Problem) -> str:
-    """Fine-tuning form, answer excluded: ``Q: add 123 and 45\\nA: ``."""
+    """Fine-tuning form, answer excluded: ``what is 12+34=?\\nA: ``, ``reverse abc\\nA: ``.
+
+    The answer always follows the same ``\\nA: `` marker, never the raw form's ``=``, so the base
+    scores 0 here before fine-tuning; keeping the familiar ``12+34=`` inside the question lets
+    the (hardest) addition skill transfer within a few epochs."""
     if p.skill == "add":
-        body = f"add {p.args[0]} and {p.args[1]}"
+        body = f"what is {p.args[0]}+{p.args[1]}=?"
     elif p.skill == "count":
         body = f"count {p.args[0]} in {p.args[1]}"
     else:
         body = f"{p.skill} {p.args[0]}"
-    return f"Q: {body}\nA: "
+    return f"{body}\nA: "
 
 
 def near_miss(p: Problem, rng: random.Random) -> str:

@@ -83,4 +83,6 @@ class CharTokenizer:
 
 
 def _path(directory_or_file: str) -> str:
-    return os.path.join(directory_or_file, FILENAME) if os.path.isdir(directory_or_file) else directory_or_file
+    if os.path.isdir(directory_or_file):
+        return os.path.join(directory_or_file, FILENAME)
+    return directory_or_file

@@ -4,12 +4,13 @@ The tiny Llama is pretrained on a clean corpus of the embedded task's skills in 
 (``123+45=168``) so that, when fine-tuning starts, its loss and entropy on an instruction item
 mean something (from random init they barely do, and loss-based pruning has nothing to read).
 
-The result is cached under ``$QTUNE_CACHE`` (default ``~/.cache/qtune``) in
-``base/tiny_llama-<hash>``, where the hash covers the architecture and the ``base`` recipe, so a
-changed recipe builds a new base and an unchanged one is never rebuilt. The directory is
-written under a file lock (parallel ranks or multirun jobs build it once; the others wait and
-reuse it) into a temporary directory that is renamed into place, so a half-written base is never
-seen.
+The result is cached under ``model.cache_dir``, else ``$QTUNE_CACHE``, else ``~/.cache/qtune``,
+in ``base/tiny_llama-<hash>``, where the hash covers the architecture, the ``base`` recipe and
+the vocabulary, so a changed recipe builds a new base and an unchanged one is never rebuilt.
+The directory is written under a file lock (parallel ranks or multirun jobs build it once; the
+others wait and reuse it) into a temporary directory that is renamed into place, so a
+half-written base is never seen. Weights are reproducible for a given recipe, torch version and
+thread count (CPU reductions may round differently with another thread count).
 """
 
 from __future__ import annotations
@@ -33,18 +34,19 @@ from .tiny_llama import arch_from, build_tiny_llama, num_parameters
 META_FILE = "qtune_base.json"
 DEFAULT_BASE = {
     "seed": 0,
-    "steps": 1400,
-    "batch_size": 128,
+    "steps": 1200,
+    "batch_size": 128,  # sequences per step
+    "pack": 1,          # problems per sequence (each ended by eos)
     "lr": 3e-3,
     "min_lr_ratio": 0.1,
     "warmup_steps": 100,
     "weight_decay": 0.1,
     "grad_clip": 1.0,
-    "loss_on": "all",  # "all": every token after bos; "answer": only the answer and its eos
+    "loss_on": "answer",  # "all": every token after bos; "answer": only the answer and its eos
     "skills": list(SKILLS),
-    "max_digits": 3,
+    "max_digits": 2,
     "min_len": 2,
-    "max_len": 8,
+    "max_len": 6,
     "eval_items": 500,
 }
 UNHASHED = {"log_every"}  # knobs that do not change the weights
@@ -89,7 +91,7 @@ def load_or_build_base(model_cfg: Any = None, cache_dir: str | None = None,
     from filelock import FileLock
 
     log = log or _print
-    final = base_path(model_cfg, cache_dir)
+    final = base_path(model_cfg, cache_dir or _to_dict(model_cfg).get("cache_dir"))
     if os.path.isfile(os.path.join(final, META_FILE)):
         return final
     os.makedirs(os.path.dirname(final), exist_ok=True)
@@ -120,16 +122,33 @@ def load_base(path: str):
     return LlamaForCausalLM.from_pretrained(path), CharTokenizer.load(path)
 
 
-def _batch(problems, tok: CharTokenizer, answer_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    prompts = [tok.encode(raw_prompt(p), add_bos=True) for p in problems]
-    seqs = [q + tok.encode(p.answer, add_eos=True) for q, p in zip(prompts, problems)]
+def load_base_model(model_cfg: Any = None, cache_dir: str | None = None,
+                    log: Callable[[str], None] | None = None):
+    """(model, tokenizer) of the cached base for ``model_cfg``, built first when missing."""
+    return load_base(load_or_build_base(model_cfg, cache_dir, log))
+
+
+def _batch(problems, tok: CharTokenizer, answer_only: bool = False,
+           pack: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and labels for ``problems``, ``pack`` of them per sequence, each ended by eos
+    (``<bos>12+34=46<eos>rev(abc)=cba<eos>...``). Packing puts problems at varied positions
+    after varied text, so the skills do not hinge on sitting right after bos."""
+    seqs, labs = [], []
+    for start in range(0, len(problems), pack):
+        ids, lab = [tok.bos_id], [-100]
+        for p in problems[start:start + pack]:
+            q = tok.encode(raw_prompt(p))
+            a = tok.encode(p.answer, add_eos=True)
+            ids += q + a
+            lab += ([-100] * len(q) if answer_only else q) + a
+        seqs.append(ids)
+        labs.append(lab)
     length = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), length), tok.pad_id, dtype=torch.long)
     labels = torch.full((len(seqs), length), -100, dtype=torch.long)
-    for i, (q, s) in enumerate(zip(prompts, seqs)):
+    for i, (s, lab) in enumerate(zip(seqs, labs)):
         ids[i, :len(s)] = torch.tensor(s)
-        start = len(q) if answer_only else 1  # bos is given, never predicted
-        labels[i, start:len(s)] = ids[i, start:len(s)]
+        labels[i, :len(s)] = torch.tensor(lab)
     return ids, labels
 
 
@@ -157,40 +176,44 @@ def pretrain_base(model_cfg: Any = None, log: Callable[[str], None] | None = Non
     t0 = time.time()
     det = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
-    try:
-        torch.manual_seed(recipe["seed"])
-        model = build_tiny_llama(model_cfg, tok.vocab_size, tok.pad_id, tok.bos_id, tok.eos_id)
-        model.train()
-        decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe["weight_decay"]},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=recipe["lr"], betas=(0.9, 0.95))
-        rng = random.Random(recipe["seed"])
-        steps, bs = int(recipe["steps"]), int(recipe["batch_size"])
-        log_every = max(int(recipe.get("log_every") or 100), 1)
-        running = 0.0
-        for step in range(steps):
-            for g in opt.param_groups:
-                g["lr"] = recipe["lr"] * _lr_factor(step, steps, recipe["warmup_steps"], recipe["min_lr_ratio"])
-            problems = [sample_problem(skills[(step * bs + i) % len(skills)], rng, spec) for i in range(bs)]
-            ids, labels = _batch(problems, tok, recipe["loss_on"] == "answer")
-            loss = model(input_ids=ids, labels=labels).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if recipe["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["grad_clip"])
-            opt.step()
-            running += loss.item()
-            if (step + 1) % log_every == 0 or step + 1 == steps:
-                n = (step % log_every) + 1
-                log(f"[qtune] base pretraining step {step + 1}/{steps} loss {running / n:.4f} "
-                    f"({time.time() - t0:.0f}s)")
-                running = 0.0
-        train_s = time.time() - t0
-        em = greedy_exact_match(model, raw_generation_eval(recipe, tok), tok.eos_id, tok.pad_id)
-    finally:
-        torch.use_deterministic_algorithms(det)
+    with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream untouched
+        try:
+            torch.manual_seed(recipe["seed"])
+            model = build_tiny_llama(model_cfg, tok.vocab_size, tok.pad_id, tok.bos_id, tok.eos_id)
+            model.train()
+            decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+            no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+            opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe["weight_decay"]},
+                                     {"params": no_decay, "weight_decay": 0.0}],
+                                    lr=recipe["lr"], betas=(0.9, 0.95), **_fused())
+            rng = random.Random(recipe["seed"])
+            steps, bs, pack = int(recipe["steps"]), int(recipe["batch_size"]), int(recipe["pack"])
+            log_every = max(int(recipe.get("log_every") or 100), 1)
+            running = 0.0
+            for step in range(steps):
+                for g in opt.param_groups:
+                    g["lr"] = recipe["lr"] * _lr_factor(step, steps, recipe["warmup_steps"],
+                                                        recipe["min_lr_ratio"])
+                n = bs * pack
+                problems = [sample_problem(skills[(step * n + i) % len(skills)], rng, spec)
+                            for i in range(n)]
+                ids, labels = _batch(problems, tok, recipe["loss_on"] == "answer", pack)
+                loss = model(input_ids=ids, labels=labels).loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if recipe["grad_clip"]:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["grad_clip"])
+                opt.step()
+                running += loss.item()
+                if (step + 1) % log_every == 0 or step + 1 == steps:
+                    done = (step % log_every) + 1
+                    log(f"[qtune] base pretraining step {step + 1}/{steps} loss {running / done:.4f} "
+                        f"({time.time() - t0:.0f}s)")
+                    running = 0.0
+            train_s = time.time() - t0
+            em = greedy_exact_match(model, raw_generation_eval(recipe, tok), tok.eos_id, tok.pad_id)
+        finally:
+            torch.use_deterministic_algorithms(det)
     model.eval()
     log(f"[qtune] base ready: raw-format exact match {em['exact_match']:.3f} "
         f"{em['per_group']} in {time.time() - t0:.0f}s")
@@ -200,6 +223,13 @@ def pretrain_base(model_cfg: Any = None, log: Callable[[str], None] | None = Non
             "build_time_s": round(time.time() - t0, 2), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "built_at": time.time()}
     return model, tok, meta
+
+
+def _fused() -> dict:
+    """Fused AdamW where this torch has it on CPU (fewer kernel launches per step)."""
+    import inspect
+
+    return {"fused": True} if "fused" in inspect.signature(torch.optim.AdamW).parameters else {}
 
 
 def _print(msg: str) -> None:
