@@ -9,3 +9,4 @@ from .dispatch import (BACKENDS, get_default_backend, resolve_backend,  # noqa: 
                        set_default_backend, token_stats)
 from .linear import linear_token_stats  # noqa: F401
 from .reference import TokenStats, token_stats_reference  # noqa: F401
+from .warmup import warm_up  # noqa: F401

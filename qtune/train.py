@@ -141,7 +141,8 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
         num_params=sum(p.numel() for p in model.parameters()),
         wall_time_s=time.perf_counter() - t_start, evaluation=evaluation,
         history=pruning.history,
-        extra={"task": bundle.task, "data_info": bundle.info, **pruning.run_shares(int(cfg.epochs))})
+        extra={"task": bundle.task, "data_info": bundle.info, "kernel_warmup_s": module.kernel_warmup_s,
+               **pruning.run_shares(int(cfg.epochs))})
     if trainer.is_global_zero:
         write_final_scores(run_dir / "scores.npz", pruning)
         atomic_write_json(run_dir / "summary.json", summary)

@@ -44,6 +44,7 @@ class QTuneModule(L.LightningModule):
         self.val_loss = MeanMetric()
         self.val_acc = MeanMetric()
         self._steps_in_epoch = 0
+        self.kernel_warmup_s = 0.0
 
     # -- statistics ---------------------------------------------------------------------------
     def stats(self, batch: dict, labels: torch.Tensor | None = None):
@@ -149,6 +150,22 @@ class QTuneModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._steps_in_epoch = 0
 
+    def on_fit_start(self) -> None:
+        """Build the statistics kernels before the first epoch (timed apart from training)."""
+        from qtune.kernels import warm_up
+
+        vocab = self._num_outputs()
+        if vocab is not None:
+            self.kernel_warmup_s = warm_up(vocab, self.device, backend=self.kernel_backend)
+
+    def _num_outputs(self) -> int | None:
+        """Vocabulary (LM head rows) or number of classes (last linear layer)."""
+        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        if head is not None:
+            return int(head.weight.shape[0])
+        linears = [m for m in self.model.modules() if isinstance(m, torch.nn.Linear)]
+        return int(linears[-1].out_features) if linears else None
+
     # -- evaluation -------------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """Token-weighted means; torchmetrics syncs them over ranks at epoch end."""
@@ -166,7 +183,7 @@ class QTuneModule(L.LightningModule):
         no_decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.dim() < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}],
-                                lr=self.lr, betas=self.betas)
+                                lr=self.lr, betas=self.betas, fused=True)
         cfg = self.scheduler_cfg
 
         def factor(_step: int) -> float:
