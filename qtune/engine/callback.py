@@ -324,6 +324,7 @@ class PruningCallback(Callback):
             "totals": dict(self.totals),
             "epoch_progress": {  # a checkpoint taken mid-epoch resumes at the next batch
                 "epoch": self._trainer.current_epoch if self._trainer is not None else 0,
+                "world_size": self._trainer.world_size if self._trainer is not None else 1,
                 "batches_done": self._batches_done,
                 "rows": [{k: v.cpu() for k, v in r.items()} for r in self._rows],
                 "counters": {k: torch.as_tensor(v).cpu() for k, v in self._counters.items()},
@@ -347,6 +348,13 @@ class PruningCallback(Callback):
         self.totals = dict(state["totals"])
         progress = state.get("epoch_progress")
         if progress and progress["batches_done"] > 0:
+            saved_world = int(progress.get("world_size", 1))
+            world = self._trainer.world_size if self._trainer is not None else saved_world
+            if saved_world != world:
+                raise ValueError(
+                    f"this checkpoint was taken mid-epoch with {saved_world} ranks; resuming it on "
+                    f"{world} would re-shard a half-trained epoch. Resume on {saved_world} ranks, "
+                    "or from an end-of-epoch checkpoint (plans re-shard at epoch boundaries)")
             self._resume_at = (int(progress["epoch"]), int(progress["batches_done"]))
             self._batches_done = int(progress["batches_done"])
             self._rows = list(progress["rows"])
