@@ -33,3 +33,16 @@ def test_two_ranks_train_the_plan_once_and_agree(tmp_path):
         assert len(exported["sample_ids"]) == planned and exported["plan_hash"] == entry["plan_hash"]
     # the per-epoch cross-rank checks (same plan, same score store) ran and passed
     assert s["eval"]["accuracy"] > 0.3
+
+
+@pytest.mark.parametrize("name", ["el2n", "ccs", "infobatch", "seta", "rs2", "qtuning"])
+def test_every_strategy_agrees_across_ranks(tmp_path, name):
+    """The run itself checks, every epoch, that both ranks hold the same plan and the same
+    gathered score store (it stops with an error otherwise); scoring passes are sharded."""
+    s = _train(["experiment=digits", "epochs=3", f"strategy={name}"], tmp_path / name, tmp_path)
+    assert all(e["world_size"] == 2 for e in s["epochs_detail"])
+    n = s["train_samples_total"]
+    if name in ("el2n", "ccs"):  # one sharded scoring pass over every sample, counted once
+        assert n <= s["scoring_forward_tokens"] <= n + 1
+    if name == "qtuning":  # per-rank batch decisions over both ranks' micro-batches
+        assert abs(s["realised_keep_ratio"] - 0.25) < 0.1
