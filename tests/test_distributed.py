@@ -46,3 +46,26 @@ def test_every_strategy_agrees_across_ranks(tmp_path, name):
         assert n <= s["scoring_forward_tokens"] <= n + 1
     if name == "qtuning":  # per-rank batch decisions over both ranks' micro-batches
         assert abs(s["realised_keep_ratio"] - 0.25) < 0.1
+
+
+def test_sharded_scoring_pass_equals_one_process(tmp_path):
+    """EL2N scored at epoch 0 (initial model, the same on one rank or two): the two-rank
+    gathered scores equal one process's, so both pick the same subset."""
+    import numpy as np
+
+    args = ["experiment=digits", "epochs=1", "strategy=el2n", "strategy.warmup_epochs=0",
+            "strategy.keep_ratio=0.5", "model.dropout=0.0", "export_plan=true"]
+    two = _train(args, tmp_path / "two", tmp_path)
+    env = dict(os.environ, WANDB_MODE="offline")
+    res = subprocess.run([sys.executable, "-m", "qtune.train", *args, "kernels.backend=torch",
+                          "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'one'}"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    assert two["epochs_detail"][0]["plan_hash"] == one["epochs_detail"][0]["plan_hash"]
+    selected = json.loads((tmp_path / "one" / "plans" / "epoch_000.json").read_text())["sample_ids"]
+    s1, s2 = np.load(tmp_path / "one" / "scores.npz"), np.load(tmp_path / "two" / "scores.npz")
+    untouched = np.ones(len(s1["sample_id"]), dtype=bool)
+    untouched[selected] = False  # not trained after the scoring pass: still its values
+    assert 0 < untouched.sum() < len(untouched)
+    np.testing.assert_allclose(s1["el2n"][untouched], s2["el2n"][untouched], rtol=1e-5, atol=1e-6)
