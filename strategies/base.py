@@ -100,7 +100,7 @@ class BatchPlan:
 
 
 class PruningStrategy:
-    """Base class. Subclasses set ``name`` and override :meth:`epoch_plan` (and maybe more).
+    """Base class. Subclasses override :meth:`epoch_plan` and/or :meth:`batch_plan`.
 
     ``uses_batch_plan``: the engine runs a no-grad scoring pass on every micro-batch and calls
     :meth:`batch_plan` before the gradient step.
@@ -118,7 +118,9 @@ class PruningStrategy:
         return False
 
     def epoch_plan(self, ctx: EpochContext) -> EpochPlan:
-        raise NotImplementedError(f"strategy {self.name!r} must implement epoch_plan")
+        """The sample ids (and optional weights) to visit in epoch ``ctx.epoch``; by default
+        every sample (a strategy that only prunes inside batches needs nothing more)."""
+        return EpochPlan(torch.arange(ctx.num_samples))
 
     def batch_plan(self, stats: BatchStats) -> BatchPlan | None:
         return None

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-
-from .base import EpochContext, EpochPlan, PruningStrategy
+from .base import PruningStrategy
 from .registry import register_strategy
 
 
 @register_strategy("full")
 class FullData(PruningStrategy):
-    def epoch_plan(self, ctx: EpochContext) -> EpochPlan:
-        return EpochPlan(torch.arange(ctx.num_samples))
+    """The base class's plan: every sample, weights of one, no batch plan."""

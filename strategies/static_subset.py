@@ -3,6 +3,7 @@ subset chosen from scores and kept for the rest of training (EL2N, CCS)."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -10,7 +11,7 @@ import torch
 from .base import EpochContext, EpochPlan, PruningStrategy
 
 
-class StaticSubset(PruningStrategy):
+class StaticSubset(PruningStrategy, ABC):
     """Subclasses set ``keep_ratio``, ``warmup_epochs``, ``scores_file`` and implement
     :meth:`select`, returning (ids, info) once; the subset is then fixed and checkpointed."""
 
@@ -31,8 +32,9 @@ class StaticSubset(PruningStrategy):
     def observe(self, ctx: EpochContext) -> None:
         """Hook called while no subset is chosen yet (e.g. to accumulate scoring passes)."""
 
+    @abstractmethod
     def select(self, ctx: EpochContext) -> tuple[torch.Tensor, dict[str, float]]:
-        raise NotImplementedError
+        """The subset's ids and numbers worth logging, from this epoch's scores."""
 
     def epoch_plan(self, ctx: EpochContext) -> EpochPlan:
         if self._selected is None:
