@@ -152,3 +152,18 @@ def test_greedy_exact_match_on_scripted_model():
     assert out == [[6, 7, 8, 9, 2], [8, 9, 2], [9, 2], [5, 6, 7, 8, 9]]
     res = greedy_exact_match(model, gen, eos_id=2, batch_size=2)
     assert res["exact_match"] == 0.5 and res["per_group"] == {"a": 1.0, "b": 0.0}
+
+
+def test_drop_kinds_gives_the_clean_only_oracle():
+    from qtune.data.embedded import build_embedded_task
+
+    cfg = {"num_train": 200, "num_eval": 20, "noise_fraction": 0.2, "duplicate_fraction": 0.1}
+    full = build_embedded_task(cfg)
+    oracle = build_embedded_task(dict(cfg, drop_kinds=["noisy"]))
+    kinds = [m["kind"] for m in full.train_meta]
+    assert len(oracle.train) == len(full.train) - kinds.count("noisy")
+    assert all(m["kind"] != "noisy" for m in oracle.train_meta)
+    kept_prompts = [m["prompt"] for m in full.train_meta if m["kind"] != "noisy"]
+    assert [m["prompt"] for m in oracle.train_meta] == kept_prompts  # same items, same order
+    with pytest.raises(ValueError, match="drop_kinds"):
+        build_embedded_task(dict(cfg, drop_kinds=["nosy"]))

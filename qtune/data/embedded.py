@@ -43,9 +43,14 @@ class EmbeddedConfig:
     min_len: int = 2
     max_len: int = 6
     max_length: int = 64             # token truncation of prompt + response
+    drop_kinds: tuple = ()           # leave these kinds out of training (e.g. the clean-only oracle)
 
     def __post_init__(self) -> None:
         self.skills = check_skills(self.skills)
+        self.drop_kinds = tuple(self.drop_kinds)
+        bad = sorted(set(self.drop_kinds) - {"clean", "noisy", "duplicate"})
+        if bad:
+            raise ValueError(f"data.drop_kinds: unknown kind(s) {bad}; kinds: clean, noisy, duplicate")
         for key in ("noise_fraction", "near_miss_share", "duplicate_fraction"):
             if not 0.0 <= float(getattr(self, key)) <= 1.0:
                 raise ValueError(f"data.{key} must be in [0, 1], got {getattr(self, key)}")
@@ -171,6 +176,10 @@ def build_embedded_task(cfg: Any = None, tokenizer: CharTokenizer | None = None)
     c = config_from(cfg)
     tok = tokenizer or CharTokenizer()
     train_records, eval_records = generate(c)
+    if c.drop_kinds:  # the same items minus some kinds; sample ids are positions in what is left
+        train_records = [r for r in train_records if r["kind"] not in c.drop_kinds]
+        for r in train_records:
+            r["duplicate_of"] = None  # positions changed; the pointer would be stale
     train_ex, train_meta = _encode(train_records, tok)
     eval_ex, eval_meta = _encode(eval_records, tok)
     train = SFTDataset(train_ex, max_length=c.max_length, meta=train_meta)
@@ -181,7 +190,7 @@ def build_embedded_task(cfg: Any = None, tokenizer: CharTokenizer | None = None)
         groups=[m["skill"] for m in eval_meta], max_new_tokens=max(len(t) for t in targets))
     kinds = Counter(m["kind"] for m in train_meta)
     info = {
-        "config": asdict(c) | {"skills": list(c.skills)},
+        "config": asdict(c) | {"skills": list(c.skills), "drop_kinds": list(c.drop_kinds)},
         "train_kinds": dict(kinds),
         "train_noise": dict(Counter(m["noise"] for m in train_meta if m["noise"])),
         "train_skills": dict(Counter(m["skill"] for m in train_meta)),
