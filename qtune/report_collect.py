@@ -132,6 +132,8 @@ def group_points(runs: list[Run]) -> dict[str, list[Point]]:
     groups: dict[tuple, list[Run]] = {}
     for r in runs:
         knobs = {k: v for k, v in r.strategy_cfg.items() if k != "name"}
+        data = dict(r.config.get("data") or {})  # e.g. data.drop_kinds: the clean-only oracle
+        knobs.update({f"data.{k}": v for k, v in data.items() if k not in ("name", "seed")})
         key = (r.task, r.strategy, json.dumps(knobs, sort_keys=True, default=str), r.epochs)
         groups.setdefault(key, []).append(r)
     by_task: dict[str, list[Point]] = {}
@@ -151,7 +153,15 @@ def reference_full(point: Point, points: list[Point]) -> Point | None:
     """The ``full`` point that compute is measured against: same task and epochs; else (a
     same-steps run with more epochs than the baseline) the ``full`` point with the most epochs
     not above this point's; else None."""
+    def norm(v: Any) -> Any:  # a key absent from older configs means its empty default
+        return None if v in ([], (), None, "") else v
+
+    def same_data(q: Point) -> bool:
+        keys = {k for k in set(q.knobs) | set(point.knobs) if k.startswith("data.")}
+        return all(norm(q.knobs.get(k)) == norm(point.knobs.get(k)) for k in keys)
+
     fulls = [q for q in points if q.strategy == "full" and q.epochs <= point.epochs]
+    fulls = [q for q in fulls if same_data(q)] or fulls  # the baseline trains the same data
     exact = [q for q in fulls if q.epochs == point.epochs]
     if exact:
         return exact[0]
