@@ -23,13 +23,13 @@ import random
 import shutil
 import tempfile
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import torch
 
 from ..data.skills import SKILLS, SkillSpec, check_skills, raw_corpus, raw_prompt, sample_problem
 from ..data.tokenizer import CharTokenizer
-from .tiny_llama import arch_from, build_tiny_llama, num_parameters
+from .tiny_llama import arch_from, build_tiny_llama, num_parameters, to_dict
 
 META_FILE = "qtune_base.json"
 DEFAULT_BASE = {
@@ -59,8 +59,8 @@ def cache_root() -> str:
 def base_recipe(model_cfg: Any = None) -> dict:
     """The ``base`` block of a model config completed with the defaults (unknown keys are an
     error naming them)."""
-    cfg = _to_dict(model_cfg)
-    given = _to_dict(cfg.get("base"))
+    cfg = to_dict(model_cfg)
+    given = to_dict(cfg.get("base"))
     unknown = sorted(set(given) - set(DEFAULT_BASE) - UNHASHED)
     if unknown:
         raise ValueError(f"unknown model.base option(s) {unknown}; known: {sorted(DEFAULT_BASE)}")
@@ -91,7 +91,7 @@ def load_or_build_base(model_cfg: Any = None, cache_dir: str | None = None,
     from filelock import FileLock
 
     log = log or _print
-    final = base_path(model_cfg, cache_dir or _to_dict(model_cfg).get("cache_dir"))
+    final = base_path(model_cfg, cache_dir or to_dict(model_cfg).get("cache_dir"))
     if os.path.isfile(os.path.join(final, META_FILE)):
         return final
     os.makedirs(os.path.dirname(final), exist_ok=True)
@@ -245,13 +245,3 @@ def _lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
 
 def _spec(recipe: dict) -> SkillSpec:
     return SkillSpec(max_digits=recipe["max_digits"], min_len=recipe["min_len"], max_len=recipe["max_len"])
-
-
-def _to_dict(cfg: Any) -> dict:
-    if cfg is None:
-        return {}
-    if isinstance(cfg, Mapping):
-        return dict(cfg)
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True)

@@ -25,7 +25,7 @@ DEFAULT_ARCH = {
 def arch_from(model_cfg: Any = None) -> dict:
     """The architecture keys of a ``model`` config group (others, such as ``base``, ignored),
     completed with the defaults."""
-    cfg = _to_dict(model_cfg)
+    cfg = to_dict(model_cfg)
     arch = dict(DEFAULT_ARCH)
     arch.update({k: cfg[k] for k in ARCH_KEYS if k in cfg and cfg[k] is not None})
     return arch
@@ -62,7 +62,8 @@ def num_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _to_dict(cfg: Any) -> dict:
+def to_dict(cfg: Any) -> dict:
+    """A config node (OmegaConf, mapping or None) as a plain dict."""
     if cfg is None:
         return {}
     if isinstance(cfg, Mapping):
