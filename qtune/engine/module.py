@@ -101,11 +101,11 @@ class QTuneModule(L.LightningModule):
             scored = self.stats(batch, full_labels)
         attended = scored.valid
         scores = sample_scores(scored, response)
-        entropy_mask = attended if getattr(strategy, "entropy_scope", "response") == "all" else response
+        all_tokens = getattr(strategy, "entropy_scope", "response") == "all"
         plan = strategy.batch_plan(BatchStats(
             sample_ids=batch["sample_id"], sample_loss=scores["loss"],
             sample_ppl=scores["loss"].exp(),
-            sample_entropy=sample_scores(scored, entropy_mask)["entropy"],
+            sample_entropy=sample_scores(scored, attended)["entropy"] if all_tokens else scores["entropy"],
             token_loss=scored.loss.detach(), token_entropy=scored.entropy,
             response_mask=response, attention_mask=attended,
             epoch=self.current_epoch, step=self.global_step))
