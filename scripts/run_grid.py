@@ -14,15 +14,25 @@ every point for the base epochs (a pruned run does fewer steps); ``same_steps`` 
 run round(epochs / r) epochs with r the nominal keep ratio (the sample ratio for qtuning), so
 it does about as many steps as full.
 
+``--tag NAME`` with ``--set KEY=VALUE ...`` names a variant of a strategy (its directory is
+``<strategy>-<tag>-...``), e.g. ``--strategies random --tag static --set strategy.static=true``.
+``--workers N`` splits the grid over N worker processes with cores/N threads each; a worker
+runs its points one after another in its own Python process (``--in-process``: no interpreter
+start-up or kernel build per point), writing each point's ``.hydra/config.yaml`` as
+``qtune-train`` would.
+
     python scripts/run_grid.py --task digits --seeds 10 --strategies full random el2n \\
-        --ratios 0.1 0.3 0.5 0.7 --budgets same_epochs same_steps --out outputs/grid
+        --ratios 0.1 0.3 0.5 0.7 --budgets same_epochs same_steps --out outputs/grid --workers 2
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
+import traceback
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -65,7 +75,7 @@ def strategy_overrides(strategy: str, ratio: str | None) -> tuple[list[str], flo
 
 def plan_grid(task: str, strategies: list[str], ratios: list[str], seeds: list[int],
               budgets: list[str], out: Path, epochs: int | None = None,
-              extra: list[str] | None = None) -> list[GridPoint]:
+              extra: list[str] | None = None, tag: str = "") -> list[GridPoint]:
     """Every point of the grid, in a fixed order (full once per seed, whatever the budgets)."""
     task_ov, default_epochs = TASKS[task]
     base = int(epochs or default_epochs)
@@ -74,12 +84,13 @@ def plan_grid(task: str, strategies: list[str], ratios: list[str], seeds: list[i
         for ratio in ([None] if strategy == "full" else ratios):
             if ratio is not None and "x" in ratio and strategy != "qtuning":
                 continue  # an SxT ratio is qtuning's sample x token pair only
-            ov, keep, tag = strategy_overrides(strategy, ratio)
+            ov, keep, tag_ = strategy_overrides(strategy, ratio)
+            variant = tag
             for budget in (["same_epochs"] if strategy == "full" else budgets):
                 if budget not in BUDGETS:
                     raise ValueError(f"unknown budget {budget!r}; expected one of {BUDGETS}")
                 ep = base if budget == "same_epochs" else max(1, round(base / keep))
-                name = "-".join(x for x in (strategy, tag, budget, f"e{ep}") if x)
+                name = "-".join(x for x in (strategy, variant, tag_, budget, f"e{ep}") if x)
                 for seed in seeds:
                     points.append(GridPoint(
                         out / task / name / f"seed{seed}",
@@ -93,6 +104,53 @@ def subprocess_runner(point: GridPoint) -> int:
     point.run_dir.mkdir(parents=True, exist_ok=True)
     with open(point.run_dir / "grid.log", "a") as log:
         return subprocess.call(point.command(), stdout=log, stderr=subprocess.STDOUT)
+
+
+def in_process_runner(point: GridPoint) -> int:
+    """Run one point in this process (Hydra's compose API), output appended to ``grid.log``;
+    ``.hydra/config.yaml`` is written as ``qtune-train`` writes it, for ``qtune-report``."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from qtune.train import run
+
+    point.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(point.run_dir / "grid.log", "a") as log, redirect_stdout(log), redirect_stderr(log):
+        try:
+            GlobalHydra.instance().clear()
+            with initialize_config_module(config_module="qtune.conf", version_base="1.3"):
+                cfg = compose("train", overrides=[*point.overrides, f"run_dir={point.run_dir}"])
+            (point.run_dir / ".hydra").mkdir(exist_ok=True)
+            OmegaConf.save(cfg, point.run_dir / ".hydra" / "config.yaml")
+            run(cfg)
+            return 0
+        except Exception:  # a failed point is logged and reported, the grid goes on
+            traceback.print_exc()
+            return 1
+
+
+def _without_workers(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--workers":
+            skip = True
+        elif not a.startswith("--workers="):
+            out.append(a)
+    return out
+
+
+def run_workers(argv: list[str], workers: int) -> int:
+    """Start ``workers`` copies of this script on disjoint shards of the grid, in-process,
+    with the cores split between them; the exit status is the worst of theirs."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    procs = [subprocess.Popen([sys.executable, __file__, *argv, "--shard", f"{i}/{workers}",
+                               "--in-process", "--threads", str(threads)], env=env)
+             for i in range(workers)]
+    return max(p.wait() for p in procs)
 
 
 def run_grid(points: list[GridPoint], runner: Callable[[GridPoint], int] = subprocess_runner,
@@ -129,11 +187,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="grid output root")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra qtune-train overrides for every point (e.g. export_plan=true)")
+    ap.add_argument("--tag", default="", help="variant name added to the strategy's directory")
     ap.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
+    ap.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    ap.add_argument("--in-process", action="store_true",
+                    help="run the points in this Python process instead of one qtune-train each")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (in-process)")
+    ap.add_argument("--shard", default=None, metavar="I/N", help="run only points I, I+N, ...")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
+    if args.workers > 1 and args.shard is None and not args.dry_run:
+        return run_workers(_without_workers(argv), args.workers)
     points = plan_grid(args.task, args.strategies, args.ratios, list(range(args.seeds)),
-                       args.budgets, args.out, args.epochs, args.set)
-    done = run_grid(points, dry_run=args.dry_run)
+                       args.budgets, args.out, args.epochs, args.set, args.tag)
+    if args.shard:
+        i, n = (int(x) for x in args.shard.split("/"))
+        points = points[i::n]
+    runner = subprocess_runner
+    if args.in_process:
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        runner = in_process_runner
+    done = run_grid(points, runner=runner, dry_run=args.dry_run)
     return 1 if done["failed"] else 0
 
 

@@ -75,3 +75,18 @@ def test_random_plan_size_and_determinism():
     assert a.numel() == round(0.3 * 101) and torch.equal(a, b)
     assert a.unique().numel() == a.numel() and int(a.max()) < 101
     assert not torch.equal(a, s.epoch_plan(ctx(2)).sample_ids)  # a fresh subset per epoch
+
+
+def test_static_random_draws_one_subset_for_the_whole_run():
+    dynamic = build_strategy("random", seed=7, keep_ratio=0.3)
+    static = build_strategy("random", seed=7, keep_ratio=0.3, static=True)
+    ctx = lambda e: EpochContext(epoch=e, max_epochs=5, num_samples=101, seed=7, scores=None)
+    plans = [static.epoch_plan(ctx(e)).sample_ids for e in range(5)]
+    assert all(torch.equal(plans[0], p) for p in plans[1:])
+    assert plans[0].numel() == round(0.3 * 101)
+    # the static subset is the dynamic one of epoch 0; later dynamic epochs differ from it
+    assert torch.equal(plans[0], dynamic.epoch_plan(ctx(0)).sample_ids)
+    assert not torch.equal(plans[0], dynamic.epoch_plan(ctx(3)).sample_ids)
+    # a different seed draws a different subset
+    other = build_strategy("random", seed=8, keep_ratio=0.3, static=True)
+    assert not torch.equal(plans[0], other.epoch_plan(ctx(0)).sample_ids)

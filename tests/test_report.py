@@ -169,3 +169,38 @@ def test_run_grid_skips_finished_points_and_resumes_from_checkpoints(tmp_path):
     assert f"ckpt_path={pts[1].run_dir / 'checkpoints' / 'last.ckpt'}" in calls[0].overrides
     again = rg.run_grid(pts, runner=fake_runner, log=lambda m: None)
     assert len(again["skipped"]) == 4 and len(calls) == 3
+
+
+def test_run_grid_tags_variants_and_shards_cover_the_grid(tmp_path):
+    rg = _load_run_grid()
+    pts = rg.plan_grid("digits", ["random"], ["0.3", "0.5"], [0, 1, 2], ["same_epochs"], tmp_path,
+                       extra=["strategy.static=true"], tag="static")
+    assert all(p.run_dir.parent.name.startswith("random-static-keep") for p in pts)
+    assert all("strategy.static=true" in p.overrides for p in pts)
+    assert rg._without_workers(["--task", "digits", "--workers", "3", "--seeds", "2",
+                                "--workers=4"]) == ["--task", "digits", "--seeds", "2"]
+    shards = [pts[i::3] for i in range(3)]
+    assert sorted(p.run_dir for s in shards for p in s) == sorted(p.run_dir for p in pts)
+
+
+def test_run_grid_in_process_matches_a_fresh_run_and_logs_failures(tmp_path):
+    """Points run one after another in one process give what a fresh run of the same config
+    gives (no state leaks from one point to the next), and save the config qtune-report reads."""
+    from conftest import FAST, compose
+
+    from qtune.train import run
+
+    rg = _load_run_grid()
+    pts = rg.plan_grid("digits", ["full", "random"], ["0.5"], [0], ["same_epochs"], tmp_path,
+                       epochs=2, extra=FAST)
+    assert [rg.in_process_runner(p) for p in pts] == [0, 0]
+    second = json.loads((pts[1].run_dir / "summary.json").read_text())
+    saved = OmegaConf.load(pts[1].run_dir / ".hydra" / "config.yaml")
+    assert saved.strategy.name == "random" and saved.strategy.keep_ratio == 0.5
+    fresh = run(compose([*pts[1].overrides, f"run_dir={tmp_path / 'fresh'}"]))
+    assert second["eval"] == fresh["eval"]
+    n = second["train_samples_total"]
+    assert second["samples_trained"] == fresh["samples_trained"] == 2 * round(0.5 * n)
+    bad = rg.GridPoint(tmp_path / "bad", ["experiment=digits", "strategy=nope"])
+    assert rg.in_process_runner(bad) == 1
+    assert "nope" in (tmp_path / "bad" / "grid.log").read_text()
