@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .formula import grad_formula, stats_formula
+from .formula import grad_formula, grad_formula_into, stats_formula
 
 
 def compiler_works() -> bool:
@@ -42,11 +42,15 @@ class Compiled:
     def __init__(self):
         self._stats = torch.compile(stats_formula, dynamic=True, fullgraph=True)
         self._grad = torch.compile(grad_formula, dynamic=True, fullgraph=True)
+        self._grad_into = torch.compile(grad_formula_into, dynamic=True, fullgraph=True)
 
     # The small per-row tensors are cloned (N elements, negligible) so that they never arrive
     # as views of other tensors: Dynamo guards on view/base relations and would recompile.
     def stats(self, z, y, valid):
         return self._stats(z, y.clone(), valid.clone())
 
-    def grad(self, z, y, valid, lse, g):
-        return self._grad(z, y.clone(), valid.clone(), lse.clone(), g.clone())
+    def grad(self, z, y, valid, lse, g, out=None):
+        """With `out` (which may be `z`), Inductor stores the fused result straight into it."""
+        if out is None:
+            return self._grad(z, y.clone(), valid.clone(), lse.clone(), g.clone())
+        return self._grad_into(z, y.clone(), valid.clone(), lse.clone(), g.clone(), out)

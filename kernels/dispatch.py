@@ -91,8 +91,8 @@ def is_auto(backend: str | None) -> bool:
 _FALLBACK = {"triton": "compiled", "compiled": "torch"}
 
 
-def run_rows(z2, y2, valid2, name: str, fallback: bool = False):
-    """The 7 row outputs of backend `name` on [N, V] logits (autograd-aware for the loss).
+def call_with_fallback(call, name: str, device_type: str, fallback: bool = False):
+    """`call(impl)` with backend `name`'s implementation object.
 
     With `fallback` (the backend came from "auto"), a backend that fails to build or launch
     (no working compiler, a Triton/driver mismatch) is replaced once, with a warning, by the
@@ -100,14 +100,29 @@ def run_rows(z2, y2, valid2, name: str, fallback: bool = False):
     """
     while True:
         try:
-            return StatsFunction.apply(z2, y2, valid2, get_impl(name))
+            return call(get_impl(name))
         except Exception as err:
             if not fallback or name not in _FALLBACK or isinstance(err, torch.OutOfMemoryError):
                 raise
             _warn_once(f"failed-{name}", f"qtune.kernels: backend {name!r} failed "
                        f"({type(err).__name__}: {str(err)[:200]}); using {_FALLBACK[name]!r}")
-            _broken.setdefault(z2.device.type, set()).add(name)
+            _broken.setdefault(device_type, set()).add(name)
             name = _FALLBACK[name]
+
+
+def run_rows(z2, y2, valid2, name: str, fallback: bool = False):
+    """The 7 row outputs of backend `name` on [N, V] logits (autograd-aware for the loss)."""
+    return call_with_fallback(lambda impl: StatsFunction.apply(z2, y2, valid2, impl), name,
+                              z2.device.type, fallback)
+
+
+def check_labels(labels: torch.Tensor, valid: torch.Tensor, num_classes: int) -> None:
+    """Fail on a supervised label outside [0, V). On CUDA this is a device-side assert (no host
+    sync per step: the error surfaces at the next synchronisation); on CPU it raises here.
+    Without it an out-of-range label silently reads another row's logit or out of bounds."""
+    bad = valid & ((labels < 0) | (labels >= num_classes))
+    torch._assert_async(~bad.any(), f"qtune.kernels: a label is outside [0, {num_classes}) "
+                        "(the vocabulary / class count) and is not ignore_index")
 
 
 def token_stats(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,
@@ -128,6 +143,7 @@ def token_stats(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 
         z2 = z2.contiguous()
     lab = labels.reshape(-1)
     valid = lab != ignore_index
+    check_labels(lab, valid, v)
     y = torch.where(valid, lab, torch.zeros_like(lab)).long()
     rows = run_rows(z2, y, valid, name, fallback=is_auto(backend))
     shape = labels.shape

@@ -67,6 +67,11 @@ def grad_formula(z, y, valid, lse, g):
     return torch.where(valid.unsqueeze(1), d, 0.0).to(z.dtype)
 
 
+def grad_formula_into(z, y, valid, lse, g, out):
+    """`grad_formula` written into `out` (which may be `z`: the formula is elementwise)."""
+    return out.copy_(grad_formula(z, y, valid, lse, g))
+
+
 class StatsFunction(torch.autograd.Function):
     """Calls a backend's `stats` in forward and its `grad` in backward (loss is the only
     differentiable output; the gradient is scaled per row by whatever weighted the loss)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .dispatch import get_impl, resolve_backend
+from .dispatch import call_with_fallback, check_labels, is_auto, resolve_backend
 from .reference import TokenStats
 
 
@@ -71,7 +71,8 @@ class LinearStatsFunction(torch.autograd.Function):
         for r in range(0, h.shape[0], chunk):
             sl = slice(r, r + chunk)
             logits = F.linear(h[sl], w, b)
-            dz = impl.grad(logits, y[sl], ones[: logits.shape[0]], lse[sl], g[sl])
+            # the gradient overwrites the recomputed logits: one chunk x V buffer, not two
+            dz = impl.grad(logits, y[sl], ones[: logits.shape[0]], lse[sl], g[sl], out=logits)
             del logits
             if gh is not None:
                 torch.mm(dz, w, out=gh[sl])
@@ -99,6 +100,7 @@ def linear_token_stats(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
     h2 = hidden.reshape(-1, hidden.shape[-1])
     lab = labels.reshape(-1)
     valid = lab != ignore_index
+    check_labels(lab, valid, weight.shape[0])
     n = lab.numel()
     if name == "reference" or n == 0:
         from .reference import token_stats_reference
@@ -111,8 +113,10 @@ def linear_token_stats(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
         rows[0] = rows[0] + hidden.sum().float() * 0
     else:
         chunk = int(chunk_size or default_chunk(lab.numel()))
-        out = LinearStatsFunction.apply(h2.contiguous(), weight, bias, lab.long(), get_impl(name),
-                                        chunk)
+        h2, lab = h2.contiguous(), lab.long()
+        out = call_with_fallback(
+            lambda impl: LinearStatsFunction.apply(h2, weight, bias, lab, impl, chunk),
+            name, hidden.device.type, fallback=is_auto(backend))
         if idx is None:
             rows = list(out[:6])
         else:

@@ -71,12 +71,14 @@ class TorchChunked:
             _accumulate(z[r:r + step], y[r:r + step], [a[r:r + step] for a in acc])
         return finish_rows(*acc, valid)
 
-    def grad(self, z, y, valid, lse, g):
+    def grad(self, z, y, valid, lse, g, out=None):
+        """`out` (may be `z` itself: each element is read before it is written) receives the
+        gradient, so a caller that no longer needs the logits holds one N x V buffer, not two."""
         n, v = z.shape
         step = self._step(z)
         g = torch.where(valid, g, torch.zeros_like(g))
         lse = torch.where(valid, lse, float("inf"))  # exp(z - inf) = 0: ignored rows stay finite
-        dz = torch.empty_like(z)
+        dz = torch.empty_like(z) if out is None else out
         direct = z.dtype == torch.float32
         for r in range(0, n, step):
             sl = slice(r, r + step)

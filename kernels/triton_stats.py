@@ -163,10 +163,11 @@ class TritonStats:
         launch(*self._cfg("fwd", z, launch))
         return tuple(out.unbind(0))
 
-    def grad(self, z, y, valid, lse, g):
+    def grad(self, z, y, valid, lse, g, out=None):
+        """`out` may be `z`: each tile is loaded before the same tile is stored."""
         n, v = z.shape
         yk = torch.where(valid, y, torch.full_like(y, -1))
-        dz = torch.empty_like(z)
+        dz = torch.empty_like(z) if out is None else out
 
         def launch(block, warps):
             _stats_bwd[(n,)](z, yk, lse, g, dz, z.stride(0), dz.stride(0), v, BLOCK=block,

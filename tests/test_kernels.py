@@ -160,8 +160,9 @@ def test_shape_mismatch_raises():
         token_stats(torch.randn(3, 4, 5), torch.zeros(3, 5, dtype=torch.long))
 
 
-def test_auto_falls_back_when_a_backend_fails(monkeypatch):
-    from qtune.kernels import dispatch
+@pytest.mark.parametrize("entry", ["token_stats", "linear_token_stats"])
+def test_auto_falls_back_when_a_backend_fails(monkeypatch, entry):
+    from qtune.kernels import dispatch, linear_token_stats
 
     class Broken:
         def stats(self, *args):
@@ -175,9 +176,33 @@ def test_auto_falls_back_when_a_backend_fails(monkeypatch):
     monkeypatch.setattr(dispatch, "_default", "auto")
     x = torch.randn(2, 5, 77)
     lab = labels_for(x)
+    if entry == "token_stats":
+        call = lambda **kw: token_stats(x, lab, **kw)  # noqa: E731
+        expected = token_stats_reference(x, lab)
+    else:  # the fused LM-head path falls back the same way
+        h, w = torch.randn(2, 5, 8), torch.randn(77, 8)
+        call = lambda **kw: linear_token_stats(h, w, lab, **kw)  # noqa: E731
+        expected = token_stats_reference(h @ w.T, lab)
     with pytest.warns(RuntimeWarning, match="'compiled' failed"):
-        out = token_stats(x, lab)
-    torch.testing.assert_close(out.entropy, token_stats_reference(x, lab).entropy)
+        out = call()
+    torch.testing.assert_close(out.entropy, expected.entropy, atol=1e-5, rtol=1e-5)
     assert K.resolve_backend(None, torch.device("cpu")) == "torch"  # remembered
     with pytest.raises(RuntimeError, match="exploded"):  # an explicit choice never falls back
-        token_stats(x, lab, backend="compiled")
+        call(backend="compiled")
+
+
+@pytest.mark.parametrize("backend", ["torch", "compiled"])
+@pytest.mark.parametrize("bad", [50, -3])
+def test_label_outside_the_vocabulary_is_an_error(backend, bad):
+    """A label >= V or a negative label other than ignore_index is refused, by token_stats and
+    by the fused linear path, instead of reading a wrong logit."""
+    from qtune.kernels import linear_token_stats, token_stats
+
+    logits = torch.randn(2, 4, 50)
+    labels = torch.tensor([[1, 2, -100, 3], [4, bad, 5, -100]])
+    with pytest.raises(RuntimeError, match=r"outside \[0, 50\)"):
+        token_stats(logits, labels, backend=backend)
+    with pytest.raises(RuntimeError, match=r"outside \[0, 50\)"):
+        linear_token_stats(torch.randn(2, 4, 8), torch.randn(50, 8), labels, backend=backend)
+    labels[1, 1] = -100  # ignore_index itself is fine
+    assert token_stats(logits, labels, backend=backend).valid.sum() == 5
