@@ -11,7 +11,9 @@ Columns: ms = median of --repeats; compile_s = first call minus median (compile/
 peak_mem_mb = peak memory above what was held before the call (CUDA: max_memory_allocated;
 CPU: peak RSS, VmHWM after resetting it through /proc/self/clear_refs); gbps = N*V*itemsize
 bytes of logits / time; floor_fraction = (minimum logit traffic / --peak-gbps) / time, where
-the minimum is one read for fwd and read + read + write (2R+1W) for fwd_bwd.
+the minimum is one read for fwd and read + read + write (2R+1W) for fwd_bwd. For the linear
+impls, extra_vs_logits = (peak_mem - the gradients any path returns, grad_hidden + grad_weight)
+/ N*V logit bytes: the memory the fused path spends, measured against the logits it avoids.
 
     python scripts/bench_kernels.py --device cpu --dtype fp32 --shapes 4096x32000 --json out.json
 """
@@ -190,7 +192,7 @@ def main(argv=None):
     print(f"device={device} dtype={a.dtype} threads={torch.get_num_threads()} hidden={hidden} "
           f"peak_gbps={peak:.0f} repeats={repeats} torch={torch.__version__}")
     hdr = f"{'impl':<14}{'pass':<8}{'n':>7}{'v':>8}{'dtype':>6}{'ms':>10}{'compile_s':>10}" \
-          f"{'peak_mem_mb':>12}{'gbps':>8}{'floor_frac':>11}"
+          f"{'peak_mem_mb':>12}{'gbps':>8}{'floor_frac':>11}{'vs_logits':>10}"
     print(hdr)
     for shape in a.shapes.split(","):
         n, v = (int(s) for s in shape.lower().split("x"))
@@ -214,16 +216,19 @@ def main(argv=None):
                     print(f"{name:<14}{pass_:<8} FAILED: {type(err).__name__}: {err}"[:300])
                     continue
                 traffic = nbytes * (1 if pass_ == "fwd" else 3)
+                linear = name in ("fused_linear", "matmul_stats")
+                grads = (n + v) * hidden * inputs["h"].element_size() if pass_ == "fwd_bwd" else 0
                 row = dict(impl=name, **{"pass": pass_}, n=n, v=v, dtype=a.dtype,
                            ms=ms * 1e3, compile_s=comp, peak_mem_mb=mem / 2**20,
                            gbps=nbytes / ms / 1e9, floor_fraction=traffic / (peak * 1e9) / ms,
                            device=str(torch.cuda.get_device_name() if device.type == "cuda"
-                                      else "cpu"), hidden=hidden if "linear" in name or
-                           name == "matmul_stats" else None)
+                                      else "cpu"), hidden=hidden if linear else None,
+                           extra_vs_logits=(mem - grads) / nbytes if linear else None)
                 rows.append(row)
                 print(f"{name:<14}{pass_:<8}{n:>7}{v:>8}{a.dtype:>6}{row['ms']:>10.2f}"
                       f"{comp:>10.2f}{row['peak_mem_mb']:>12.1f}{row['gbps']:>8.1f}"
-                      f"{row['floor_fraction']:>11.3f}", flush=True)
+                      f"{row['floor_fraction']:>11.3f}"
+                      + (f"{row['extra_vs_logits']:>10.3f}" if linear else ""), flush=True)
         del inputs
         gc.collect()
     if a.json:
