@@ -2,7 +2,9 @@
 
 Compute is relative to the ``full`` point of the same task (see
 ``report_collect.reference_full``): mean FLOPs estimate over mean FLOPs of full, and the same
-for train time, so 1.0 means "cost as much as training on everything".
+for train time, so 1.0 means "cost as much as training on everything". Each point's eval is
+also compared with that ``full`` point's by Welch's t-test over seeds: a difference is called
+larger than the seed noise when p < 0.05 (marked ``*``).
 """
 
 from __future__ import annotations
@@ -32,8 +34,12 @@ def point_rows(points: list[Point]) -> list[dict]:
             "realised_keep_ratio": pt.mean("realised_keep_ratio"),
             "runs": [str(r.path) for r in pt.runs],
         }
+        row["delta_vs_full"], row["p_vs_full"] = math.nan, math.nan
         if ref is not None:
             row["ref_epochs"] = ref.epochs
+            if ref is not pt:
+                row["delta_vs_full"], row["p_vs_full"] = welch(
+                    [r.eval_value() for r in pt.runs], [r.eval_value() for r in ref.runs])
             row["rel_flops"] = _ratio(row["flops"], ref.mean("flops_estimate"))
             row["rel_time"] = _ratio(row["train_time_s"], ref.mean("train_time_s"))
         for key, _ in SHARE_KEYS:
@@ -47,17 +53,42 @@ def markdown_table(rows: list[dict]) -> str:
     """One task's table; share columns appear only when some run of the task records them."""
     shares = [(k, title) for k, title in SHARE_KEYS if any(k in r for r in rows)]
     metric = rows[0]["metric"] if rows else "eval"
-    head = (["strategy", "ratios", "epochs", "seeds", f"{metric} (mean ± std)", "FLOPs vs full",
+    head = (["strategy", "ratios", "epochs", "seeds", f"{metric} (mean ± std)", "Δ vs full",
+             "FLOPs vs full",
              "train time vs full", "full ref. epochs", "realised keep"] + [t for _, t in shares])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["strategy"], r["ratios"] or "—", str(r["epochs"]), str(r["seeds"]),
-                 f"{_num(r['eval_mean'])} ± {_num(r['eval_std'])}", _num(r["rel_flops"]),
+                 f"{_num(r['eval_mean'])} ± {_num(r['eval_std'])}", _delta(r), _num(r["rel_flops"]),
                  _num(r["rel_time"]), str(r["ref_epochs"] if r["ref_epochs"] is not None else "—"),
                  _num(r["realised_keep_ratio"])]
         cells += [_num(r.get(k, math.nan)) for k, _ in shares]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def welch(a: list[float], b: list[float]) -> tuple[float, float]:
+    """(mean(a) - mean(b), two-sided p of Welch's unequal-variance t-test). p is nan with fewer
+    than two values on a side, or when both sides have no spread at all."""
+    from scipy import stats
+
+    a = [x for x in a if not math.isnan(x)]
+    b = [x for x in b if not math.isnan(x)]
+    if not a or not b:
+        return math.nan, math.nan
+    delta = sum(a) / len(a) - sum(b) / len(b)
+    if len(a) < 2 or len(b) < 2 or (max(a) == min(a) and max(b) == min(b)):
+        return delta, math.nan
+    return delta, float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def _delta(r: dict) -> str:
+    d, p = r.get("delta_vs_full", math.nan), r.get("p_vs_full", math.nan)
+    if math.isnan(d):
+        return "—"
+    if math.isnan(p):
+        return f"{d:+.4f}"
+    return f"{d:+.4f} (p={p:.2g}){' *' if p < 0.05 else ''}"
 
 
 def _ratio(a: float, b: float) -> float:

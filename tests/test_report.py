@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -67,6 +68,26 @@ def test_table_numbers_match_the_summaries(runs_root, tmp_path):
     assert f"{statistics.mean(acc):.4f} ± {statistics.stdev(acc):.4f}" in line
     assert f"| {rel:.4f} |" in line
     assert "## digits" in md and "FLOPs vs full" in md
+    acc_full = [s["eval"]["accuracy"] for s in full]
+    assert r["delta_vs_full"] == pytest.approx(statistics.mean(acc) - statistics.mean(acc_full))
+    assert math.isnan(rows["full"]["delta_vs_full"]) and math.isnan(rows["qtuning"]["p_vs_full"])
+
+
+def test_welch_p_value_against_the_textbook_formula():
+    """Welch's t and Welch-Satterthwaite degrees of freedom by hand, p from Student's t."""
+    from scipy import stats
+
+    from qtune.report_tables import welch
+
+    a, b = [0.91, 0.93, 0.92, 0.95, 0.90], [0.88, 0.86, 0.90, 0.87]
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    t = (statistics.mean(a) - statistics.mean(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    delta, p = welch(a, b)
+    assert delta == pytest.approx(statistics.mean(a) - statistics.mean(b))
+    assert p == pytest.approx(2 * stats.t.sf(abs(t), df))
+    assert p < 0.05 and welch(a, a)[1] == pytest.approx(1.0)
+    assert math.isnan(welch([0.9], b)[1]) and math.isnan(welch([0.5, 0.5], [0.5, 0.5])[1])
 
 
 def test_every_figure_is_a_valid_png(runs_root, tmp_path):
