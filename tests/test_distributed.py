@@ -69,3 +69,61 @@ def test_sharded_scoring_pass_equals_one_process(tmp_path):
     untouched[selected] = False  # not trained after the scoring pass: still its values
     assert 0 < untouched.sum() < len(untouched)
     np.testing.assert_allclose(s1["el2n"][untouched], s2["el2n"][untouched], rtol=1e-5, atol=1e-6)
+
+
+def _rng_rank(rank: int, port: int, out_dir: str) -> None:
+    """One rank: consume the generator a rank-specific amount, checkpoint (the callback's
+    state_dict is a collective), scramble the generator, restore from rank 0's file."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import torch
+    import torch.distributed as dist
+
+    from qtune import PruningCallback
+    from qtune.strategies import build_strategy
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+
+    class Gloo:
+        root_device = torch.device("cpu")
+
+        def all_gather(self, t):
+            parts = [torch.empty_like(t) for _ in range(2)]
+            dist.all_gather(parts, t.contiguous())
+            return torch.stack(parts)
+
+    trainer = SimpleNamespace(world_size=2, global_rank=rank, current_epoch=0, strategy=Gloo())
+    cb = PruningCallback(build_strategy("full", seed=0), seed=0, num_samples=10)
+    cb._trainer = trainer
+    torch.manual_seed(0)  # every rank seeded alike, as seed_everything does ...
+    torch.rand(1 + 997 * rank)  # ... but a rank's batches of other shapes draw more numbers
+    state = cb.state_dict()
+    expected = torch.rand(4)
+    ckpt = Path(out_dir) / "state.pt"
+    if rank == 0:  # only rank 0 writes the checkpoint
+        torch.save(state, ckpt)
+    dist.barrier()
+    torch.manual_seed(12345)
+    fresh = PruningCallback(build_strategy("full", seed=0), seed=0, num_samples=10)
+    fresh._trainer = trainer
+    fresh.load_state_dict(torch.load(ckpt, weights_only=True))
+    got = torch.rand(4)
+    (Path(out_dir) / f"rank{rank}.txt").write_text(f"{int(torch.equal(got, expected))} "
+                                                   f"{len(state['rng_per_rank'])}")
+    dist.destroy_process_group()
+
+
+def test_each_rank_resumes_its_own_random_state(tmp_path):
+    """A checkpoint holds every rank's generator state, so rank 1's dropout masks after a
+    resume are the ones it would have drawn (rank 0's state would give different ones)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rng_rank, args=(port, str(tmp_path)), nprocs=2, join=True)
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)] == ["1 2", "1 2"]

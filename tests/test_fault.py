@@ -13,7 +13,7 @@ import pytest
 pytestmark = pytest.mark.distributed
 
 ARGS = ["experiment=digits", "epochs=3", "strategy=random", "strategy.keep_ratio=0.7",
-        "model.dropout=0.0", "trainer=ddp_cpu", "trainer.devices=2", "kernels.backend=torch",
+        "model.dropout=0.1", "trainer=ddp_cpu", "trainer.devices=2", "kernels.backend=torch",
         "trainer.enable_progress_bar=false", "checkpoint.every_n_train_steps=3"]
 
 

@@ -25,8 +25,9 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from qtune.engine.item_tracking import ItemTracker
-from qtune.engine.distributed import digest, gather_rows, ranks_agree, sum_over_ranks
-from qtune.engine.rng import capture_rng, restore_rng
+from qtune.engine.distributed import (digest, gather_per_rank, gather_rows, ranks_agree,
+                                      sum_over_ranks)
+from qtune.engine.rng import capture_rng, pack_rng, restore_rng, unpack_rng
 from qtune.engine.sampler import PlanSampler, shard_plan
 from qtune.engine.score_store import ScoreStore
 from qtune.strategies.base import EpochContext, EpochPlan, PruningStrategy, epoch_generator
@@ -331,6 +332,9 @@ class PruningCallback(Callback):
                 "batch_info": {k: float(v) for k, v in self._batch_info.items()},
             },
             "rng": capture_rng(),
+            # every rank's own state (a collective: Lightning builds checkpoints on all ranks)
+            "rng_per_rank": (gather_per_rank(self._trainer, pack_rng(capture_rng()))
+                             if self._trainer is not None and self._trainer.world_size > 1 else None),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -360,5 +364,10 @@ class PruningCallback(Callback):
             self._rows = list(progress["rows"])
             self._counters = dict(progress["counters"])
             self._batch_info = dict(progress["batch_info"])
-        if "rng" in state:
+        per_rank = state.get("rng_per_rank")
+        rank = self._trainer.global_rank if self._trainer is not None else 0
+        world = self._trainer.world_size if self._trainer is not None else 1
+        if per_rank is not None and len(per_rank) == world:
+            restore_rng(unpack_rng(per_rank[rank]))
+        elif "rng" in state:  # single process, or another world size: rank 0's state
             restore_rng(state["rng"])

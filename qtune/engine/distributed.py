@@ -5,26 +5,27 @@ from __future__ import annotations
 import torch
 
 
-def gather_rows(trainer, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Concatenate each rank's rows (first dim) in rank order; every rank gets the same result.
+def gather_per_rank(trainer, t: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's tensor (any first-dim length, same trailing shape and dtype), in rank order,
+    on every rank. Lengths are exchanged first, then one fixed-size padded buffer is gathered,
+    so ranks whose lengths differ (a shorter last batch) cannot stall the collective."""
+    if trainer is None or trainer.world_size == 1:
+        return [t]
+    strategy = trainer.strategy
+    device = strategy.root_device
+    n = t.shape[0]
+    lengths = strategy.all_gather(torch.tensor([n], device=device)).flatten().tolist()
+    buf = torch.zeros((max(lengths),) + tuple(t.shape[1:]), dtype=t.dtype, device=device)
+    buf[:n] = t.to(device)
+    gathered = strategy.all_gather(buf)  # [world, cap, ...]
+    return [gathered[r, : lengths[r]].cpu() for r in range(len(lengths))]
 
-    Lengths are exchanged first, then fixed-size padded buffers are gathered once, so ranks
-    whose row counts differ (a shorter last batch) cannot stall the collective.
-    """
+
+def gather_rows(trainer, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Concatenate each rank's rows (first dim) in rank order; every rank gets the same result."""
     if trainer is None or trainer.world_size == 1:
         return tensors
-    strategy = trainer.strategy
-    n = next(iter(tensors.values())).shape[0]
-    device = strategy.root_device
-    lengths = strategy.all_gather(torch.tensor([n], device=device)).flatten().tolist()
-    cap = max(lengths)
-    out = {}
-    for key, t in tensors.items():
-        buf = torch.zeros((cap,) + tuple(t.shape[1:]), dtype=t.dtype, device=device)
-        buf[:n] = t.to(device)
-        gathered = strategy.all_gather(buf)  # [world, cap, ...]
-        out[key] = torch.cat([gathered[r, : lengths[r]] for r in range(len(lengths))]).cpu()
-    return out
+    return {key: torch.cat(gather_per_rank(trainer, t)) for key, t in tensors.items()}
 
 
 def sum_over_ranks(trainer, values: dict[str, torch.Tensor]) -> dict[str, float]:

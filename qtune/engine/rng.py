@@ -1,11 +1,14 @@
 """Global RNG state capture/restore, so a resumed run draws the same dropout masks.
 
 States are stored as tensors and plain Python values only, so checkpoints stay loadable with
-``torch.load(weights_only=True)``."""
+``torch.load(weights_only=True)``. Under DDP each rank's state is packed into bytes and
+gathered, because ranks that see batches of different shapes consume their generators
+differently: restoring rank 0's state everywhere would change the other ranks' dropout."""
 
 from __future__ import annotations
 
 import random
+import io
 from typing import Any
 
 import numpy as np
@@ -30,3 +33,14 @@ def restore_rng(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def pack_rng(state: dict[str, Any]) -> torch.Tensor:
+    """A captured state as a uint8 tensor (torch's own format, weights-only loadable)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+
+
+def unpack_rng(packed: torch.Tensor) -> dict[str, Any]:
+    return torch.load(io.BytesIO(packed.numpy().tobytes()), weights_only=True)
