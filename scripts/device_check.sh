@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Every GPU check in one go, for a machine with one CUDA GPU and nothing to download from:
+#   1. the kernel tests for real (Triton parity, large shapes, bf16),
+#   2. the kernel benchmark: bf16 32768x49152 (issue targets; the liger row when liger-kernel is
+#      importable) and fp32 4096x32000,
+#   3. the default job under Lightning's DDP strategy on the GPU (bf16-mixed), Q-Tuning 0.25 x 0.5,
+#      then full, both with summary.json kept.
+# Results go to $OUT (default: ./gpu_check): check.log, the two benchmark JSONs and the two
+# summaries (six files at most). Packages the machine lacks (hydra-core, omegaconf,
+# antlr4-python3-runtime, liger-kernel) can travel as wheels in ./.whl. Run from the repo root:
+#   bash scripts/device_check.sh
+set -uo pipefail
+REPO=$(pwd)
+OUT=${OUT:-$REPO/gpu_check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 WANDB_MODE=offline QTUNE_CACHE=/tmp/qtune_cache
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+fi
+python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/qt . || exit 1
+export PYTHONPATH=/tmp/qt:/tmp/site:${PYTHONPATH:-}
+cd /tmp  # import the installed package, not the checkout's source folders
+LOG="$OUT/check.log"
+step() { echo "== $1 ($(date +%T))" | tee -a "$LOG"; }
+step "device"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+} 2>&1 | tee -a "$LOG"
+step "kernel tests"
+python3 -m pytest -q -p no:cacheprovider --rootdir "$REPO" "$REPO/tests/test_kernels_triton.py" \
+  "$REPO/tests/test_kernels.py" "$REPO/tests/test_kernels_linear.py" 2>&1 | tail -15 | tee -a "$LOG"
+step "benchmark bf16"
+python3 "$REPO/scripts/bench_kernels.py" --dtype bf16 --shapes 32768x49152 \
+  --json "$OUT/gpu_bf16.json" 2>&1 | tee -a "$LOG"
+step "benchmark fp32"
+python3 "$REPO/scripts/bench_kernels.py" --dtype fp32 --shapes 4096x32000 --repeats 10 \
+  --json "$OUT/gpu_fp32.json" 2>&1 | tee -a "$LOG"
+for strat in qtuning full; do
+  step "DDP run: $strat"
+  python3 -m qtune.train trainer=ddp trainer.devices=1 strategy=$strat \
+    trainer.enable_progress_bar=false hydra.run.dir=/tmp/ddp_$strat 2>&1 | tail -20 | tee -a "$LOG"
+  cp /tmp/ddp_$strat/summary.json "$OUT/ddp_${strat}_summary.json" 2>/dev/null
+done
+step done
