@@ -96,6 +96,7 @@ class Point:
     epochs: int
     runs: list[Run]
     label: str = ""
+    variant: str = ""  # the non-ratio knobs that set this point apart within its strategy
 
     @property
     def metric(self) -> str:
@@ -145,7 +146,9 @@ def group_points(runs: list[Run]) -> dict[str, list[Point]]:
             varying = {k for q in same for k in set(q.knobs) | set(pt.knobs)
                        if q.knobs.get(k) != pt.knobs.get(k)}
             shown = [k for k in pt.knobs if k in RATIO_KEYS or k in varying]
-            pt.label = ", ".join(f"{k}={_fmt(pt.knobs[k])}" for k in shown)
+            pt.label = ", ".join(f"{k}={_fmt(pt.knobs[k], k)}" for k in shown)
+            pt.variant = ", ".join(f"{k}={_fmt(pt.knobs[k], k)}" for k in shown
+                                   if k not in RATIO_KEYS)
     return by_task
 
 
@@ -168,7 +171,14 @@ def reference_full(point: Point, points: list[Point]) -> Point | None:
     return max(fulls, key=lambda q: q.epochs) if fulls else None
 
 
-def _fmt(v: Any) -> str:
+POLICY_LETTERS = {"keep": "K", "prune": "P", "drop": "D"}
+
+
+def _fmt(v: Any, key: str = "") -> str:
+    """A knob's value for labels; a Q-Tuning policy reads as four letters, Q1..Q4 in order
+    (K keep, P keep with token pruning, D drop): the paper's default is DPDK."""
+    if key == "policy" and isinstance(v, dict) and set(v) == {"q1", "q2", "q3", "q4"}:
+        return "".join(POLICY_LETTERS.get(str(v[q]), "?") for q in ("q1", "q2", "q3", "q4"))
     if isinstance(v, dict):
         return "{" + ",".join(f"{k}:{_fmt(x)}" for k, x in v.items()) + "}"
     if isinstance(v, float):

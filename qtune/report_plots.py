@@ -1,10 +1,11 @@
 """The figures of ``qtune-report`` (matplotlib, Agg backend: no display needed).
 
-* ``pareto_<task>.png``: eval metric against FLOPs relative to full, one line per strategy
-  (its points in order of compute, seed std as error bars; points trained for more epochs
-  than their full reference, the same-steps budget, get their own dashed line), the Pareto
-  front (no other point is both cheaper and better) drawn as a black step line, points ringed.
-* ``keep_ratio_<task>.png``: realised keep ratio per epoch, one line per point.
+* ``pareto_<task>.png``: eval metric against FLOPs relative to full, one panel per full
+  reference (e.g. 3 and 9 epochs), one line per strategy variant (its points in order of
+  compute, seed std as error bars; points trained for more epochs than their full reference,
+  the same-steps budget, get their own dashed line), the Pareto front (no other point is both
+  cheaper and better) drawn as a black step line, points ringed.
+* ``keep_ratio_<task>.png``: realised keep ratio per epoch, a panel per strategy variant.
 * ``plane_<task>.png``: the Q-Tuning error-uncertainty plane of one run's final scores (PPL on
   a log axis against entropy), coloured by item kind. The dashed lines are the quantile
   thresholds of Q-Tuning's split, P_lo/P_hi = PPL quantiles at α and 1−α and E_lo/E_hi = the
@@ -26,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .report_collect import Point, Run  # noqa: E402
+from .report_collect import RATIO_KEYS, Point, Run  # noqa: E402
 
 KIND_COLOURS = {"clean": "tab:blue", "noisy": "tab:red", "duplicate": "tab:orange"}
 DEFAULT_ALPHA = 0.25
@@ -45,52 +46,69 @@ def pareto_front(xy: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: xy[i][0])
 
 
+def _line_name(r: dict) -> str:
+    return r["strategy"] + (f" [{r['variant']}]" if r.get("variant") else "")
+
+
 def plot_pareto(task: str, rows: list[dict], out: Path) -> Path | None:
+    """One panel per reference epoch count (the full run compute is measured against)."""
     pts = [r for r in rows if not math.isnan(r["rel_flops"]) and not math.isnan(r["eval_mean"])]
     if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    refs = {r["ref_epochs"] for r in pts}
-    lines: dict[tuple, list[dict]] = {}
-    for r in pts:  # one line per strategy, reference and budget (same epochs or more epochs)
-        key = (r["strategy"], r["ref_epochs"], r["epochs"] != r["ref_epochs"])
-        lines.setdefault(key, []).append(r)
-    colours = {st: f"C{i % 10}" for i, st in enumerate(sorted({r["strategy"] for r in pts}))}
-    for (strat, ref, longer), rs in sorted(lines.items()):
-        rs.sort(key=lambda r: r["rel_flops"])
-        label = (strat + (f" vs full@{ref} ep" if len(refs) > 1 else "")
-                 + (" (more epochs)" if longer else ""))
-        ax.errorbar([r["rel_flops"] for r in rs], [r["eval_mean"] for r in rs],
-                    yerr=[r["eval_std"] for r in rs], marker="s" if longer else "o", capsize=3,
-                    color=colours[strat], ls="--" if longer else "-", label=label)
-    front = pareto_front([(r["rel_flops"], r["eval_mean"]) for r in pts])
-    fx, fy = [pts[i]["rel_flops"] for i in front], [pts[i]["eval_mean"] for i in front]
-    ax.step(fx, fy, where="post", color="black", lw=1, alpha=0.7, label="Pareto front")
-    ax.scatter(fx, fy, s=160, facecolors="none", edgecolors="black", zorder=5)
-    ax.axvline(1.0, color="grey", lw=0.8, ls=":")
+    refs = sorted({r["ref_epochs"] for r in pts})
+    fig, axes = plt.subplots(1, len(refs), figsize=(7.5 * len(refs), 5.5), squeeze=False)
+    names = sorted({_line_name(r) for r in pts})
+    palette = [*plt.get_cmap("tab10").colors, *plt.get_cmap("Dark2").colors]  # 18 distinct
+    colours = {n: palette[i % len(palette)] for i, n in enumerate(names)}
     metric = pts[0]["metric"].replace("_", " ")
-    ax.set(title=f"{task}: {metric} vs compute (mean ± std over seeds)",
-           xlabel="training FLOPs relative to full (estimate, same task)",
-           ylabel=f"eval {metric} (fraction)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    for ax, ref in zip(axes[0], refs):
+        panel = [r for r in pts if r["ref_epochs"] == ref]
+        lines: dict[tuple, list[dict]] = {}
+        for r in panel:  # one line per strategy variant and budget (same epochs or more)
+            lines.setdefault((_line_name(r), r["epochs"] != ref), []).append(r)
+        for (name, longer), rs in sorted(lines.items()):
+            rs.sort(key=lambda r: r["rel_flops"])
+            ax.errorbar([r["rel_flops"] for r in rs], [r["eval_mean"] for r in rs],
+                        yerr=[r["eval_std"] for r in rs], marker="s" if longer else "o",
+                        capsize=3, color=colours[name], ls="--" if longer else "-",
+                        label=name + (" (more epochs)" if longer else ""))
+        front = pareto_front([(r["rel_flops"], r["eval_mean"]) for r in panel])
+        fx, fy = [panel[i]["rel_flops"] for i in front], [panel[i]["eval_mean"] for i in front]
+        ax.step(fx, fy, where="post", color="black", lw=1, alpha=0.7, label="Pareto front")
+        ax.scatter(fx, fy, s=160, facecolors="none", edgecolors="black", zorder=5)
+        ax.axvline(1.0, color="grey", lw=0.8, ls=":")
+        ax.set(title=f"{task}: {metric} vs compute, full = {ref} epochs (mean ± std over seeds)",
+               xlabel=f"training FLOPs relative to full at {ref} epochs (estimate)",
+               ylabel=f"eval {metric} (fraction)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
     return _save(fig, out / f"pareto_{slug(task)}.png")
 
 
 def plot_keep_ratio(task: str, points: list[Point], out: Path) -> Path | None:
-    series = [(f"{p.strategy} {p.label} ({p.epochs} ep)".replace("  ", " "), p.keep_per_epoch())
-              for p in points]
-    series = [(name, ys) for name, ys in series if ys]
-    if not series:
+    """Small multiples: one panel per strategy variant, one line per ratio setting and epochs."""
+    panels: dict[str, list[tuple[str, list[float]]]] = {}
+    for p in points:
+        ys = p.keep_per_epoch()
+        if ys:
+            name = p.strategy + (f" [{p.variant}]" if p.variant else "")
+            ratios = ", ".join(x for x in p.label.split(", ") if x.split("=")[0] in RATIO_KEYS)
+            panels.setdefault(name, []).append((f"{ratios or 'all'} ({p.epochs} ep)", ys))
+    if not panels:
         return None
-    fig, ax = plt.subplots(figsize=(8.5, 5))
-    for name, ys in series:
-        ax.plot(range(len(ys)), ys, marker=".", label=name)
-    ax.set(title=f"{task}: realised keep ratio per epoch (mean over seeds)", xlabel="epoch",
-           ylabel="samples trained / training set size", ylim=(0, 1.05))
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
+    for ax, (name, series) in zip(axes.flat, sorted(panels.items())):
+        for label, ys in series:
+            ax.plot(range(len(ys)), ys, marker="." if len(ys) <= 40 else None, label=label)
+        ax.set(title=name, xlabel="epoch", ylabel="samples trained / set size", ylim=(0, 1.05))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="best")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"{task}: realised keep ratio per epoch (mean over seeds)")
     return _save(fig, out / f"keep_ratio_{slug(task)}.png")
 
 

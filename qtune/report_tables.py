@@ -24,7 +24,8 @@ def point_rows(points: list[Point]) -> list[dict]:
         ref = reference_full(pt, points)
         mean, std = pt.eval_stats()
         row = {
-            "task": pt.task, "strategy": pt.strategy, "ratios": pt.label, "knobs": pt.knobs,
+            "task": pt.task, "strategy": pt.strategy, "ratios": pt.label, "variant": pt.variant,
+            "knobs": pt.knobs,
             "epochs": pt.epochs, "seeds": len(pt.runs), "seed_ids": pt.seeds(),
             "metric": pt.metric, "eval_mean": mean, "eval_std": std,
             "eval_loss": pt.mean_std([float((r.summary.get("eval") or {}).get("loss", math.nan))

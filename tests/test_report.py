@@ -225,3 +225,26 @@ def test_run_grid_in_process_matches_a_fresh_run_and_logs_failures(tmp_path):
     bad = rg.GridPoint(tmp_path / "bad", ["experiment=digits", "strategy=nope"])
     assert rg.in_process_runner(bad) == 1
     assert "nope" in (tmp_path / "bad" / "grid.log").read_text()
+
+
+def test_variants_split_a_strategy_and_policies_read_as_letters(tmp_path):
+    """Points of one strategy that differ in a non-ratio knob are separate variants (own line
+    in the plots); a Q-Tuning policy is labelled Q1..Q4 as K/P/D letters."""
+    from qtune.report_collect import Run, group_points
+
+    def run(seed, **strategy):
+        summary = {"strategy": strategy["name"], "seed": seed, "epochs": 3,
+                   "eval": {"accuracy": 0.5}}
+        return Run(tmp_path / f"r{len(strategy)}{seed}", summary,
+                   {"data": {"name": "toy"}, "strategy": strategy})
+
+    paper = {"q1": "drop", "q2": "prune", "q3": "drop", "q4": "keep"}
+    no_q2 = {**paper, "q2": "drop"}
+    runs = [run(0, name="qtuning", sample_ratio=0.25, policy=paper),
+            run(0, name="qtuning", sample_ratio=0.5, policy=no_q2),
+            run(0, name="random", keep_ratio=0.5, static=False),
+            run(1, name="random", keep_ratio=0.5, static=True)]
+    pts = {(p.strategy, p.variant): p for p in group_points(runs)["toy"]}
+    assert set(pts) == {("qtuning", "policy=DPDK"), ("qtuning", "policy=DDDK"),
+                        ("random", "static=False"), ("random", "static=True")}
+    assert pts[("qtuning", "policy=DDDK")].label == "sample_ratio=0.5, policy=DDDK"
