@@ -247,4 +247,4 @@ def test_variants_split_a_strategy_and_policies_read_as_letters(tmp_path):
     pts = {(p.strategy, p.variant): p for p in group_points(runs)["toy"]}
     assert set(pts) == {("qtuning", "policy=DPDK"), ("qtuning", "policy=DDDK"),
                         ("random", "static=False"), ("random", "static=True")}
-    assert pts[("qtuning", "policy=DDDK")].label == "sample_ratio=0.5, policy=DDDK"
+    assert pts[("qtuning", "policy=DDDK")].label == "policy=DDDK, sample_ratio=0.5"
