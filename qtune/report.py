@@ -32,8 +32,11 @@ def build_report(paths: list[str | Path], out: str | Path, tokens_rows: int = 80
           f"{len(runs)} runs. Eval: mean ± sample std over seeds. Compute: mean FLOPs estimate "
           "and mean train time relative to `full` of the same task at the same epochs (or, for a "
           "run with more epochs than any full run, the full run with the most epochs below it: "
-          "column *full ref. epochs*). Kept shares: share of the noisy / duplicate items (and "
-          "of wrong-answer tokens) of the training set trained, averaged over epochs.", ""]
+          "column *full ref. epochs*). *Δ vs full*: difference of the eval means to that full "
+          "point, with the two-sided p of Welch's t-test over seeds; * marks p < 0.05, a "
+          "difference larger than the seed noise. Kept shares: share of the noisy / duplicate "
+          "items (and of wrong-answer tokens) of the training set trained, averaged over "
+          "epochs.", ""]
     all_rows, files = [], []
     for task, points in sorted(by_task.items()):
         rows = point_rows(points)
