@@ -113,13 +113,17 @@ def plot_keep_ratio(task: str, points: list[Point], out: Path) -> Path | None:
 
 
 def plane_run(runs: list[Run]) -> Run | None:
-    """The run whose scores draw the plane: the first qtuning run, else full, else any."""
+    """The run whose scores draw the plane: the first qtuning run with the paper's quadrant
+    policy (DPDK; other policies move the bisection's α), else any qtuning run, else full,
+    else any."""
     with_scores = [r for r in runs if (r.path / "scores.npz").is_file()]
-    for want in ("qtuning", "full"):
-        for r in with_scores:
-            if r.strategy == want:
-                return r
-    return with_scores[0] if with_scores else None
+    paper = {"q1": "drop", "q2": "prune", "q3": "drop", "q4": "keep"}
+    qt = [r for r in with_scores if r.strategy == "qtuning"]
+    for group in ([r for r in qt if dict(r.strategy_cfg.get("policy") or paper) == paper], qt,
+                  [r for r in with_scores if r.strategy == "full"], with_scores):
+        if group:
+            return group[0]
+    return None
 
 
 def plot_plane(task: str, run: Run, out: Path) -> Path | None:

@@ -248,3 +248,20 @@ def test_variants_split_a_strategy_and_policies_read_as_letters(tmp_path):
     assert set(pts) == {("qtuning", "policy=DPDK"), ("qtuning", "policy=DDDK"),
                         ("random", "static=False"), ("random", "static=True")}
     assert pts[("qtuning", "policy=DDDK")].label == "policy=DDDK, sample_ratio=0.5"
+
+
+def test_plane_prefers_a_qtuning_run_with_the_papers_policy(tmp_path):
+    from qtune.report_collect import Run
+    from qtune.report_plots import plane_run
+
+    def run(name, strategy, **cfg):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "scores.npz").write_bytes(b"")
+        return Run(tmp_path / name, {"strategy": strategy}, {"strategy": {"name": strategy, **cfg}})
+
+    full = run("a_full", "full")
+    drop_q2 = run("b_qt", "qtuning", policy={"q1": "drop", "q2": "drop", "q3": "drop", "q4": "keep"})
+    paper = run("c_qt", "qtuning", policy={"q1": "drop", "q2": "prune", "q3": "drop", "q4": "keep"})
+    assert plane_run([full, drop_q2, paper]) is paper
+    assert plane_run([full, drop_q2]) is drop_q2
+    assert plane_run([full]) is full
