@@ -35,7 +35,7 @@ def _accumulate_grad_w(gw, dz, h):
         try:
             return torch.addmm(gw, dz.t(), h, out_dtype=torch.float32)
         except (TypeError, RuntimeError, NotImplementedError):
-            pass
+            pass  # a torch without `out_dtype` for this GEMM: the upcast path below is correct
     return gw.add_((dz.t() @ h).float())
 
 
