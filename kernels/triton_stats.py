@@ -108,7 +108,11 @@ def _stats_bwd(Z, Y, LSE, G, DZ, stride_z, stride_d, V, BLOCK: tl.constexpr):
             tl.store(drow + cols, dz.to(DZ.dtype.element_ty), mask=mask)
 
 
-_CANDIDATES = ((1024, 4), (2048, 4), (4096, 8), (8192, 8), (8192, 16), (16384, 16))
+# (BLOCK, num_warps). The forward keeps three BLOCK-wide fp32 accumulators, about
+# 3 * BLOCK / (32 * num_warps) registers a thread, so wide tiles need many warps (Hopper
+# CE kernels run 32) and the widest ones may spill: timing decides, not this list's order.
+_CANDIDATES = ((1024, 4), (2048, 4), (4096, 8), (4096, 16), (8192, 8), (8192, 16),
+               (8192, 32), (16384, 16), (16384, 32))
 _chosen: dict = {}
 
 
@@ -169,9 +173,14 @@ class TritonStats:
         yk = torch.where(valid, y, torch.full_like(y, -1))
         dz = torch.empty_like(z) if out is None else out
 
-        def launch(block, warps):
-            _stats_bwd[(n,)](z, yk, lse, g, dz, z.stride(0), dz.stride(0), v, BLOCK=block,
+        def launch(block, warps, dest=dz):
+            _stats_bwd[(n,)](z, yk, lse, g, dest, z.stride(0), dest.stride(0), v, BLOCK=block,
                              num_warps=warps)
 
-        launch(*self._cfg("bwd", z, launch))
+        in_place = dz.untyped_storage().data_ptr() == z.untyped_storage().data_ptr()
+
+        def trial(block, warps):  # tile timing launches many times: never over the logits
+            launch(block, warps, torch.empty_like(z) if in_place else dz)
+
+        launch(*self._cfg("bwd", z, trial))
         return dz

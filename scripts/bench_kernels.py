@@ -24,6 +24,7 @@ import argparse
 import gc
 import ctypes
 import json
+import os
 import statistics
 import time
 
@@ -96,18 +97,17 @@ def make_impls(device, liger):
     def ce(x, y, **_):
         return F.cross_entropy(x.float(), y, reduction="none")
 
-    impls = {
-        "cross_entropy": ce,
-        "eager": lambda x, y, **_: token_stats_reference(x, y).loss,
-        "torch_chunked": lambda x, y, **_: token_stats(x, y, backend="torch").loss,
-        "compiled": lambda x, y, **_: token_stats(x, y, backend="compiled").loss,
-    }
+    # the rows the targets compare come first; eager, the most memory-hungry, last
+    impls = {"cross_entropy": ce}
     if device.type == "cuda":
         impls["triton"] = lambda x, y, **_: token_stats(x, y, backend="triton").loss
+    impls["compiled"] = lambda x, y, **_: token_stats(x, y, backend="compiled").loss
     if liger is not None:
         impls["liger"] = lambda x, y, **_: liger(x, y, reduction="none")
+    impls["torch_chunked"] = lambda x, y, **_: token_stats(x, y, backend="torch").loss
     impls["matmul_stats"] = lambda h, w, y, **_: token_stats(F.linear(h, w), y).loss
     impls["fused_linear"] = lambda h, w, y, **_: linear_token_stats(h, w, y).loss
+    impls["eager"] = lambda x, y, **_: token_stats_reference(x, y).loss
     return impls
 
 
@@ -229,13 +229,19 @@ def main(argv=None):
                       f"{comp:>10.2f}{row['peak_mem_mb']:>12.1f}{row['gbps']:>8.1f}"
                       f"{row['floor_fraction']:>11.3f}"
                       + (f"{row['extra_vs_logits']:>10.3f}" if linear else ""), flush=True)
+                if a.json:  # after every row: a run cut short still leaves what it measured
+                    write_json(a.json, dict(device=str(device), dtype=a.dtype, peak_gbps=peak,
+                                            rows=rows))
         del inputs
         gc.collect()
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(dict(device=str(device), dtype=a.dtype, peak_gbps=peak, rows=rows), f,
-                      indent=1)
     return rows
+
+
+def write_json(path: str, data: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
 
 
 def copy_gbps() -> float:

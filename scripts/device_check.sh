@@ -4,8 +4,11 @@
 #   2. the kernel benchmark: bf16 32768x49152 (issue targets; the liger row when liger-kernel is
 #      importable) and fp32 4096x32000,
 #   3. the default job under Lightning's DDP strategy on the GPU (bf16-mixed), Q-Tuning 0.25 x 0.5,
-#      then full, both with summary.json kept.
-# Results go to $OUT (default: ./gpu_check): check.log, the two benchmark JSONs and the two
+#      then full, then one epoch of Q-Tuning under FSDP (Lightning refuses FSDP on CPU, so this
+#      is where trainer=fsdp runs), each with summary.json kept.
+# Each step has its own time limit (under 10 minutes in all; most steps need far less), so one
+# slow step cannot take the others' results with it; the benchmarks write their JSON row by row.
+# Results go to $OUT (default: ./gpu_check): check.log, the two benchmark JSONs and the three
 # summaries (six files at most). Packages the machine lacks (hydra-core, omegaconf,
 # antlr4-python3-runtime, liger-kernel) can travel as wheels in ./.whl. Run from the repo root:
 #   bash scripts/device_check.sh
@@ -28,18 +31,24 @@ step "device"
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 } 2>&1 | tee -a "$LOG"
 step "kernel tests"
-python3 -m pytest -q -p no:cacheprovider --rootdir "$REPO" "$REPO/tests/test_kernels_triton.py" \
+timeout 90 python3 -m pytest -q -p no:cacheprovider --rootdir "$REPO" "$REPO/tests/test_kernels_triton.py" \
   "$REPO/tests/test_kernels.py" "$REPO/tests/test_kernels_linear.py" 2>&1 | tail -15 | tee -a "$LOG"
 step "benchmark bf16"
-python3 "$REPO/scripts/bench_kernels.py" --dtype bf16 --shapes 32768x49152 \
+timeout 150 python3 "$REPO/scripts/bench_kernels.py" --dtype bf16 --shapes 32768x49152 \
   --json "$OUT/gpu_bf16.json" 2>&1 | tee -a "$LOG"
 step "benchmark fp32"
-python3 "$REPO/scripts/bench_kernels.py" --dtype fp32 --shapes 4096x32000 --repeats 10 \
+timeout 45 python3 "$REPO/scripts/bench_kernels.py" --dtype fp32 --shapes 4096x32000 --repeats 10 \
   --json "$OUT/gpu_fp32.json" 2>&1 | tee -a "$LOG"
-for strat in qtuning full; do
-  step "DDP run: $strat"
-  python3 -m qtune.train trainer=ddp trainer.devices=1 strategy=$strat \
-    trainer.enable_progress_bar=false hydra.run.dir=/tmp/ddp_$strat 2>&1 | tail -20 | tee -a "$LOG"
-  cp /tmp/ddp_$strat/summary.json "$OUT/ddp_${strat}_summary.json" 2>/dev/null
-done
+train() {  # name, time limit, overrides...
+  local name=$1 limit=$2
+  shift 2
+  step "run: $name"
+  timeout "$limit" python3 -m qtune.train trainer.enable_progress_bar=false \
+    hydra.run.dir=/tmp/run_$name "$@" 2>&1 | tail -20 | tee -a "$LOG"
+  cp /tmp/run_$name/summary.json "$OUT/${name}_summary.json" 2>/dev/null
+}
+# the first run also builds the cached base model
+train ddp_qtuning 150 trainer=ddp trainer.devices=1 strategy=qtuning
+train ddp_full 90 trainer=ddp trainer.devices=1 strategy=full
+train fsdp_qtuning 60 trainer=fsdp trainer.devices=1 strategy=qtuning epochs=1
 step done

@@ -103,6 +103,29 @@ else:
         torch.testing.assert_close(h.grad, h1.grad, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(w.grad, w1.grad, atol=1e-4, rtol=1e-4)
 
+    def test_tile_timing_keeps_the_logits_an_in_place_gradient_reads(monkeypatch):
+        """On CUDA the first big call times several tile widths by launching each: with
+        `out=z` (the fused linear backward) those trial launches must not write over z."""
+        import qtune.kernels.triton_stats as ts
+
+        def timing(kind, z, launch):  # what _config does on a GPU: repeated trial launches
+            for cfg in ((32, 4), (64, 4)):
+                launch(*cfg)
+                launch(*cfg)
+            return 64, 4
+
+        monkeypatch.setattr(ts, "_config", timing)
+        z, lab = randn(6, 300), labels_for((6,), 300)
+        valid = lab != -100
+        y = torch.where(valid, lab, torch.zeros_like(lab))
+        lse = ts.TritonStats(64).stats(z, y, valid)[6]
+        g = torch.rand(6, device=DEV)
+        fresh = ts.TritonStats(64).grad(z, y, valid, lse, g)
+        zz = z.clone()
+        got = ts.TritonStats().grad(zz, y, valid, lse, g, out=zz)
+        assert got.data_ptr() == zz.data_ptr()
+        torch.testing.assert_close(got, fresh, atol=0, rtol=0)
+
     @pytest.mark.skipif(not CUDA, reason="large shapes only on a real GPU")
     @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
     def test_triton_cuda_large(dtype):
