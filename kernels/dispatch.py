@@ -91,6 +91,26 @@ def is_auto(backend: str | None) -> bool:
 _FALLBACK = {"triton": "compiled", "compiled": "torch"}
 
 
+def next_backend(name: str, device_type: str, err: Exception, fallback: bool) -> str:
+    """The backend to try after `name` failed with `err`: under "auto" (`fallback`) the next
+    simpler one, remembered for the rest of the process with one warning; otherwise re-raise.
+    Running out of memory is never a reason to switch."""
+    if not fallback or name not in _FALLBACK or isinstance(err, torch.OutOfMemoryError):
+        raise err
+    _warn_once(f"failed-{name}", f"qtune.kernels: backend {name!r} failed "
+               f"({type(err).__name__}: {str(err)[:200]}); using {_FALLBACK[name]!r}")
+    _broken.setdefault(device_type, set()).add(name)
+    return _FALLBACK[name]
+
+
+def working_impl(impl, device_type: str, fallback: bool):
+    """`impl`, or under "auto" the backend that replaced it after it failed in this process."""
+    name = impl.name
+    while fallback and name in _broken.get(device_type, ()):
+        name = _FALLBACK[name]
+    return impl if name == impl.name else get_impl(name)
+
+
 def call_with_fallback(call, name: str, device_type: str, fallback: bool = False):
     """`call(impl)` with backend `name`'s implementation object.
 
@@ -102,18 +122,13 @@ def call_with_fallback(call, name: str, device_type: str, fallback: bool = False
         try:
             return call(get_impl(name))
         except Exception as err:
-            if not fallback or name not in _FALLBACK or isinstance(err, torch.OutOfMemoryError):
-                raise
-            _warn_once(f"failed-{name}", f"qtune.kernels: backend {name!r} failed "
-                       f"({type(err).__name__}: {str(err)[:200]}); using {_FALLBACK[name]!r}")
-            _broken.setdefault(device_type, set()).add(name)
-            name = _FALLBACK[name]
+            name = next_backend(name, device_type, err, fallback)
 
 
 def run_rows(z2, y2, valid2, name: str, fallback: bool = False):
     """The 7 row outputs of backend `name` on [N, V] logits (autograd-aware for the loss)."""
-    return call_with_fallback(lambda impl: StatsFunction.apply(z2, y2, valid2, impl), name,
-                              z2.device.type, fallback)
+    return call_with_fallback(lambda impl: StatsFunction.apply(z2, y2, valid2, impl, fallback),
+                              name, z2.device.type, fallback)
 
 
 def check_labels(labels: torch.Tensor, valid: torch.Tensor, num_classes: int) -> None:

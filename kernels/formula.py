@@ -1,17 +1,24 @@
 """The statistics as a function of a few per-row accumulators, plus the autograd wrapper.
 
 Every backend reduces a row of logits z (label y) to the same accumulators, taken about a
-reference point m = max_v z_v:
+reference point m >= z_y (the row max), over the classes other than the label:
 
-    s = sum_v exp(z_v - m)          t = sum_v exp(z_v - m) * (z_v - m)
-    q = sum_v exp(z_v - m)^2        other = max_{v != y} z_v        correct = [argmax == y]
+    s = sum_{v != y} e_v,   t = sum_{v != y} e_v (z_v - m),   q = sum_{v != y} e_v^2,
+    with e_v = exp(z_v - m);   other = max_{v != y} z_v;   correct = [argmax == y]
 
-and `finish_rows` turns them into the statistics without touching the row again:
+and `finish_rows` adds the label's own term and turns them into the statistics without
+touching the row again (e_y = exp(z_y - m), S = s + e_y):
 
-    lse = m + log s,  loss = lse - z_y,  p_y = exp(-loss),  entropy = log s - t / s,
-    el2n = sqrt(max(0, q / s^2 - 2 p_y + 1)),  margin = p_y - exp(other - lse).
+    lse = m + log S,  loss = lse - z_y,  p_y = e_y / S,  entropy = log S - (t + e_y (z_y - m)) / S,
+    el2n = sqrt(q + s^2) / S,  margin = p_y - exp(other - lse).
 
-Entropy uses t about m (not sum p*z) so that logits of +-1e4 do not cancel catastrophically.
+EL2N is ||p - onehot||^2 = sum_{v != y} p_v^2 + (1 - p_y)^2 with 1 - p_y = s / S: the same
+number as the textbook sum_v p_v^2 - 2 p_y + 1, without its cancellation. That form subtracts
+terms near 1 and, for a confident token, loses every digit: at p_y = 1 - 1e-4 fp32 backends
+disagreed by up to sqrt(eps) = 3e-4 and returned 0 for true values of 1e-4. Leaving the label
+out of the sums keeps full relative precision down to EL2N of 1e-30.
+Entropy uses t about m (not sum p*z) so that logits of +-1e4 do not cancel catastrophically;
+logits of -inf (masked vocabulary entries) enter as -1e30, so e * (z - m) is 0, not NaN.
 The backward needs only lse per row: d loss / d z = softmax(z) - onehot(y), recomputed from the
 logits, so no N x V tensor is kept between forward and backward.
 """
@@ -19,19 +26,25 @@ logits, so no N x V tensor is kept between forward and backward.
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 # Per-row outputs of every backend's `stats` (all fp32, shape [n]); lse is kept for backward.
 ROW_FIELDS = ("loss", "entropy", "el2n", "p_label", "correct", "margin", "lse")
+NEG = -1.0e30  # stands for -inf in z - m: exp gives 0 and 0 * NEG is 0 (0 * -inf is NaN)
 
 
 def finish_rows(m, zy, other, s, t, q, correct, valid):
-    """Accumulators (+ float 0/1 `correct`) -> the 7 row outputs, zeroed where not `valid`."""
-    logs = s.log()
+    """Accumulators over v != y (+ float 0/1 `correct`) -> the 7 row outputs, zeroed where not
+    `valid`."""
+    zys = zy - m
+    e_y = zys.exp()
+    total = s + e_y
+    logs = total.log()
     lse = m + logs
     loss = lse - zy
-    p_y = torch.exp(-loss)
-    ent = logs - t / s
-    el2n = (q / (s * s) - 2.0 * p_y + 1.0).clamp_min(0.0).sqrt()
+    p_y = e_y / total
+    ent = logs - (t + e_y * zys) / total
+    el2n = (q + s * s).sqrt() / total
     margin = p_y - torch.exp(other - lse)
     zero = torch.zeros_like(loss)
     return tuple(torch.where(valid, x, zero) for x in (loss, ent, el2n, p_y, correct, margin, lse))
@@ -53,8 +66,8 @@ def stats_formula(z, y, valid):
     hi = torch.where(cols > yy, z, float("-inf")).amax(1)
     other = torch.maximum(lo, hi)
     m = torch.maximum(other, zy)
-    zs = z - m.unsqueeze(1)
-    e = zs.exp()
+    zs = (z - m.unsqueeze(1)).clamp_min(NEG)
+    e = torch.where(cols == yy, 0.0, zs.exp())  # the label's term is added in finish_rows
     correct = ((zy > lo) & (zy >= hi)).float()
     return finish_rows(m, zy, other, e.sum(1), (e * zs).sum(1), (e * e).sum(1), correct, valid)
 
@@ -72,22 +85,39 @@ def grad_formula_into(z, y, valid, lse, g, out):
     return out.copy_(grad_formula(z, y, valid, lse, g))
 
 
+def backend_grad(impl, fallback: bool, z, y, valid, lse, g, out=None):
+    """`impl.grad(...)`. Backward kernels are built lazily, at the first backward, so under
+    "auto" (`fallback`) a backward that fails to build or launch is replaced by the next
+    simpler backend exactly like a failed forward (see `dispatch.call_with_fallback`)."""
+    try:
+        return impl.grad(z, y, valid, lse, g, out=out)
+    except Exception as err:
+        from .dispatch import call_with_fallback, next_backend
+
+        name = next_backend(impl.name, z.device.type, err, fallback)
+        return call_with_fallback(lambda i: i.grad(z, y, valid, lse, g, out=out), name,
+                                  z.device.type, fallback)
+
+
 class StatsFunction(torch.autograd.Function):
     """Calls a backend's `stats` in forward and its `grad` in backward (loss is the only
-    differentiable output; the gradient is scaled per row by whatever weighted the loss)."""
+    differentiable output; the gradient is scaled per row by whatever weighted the loss).
+    Once differentiable: a double backward raises instead of silently dropping the Hessian."""
 
     @staticmethod
-    def forward(ctx, z, y, valid, impl):
+    def forward(ctx, z, y, valid, impl, fallback=False):
         out = impl.stats(z.detach(), y, valid)
-        ctx.impl = impl
+        ctx.impl, ctx.fallback = impl, fallback
         ctx.save_for_backward(z, y, valid, out[-1])
         ctx.mark_non_differentiable(*out[1:])
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g_loss, *_):
         z, y, valid, lse = ctx.saved_tensors
         if g_loss is None or not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        dz = ctx.impl.grad(z.detach(), y, valid, lse, g_loss.float().contiguous())
-        return dz, None, None, None
+            return None, None, None, None, None
+        dz = backend_grad(ctx.impl, ctx.fallback, z.detach(), y, valid, lse,
+                          g_loss.float().contiguous())
+        return dz, None, None, None, None

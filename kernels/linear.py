@@ -12,10 +12,14 @@ is one extra matmul per chunk in backward. Ignored tokens are dropped before the
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
-from .dispatch import call_with_fallback, check_labels, is_auto, resolve_backend
+from .dispatch import call_with_fallback, check_labels, is_auto, resolve_backend, working_impl
+from .formula import backend_grad
 from .reference import TokenStats
 
 
@@ -41,7 +45,7 @@ def _accumulate_grad_w(gw, dz, h):
 
 class LinearStatsFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, w, b, y, impl, chunk):
+    def forward(ctx, h, w, b, y, impl, chunk, fallback=False):
         n = h.shape[0]
         outs = [torch.zeros(n, device=h.device) for _ in range(7)]
         ones = torch.ones(min(chunk, n), dtype=torch.bool, device=h.device)
@@ -51,19 +55,26 @@ class LinearStatsFunction(torch.autograd.Function):
             for o, part in zip(outs, impl.stats(logits, y[sl], ones[: logits.shape[0]])):
                 o[sl] = part
             del logits  # else the next chunk's logits are allocated while these are alive
-        ctx.impl, ctx.chunk = impl, chunk
+        ctx.impl, ctx.chunk, ctx.fallback = impl, chunk, fallback
         ctx.save_for_backward(h, w, b, y, outs[-1])
         ctx.mark_non_differentiable(*outs[1:])
         return tuple(outs)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g_loss, *_):
         h, w, b, y, lse = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         if g_loss is None:
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
+        with torch.autocast(h.device.type, enabled=False):  # recompute exactly the forward's
+            return LinearStatsFunction._backward(ctx, h, w, b, y, lse, g_loss, need_h, need_w,
+                                                 need_b)
+
+    @staticmethod
+    def _backward(ctx, h, w, b, y, lse, g_loss, need_h, need_w, need_b):
         g = g_loss.float().contiguous()
-        chunk, impl = ctx.chunk, ctx.impl
+        chunk = ctx.chunk
         gh = torch.empty_like(h) if need_h else None
         gw = torch.zeros(w.shape, device=w.device) if need_w else None  # fp32 accumulator
         gb = torch.zeros(w.shape[0], device=w.device) if (need_b and b is not None) else None
@@ -72,7 +83,9 @@ class LinearStatsFunction(torch.autograd.Function):
             sl = slice(r, r + chunk)
             logits = F.linear(h[sl], w, b)
             # the gradient overwrites the recomputed logits: one chunk x V buffer, not two
-            dz = impl.grad(logits, y[sl], ones[: logits.shape[0]], lse[sl], g[sl], out=logits)
+            impl = working_impl(ctx.impl, h.device.type, ctx.fallback)
+            dz = backend_grad(impl, ctx.fallback, logits, y[sl], ones[: logits.shape[0]], lse[sl],
+                              g[sl], out=logits)
             del logits
             if gh is not None:
                 torch.mm(dz, w, out=gh[sl])
@@ -83,7 +96,7 @@ class LinearStatsFunction(torch.autograd.Function):
             del dz
         gw = gw.to(w.dtype) if gw is not None else None
         gb = gb.to(b.dtype) if gb is not None else None
-        return gh, gw, gb, None, None, None
+        return gh, gw, gb, None, None, None, None
 
 
 def linear_token_stats(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
@@ -97,6 +110,16 @@ def linear_token_stats(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
     if hidden.shape[:-1] != labels.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)} and labels {tuple(labels.shape)} differ")
     name = resolve_backend(backend, hidden.device)
+    dev = hidden.device.type
+    no_autocast = contextlib.nullcontext()
+    if torch.is_autocast_enabled(dev):
+        # The backward recomputes the logits, possibly outside autocast (Lightning's mixed
+        # precision runs it outside): cast once here, as autocast would for F.linear, so that
+        # forward and backward multiply the same tensors; gradients flow back through the casts.
+        dt = torch.get_autocast_dtype(dev)
+        hidden, weight = hidden.to(dt), weight.to(dt)
+        bias = bias.to(dt) if bias is not None else None
+        no_autocast = torch.autocast(dev, enabled=False)
     h2 = hidden.reshape(-1, hidden.shape[-1])
     lab = labels.reshape(-1)
     valid = lab != ignore_index
@@ -108,15 +131,21 @@ def linear_token_stats(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
     idx = None if bool(valid.all()) else valid.nonzero().squeeze(1)
     if idx is not None:  # drop ignored tokens before any matmul
         h2, lab = h2.index_select(0, idx), lab.index_select(0, idx)
-    rows = [torch.zeros(n, device=hidden.device)] * 6
-    if not lab.numel():  # nothing supervised: a zero loss that still backpropagates (zeros)
-        rows[0] = rows[0] + hidden.sum().float() * 0
+    rows = [torch.zeros(n, device=hidden.device) for _ in range(6)]
+    if not lab.numel():
+        # nothing supervised: a zero loss still connected to hidden, weight and bias, so their
+        # gradients are zeros (not None, which DDP would reject), and built from empty slices,
+        # so a NaN in an ignored position's hidden state cannot reach it
+        rows[0] = rows[0] + sum(t.reshape(-1)[:0].sum().float()
+                                for t in (h2, weight, bias) if t is not None)
     else:
         chunk = int(chunk_size or default_chunk(lab.numel()))
         h2, lab = h2.contiguous(), lab.long()
-        out = call_with_fallback(
-            lambda impl: LinearStatsFunction.apply(h2, weight, bias, lab, impl, chunk),
-            name, hidden.device.type, fallback=is_auto(backend))
+        auto = is_auto(backend)
+        with no_autocast:
+            out = call_with_fallback(
+                lambda impl: LinearStatsFunction.apply(h2, weight, bias, lab, impl, chunk, auto),
+                name, dev, fallback=auto)
         if idx is None:
             rows = list(out[:6])
         else:

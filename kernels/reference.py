@@ -27,15 +27,17 @@ def token_stats_reference(logits: torch.Tensor, labels: torch.Tensor, ignore_ind
     """Obvious formula (several N x V temporaries); `backend` is accepted and ignored."""
     z = logits.float()
     valid = labels != ignore_index
-    y = labels.clamp(min=0).unsqueeze(-1)
+    y = labels.masked_fill(~valid, 0).unsqueeze(-1)
     logp = F.log_softmax(z, dim=-1)
     p = logp.exp()
     logp_y = logp.gather(-1, y).squeeze(-1)
     p_y = logp_y.exp()
-    ent = -(p * logp).sum(-1)
-    el2n = ((p * p).sum(-1) - 2 * p_y + 1).clamp(min=0).sqrt()
+    ent = -torch.where(p > 0, p * logp, 0.0).sum(-1)  # 0 * log 0 = 0 (logits of -inf)
+    # ||p - onehot|| by its definition, in float64: p_y - 1 keeps its digits near p_y = 1
+    p64 = torch.softmax(z.double(), -1)
+    el2n = (p64 - F.one_hot(y.squeeze(-1), z.shape[-1])).square().sum(-1).sqrt().float()
     correct = (z.argmax(-1) == labels).float()
-    other = p.scatter(-1, y, float("-inf")).amax(-1)
+    other = p.scatter(-1, y, 0.0).amax(-1)  # probabilities >= 0: an empty max (V = 1) is 0
     zero = torch.zeros_like(p_y)
     return TokenStats(
         loss=torch.where(valid, -logp_y, zero),

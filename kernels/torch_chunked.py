@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .formula import finish_rows
+from .formula import NEG, finish_rows
 
 CHUNK_ELEMENTS = 1 << 21
 
@@ -38,8 +38,8 @@ def _accumulate(z, y, out):
     zs = zf - m.unsqueeze(1)
     zs.scatter_(1, yy, float("-inf"))
     other = zs.amax(1) + m  # max over v != y, by masking the label column in place
-    zs.scatter_(1, yy, (zy - m).unsqueeze(1))
-    e = zs.exp()
+    zs.clamp_min_(NEG)  # -inf logits and the masked label lane: exp 0 and e * zs 0, not NaN
+    e = zs.exp()  # the label lane is 0: sums over v != y, as finish_rows expects
     s = e.sum(1)
     q = torch.linalg.vector_norm(e, dim=1).square()
     t = e.mul_(zs).sum(1)
@@ -89,4 +89,5 @@ class TorchChunked:
             buf.mul_(g[sl].unsqueeze(1))
             if not direct:
                 dz[sl] = buf
+        dz[~valid] = 0  # exp(NaN - inf) is NaN: an ignored row's NaN logits give 0, as elsewhere
         return dz

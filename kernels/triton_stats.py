@@ -1,12 +1,14 @@
 """Backend "triton": hand-written forward and backward kernels, one program per token row.
 
 Forward: one sweep over the row in BLOCK-wide tiles keeping, per lane, the sum of exponentials
-s, sum e*(z - m) t and sum e^2 q; per tile only the tile max is reduced across lanes. The
-rescale of s, t, q, the argmax (tl.argmax of the tile) and the "max over v != label" (tile
-maxima, plus one masked re-read of the label's tile at the end) are scalar work done only when
-a tile changes them, so each element costs about one exp and a handful of FMAs. m starts at
+s, sum e*(z - m) t and sum e^2 q (label lane left out, see `formula`); per tile only the tile
+max is reduced across lanes. The rescale of s, t, q, the argmax (tl.argmax of the tile) and
+the "max over v != label" (tile maxima, plus one masked re-read of the label's tile at the
+end) are scalar work done only when a tile changes them, so each element costs about one exp,
+a select and a handful of FMAs. m starts at
 the label logit, finite and <= the row max, and out-of-row lanes hold -1e30 instead of -inf,
-so no inf - inf or 0 * inf can arise. Ignored rows skip the sweep.
+so no inf - inf or 0 * inf can arise; logits of -inf are read as -1e30 for the same reason.
+Ignored rows skip the sweep.
 Traffic: the logits are read once (plus one tile per row); 7 floats per row are written.
 
 Backward: (softmax - onehot) * g written tile by tile into the gradient (the only N x V
@@ -16,11 +18,14 @@ Tile sizes are picked per (V, dtype) by timing a few candidates on the first CUD
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 import triton
 import triton.language as tl
+
+from .warmup import TUNE_MIN_ELEMENTS
 
 
 @triton.jit
@@ -44,7 +49,7 @@ def _stats_fwd(Z, Y, OUT, stride_z, N, V, BLOCK: tl.constexpr):
             cols = start + tl.arange(0, BLOCK)
             mask = cols < V
             x = tl.load(zrow + cols, mask=mask, other=0.0).to(tl.float32)
-            x = tl.where(mask, x, -1.0e30)
+            x = tl.where(mask, tl.maximum(x, -1.0e30), -1.0e30)
             tmax = tl.max(x, 0)
             has_lab = (lab >= start) & (lab < start + BLOCK)
             mo = tl.maximum(mo, tl.where(has_lab, -1.0e30, tmax))
@@ -59,7 +64,7 @@ def _stats_fwd(Z, Y, OUT, stride_z, N, V, BLOCK: tl.constexpr):
                 q = (alpha * alpha) * q
                 m = tmax
             xs = x - m
-            e = tl.exp(xs)
+            e = tl.where(cols == lab, 0.0, tl.exp(xs))  # sums over v != y (see `formula`)
             s += e
             t += e * xs
             q += e * e
@@ -68,13 +73,16 @@ def _stats_fwd(Z, Y, OUT, stride_z, N, V, BLOCK: tl.constexpr):
         keep = (cols < V) & (cols != lab)
         xl = tl.load(zrow + cols, mask=keep, other=0.0).to(tl.float32)
         other = tl.maximum(mo, tl.max(tl.where(keep, xl, -1.0e30), 0))
-        ssum = tl.sum(s, 0)
+        so = tl.sum(s, 0)
+        zys = zy - m
+        ey = tl.exp(zys)
+        ssum = so + ey
         logs = tl.log(ssum)
         lse = m + logs
         loss = lse - zy
-        p_y = tl.exp(-loss)
-        ent = logs - tl.sum(t, 0) / ssum
-        el2n = tl.sqrt(tl.maximum(tl.sum(q, 0) / (ssum * ssum) - 2.0 * p_y + 1.0, 0.0))
+        p_y = ey / ssum
+        ent = logs - (tl.sum(t, 0) + ey * zys) / ssum
+        el2n = tl.sqrt(tl.sum(q, 0) + so * so) / ssum
         margin = p_y - tl.exp(other - lse)
         tl.store(OUT + row, loss)
         tl.store(OUT + N + row, ent)
@@ -124,7 +132,8 @@ def _heuristic(v: int) -> tuple[int, int]:
 def _config(kind: str, z: torch.Tensor, launch) -> tuple[int, int]:
     """(BLOCK, num_warps): timed once per (kind, V, dtype) on CUDA for big inputs, else a rule."""
     n, v = z.shape
-    if z.device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1" or n * v < 1 << 24:
+    if z.device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1" \
+            or n * v < TUNE_MIN_ELEMENTS:
         return _heuristic(v)
     key = (kind, v, z.dtype)
     if key not in _chosen:
@@ -164,8 +173,11 @@ class TritonStats:
         def launch(block, warps):
             _stats_fwd[(n,)](z, yk, out, z.stride(0), n, v, BLOCK=block, num_warps=warps)
 
-        launch(*self._cfg("fwd", z, launch))
-        return tuple(out.unbind(0))
+        with _on(z):
+            launch(*self._cfg("fwd", z, launch))
+        # separate tensors, not views of `out`: callers may modify one in place, as with the
+        # other backends (7 x N floats)
+        return tuple(r.clone() for r in out.unbind(0))
 
     def grad(self, z, y, valid, lse, g, out=None):
         """`out` may be `z`: each tile is loaded before the same tile is stored."""
@@ -182,5 +194,12 @@ class TritonStats:
         def trial(block, warps):  # tile timing launches many times: never over the logits
             launch(block, warps, torch.empty_like(z) if in_place else dz)
 
-        launch(*self._cfg("bwd", z, trial))
+        with _on(z):
+            launch(*self._cfg("bwd", z, trial))
         return dz
+
+
+def _on(z: torch.Tensor):
+    """Triton launches on the current CUDA device: make it the tensor's (an LM head placed on
+    another GPU, as `device_map="auto"` does, would otherwise be read from the wrong one)."""
+    return torch.cuda.device(z.device) if z.is_cuda else contextlib.nullcontext()

@@ -103,6 +103,29 @@ else:
         torch.testing.assert_close(h.grad, h1.grad, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(w.grad, w1.grad, atol=1e-4, rtol=1e-4)
 
+    def test_triton_edges_confident_masked_and_in_place():
+        """EL2N keeps its digits for confident tokens (float64 definition), -inf logits give
+        finite statistics equal to the row without them, outputs can be modified in place."""
+        import torch.nn.functional as F
+
+        z = randn(4, 300, scale=1.0)
+        y = torch.tensor([5, 70, 150, 299], device=DEV)
+        z[torch.arange(4), y] = z.max(-1).values + torch.tensor([2.0, 12.0, 20.0, 24.0],
+                                                               device=DEV)
+        p64 = torch.softmax(z.double(), -1)
+        want = (p64 - F.one_hot(y, 300).double()).square().sum(-1).sqrt()
+        got = run(z, y, 64)[2].double()
+        torch.testing.assert_close(got, want, rtol=2e-3, atol=0)
+        masked = torch.cat([z[:, :200], torch.full((4, 100), float("-inf"), device=DEV)], 1)
+        y2 = torch.tensor([5, 70, 150, 199], device=DEV)
+        ref = token_stats_reference(z[:, :200], y2)
+        out = run(masked.requires_grad_(True), y2, 64)
+        for f, o in zip(FIELDS, out):
+            torch.testing.assert_close(o, getattr(ref, f), atol=2e-5, rtol=2e-5, msg=f)
+        out[1].mul_(2)
+        out[0].sum().backward()
+        assert (masked.grad[:, 200:] == 0).all()
+
     def test_tile_timing_keeps_the_logits_an_in_place_gradient_reads(monkeypatch):
         """On CUDA the first big call times several tile widths by launching each: with
         `out=z` (the fused linear backward) those trial launches must not write over z."""

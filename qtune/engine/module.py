@@ -156,7 +156,13 @@ class QTuneModule(L.LightningModule):
 
         vocab = self._num_outputs()
         if vocab is not None:
-            self.kernel_warmup_s = warm_up(vocab, self.device, backend=self.kernel_backend)
+            precision = str(self.trainer.precision) if self._trainer is not None else "32"
+            dtype = (torch.bfloat16 if precision.startswith("bf16")
+                     else torch.float16 if precision.startswith("16") else torch.float32)
+            head = self.model.get_output_embeddings() if self.fused_head else None
+            self.kernel_warmup_s = warm_up(
+                vocab, self.device, dtype=dtype, backend=self.kernel_backend,
+                hidden_size=int(head.weight.shape[1]) if head is not None else None)
 
     def _num_outputs(self) -> int | None:
         """Vocabulary (LM head rows) or number of classes (last linear layer)."""
