@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
+from qtune.summary import default_file_mode
 
 
 def write_scores(path: str | Path, columns: dict[str, np.ndarray]) -> None:
@@ -34,6 +35,7 @@ def write_scores(path: str | Path, columns: dict[str, np.ndarray]) -> None:
                                                  for x in v.tolist()] for k, v in columns.items()}))
         else:
             raise ValueError(f"out={path}: expected a .npz or .json file name")
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

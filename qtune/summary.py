@@ -15,6 +15,13 @@ from pathlib import Path
 from typing import Any
 
 
+def default_file_mode() -> int:
+    """0o666 less the umask: what a plain open() would create (mkstemp makes files 0o600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_json(path: str | Path, data: Any) -> None:
     """Write JSON to a temp file in the same directory, then rename: never a half-written file."""
     path = Path(path)
@@ -24,6 +31,7 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=2, sort_keys=True)
             fh.write("\n")
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -97,9 +97,10 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
         return {"base_path": str(path)}
 
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import RichProgressBar
 
     from qtune.engine.callback import PruningCallback
+    from qtune.engine.checkpointing import LastCheckpoint
     from qtune.engine.datamodule import QTuneDataModule
     from qtune.engine.module import QTuneModule
     from qtune.evaluate import final_evaluation
@@ -116,7 +117,8 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
         raise ValueError(f"task={cfg.task} but data={cfg.data.name} is a {bundle.task} task")
     pruning = PruningCallback(strategy, seed=int(cfg.seed), num_samples=len(bundle.train),
                               item_meta=bundle.train_meta,
-                              export_dir=run_dir / "plans" if cfg.export_plan else None)
+                              export_dir=run_dir / "plans" if cfg.export_plan else None,
+                              strategy_config=OmegaConf.to_container(cfg.strategy, resolve=True))
     module = QTuneModule(model, task=bundle.task, lr=cfg.optim.lr,
                          weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas),
                          scheduler=OmegaConf.to_container(cfg.scheduler),
@@ -124,16 +126,17 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     datamodule = QTuneDataModule(bundle, cfg.batch_size, cfg.eval_batch_size, cfg.num_workers)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     callbacks = [pruning, *(extra_callbacks or []),
-                 ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0,
-                                 save_on_train_epoch_end=True,
-                                 every_n_train_steps=cfg.checkpoint.every_n_train_steps)]
+                 LastCheckpoint(str(run_dir / "checkpoints"), cfg.checkpoint.every_n_train_steps)]
     if trainer_kwargs.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())
     trainer = L.Trainer(max_epochs=int(cfg.epochs), reload_dataloaders_every_n_epochs=1,
                         use_distributed_sampler=False, num_sanity_val_steps=0,
                         logger=build_loggers(cfg, run_dir), callbacks=callbacks,
                         default_root_dir=str(run_dir), **trainer_kwargs)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    # weights_only: a checkpoint is tensors and plain values; nothing in it runs code
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    if "eval/loss" not in trainer.callback_metrics:  # a finished run resumed: nothing was fit
+        trainer.validate(module, datamodule=datamodule, verbose=False)
     evaluation = final_evaluation(trainer, module, bundle, cfg.eval)
     summary = build_summary(
         strategy=strategy.name, seed=int(cfg.seed), epochs=int(cfg.epochs),

@@ -12,7 +12,9 @@ import pytest
 
 pytestmark = pytest.mark.distributed
 
-ARGS = ["experiment=digits", "epochs=3", "strategy=random", "strategy.keep_ratio=0.7",
+# InfoBatch: its plans depend on every rank's scores of the epoch before, so a rank whose
+# half-epoch rows were lost at the resume would change the later plans
+ARGS = ["experiment=digits", "epochs=3", "strategy=infobatch",
         "model.dropout=0.1", "trainer=ddp_cpu", "trainer.devices=2", "kernels.backend=torch",
         "trainer.enable_progress_bar=false", "checkpoint.every_n_train_steps=3"]
 

@@ -34,7 +34,9 @@ def uninterrupted(tmp_path_factory):
     return run(compose(FAST + BASE + [f"run_dir={tmp_path_factory.mktemp('a')}"]))
 
 
-@pytest.mark.parametrize("crash_step", [22, 30])  # 16 steps per epoch: end of epoch 0, mid epoch 1
+# 16 steps per epoch, a checkpoint every 5: resumed from step 20 (4 batches into epoch 1) and
+# from step 30 (the checkpoint at the crash step itself); between-epoch cases: test_resume_cases
+@pytest.mark.parametrize("crash_step", [22, 30])
 def test_resume_reproduces_the_uninterrupted_run(make_cfg, tmp_path, uninterrupted, crash_step):
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(make_cfg(BASE, "b"), extra_callbacks=[Crash(crash_step)])

@@ -25,9 +25,8 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from qtune.engine.item_tracking import ItemTracker
-from qtune.engine.distributed import (digest, gather_per_rank, gather_rows, ranks_agree,
-                                      sum_over_ranks)
-from qtune.engine.rng import capture_rng, pack_rng, restore_rng, unpack_rng
+from qtune.engine.distributed import digest, gather_rows, ranks_agree, sum_over_ranks
+from qtune.engine.resume_state import ResumeState
 from qtune.engine.sampler import PlanSampler, shard_plan
 from qtune.engine.score_store import ScoreStore
 from qtune.strategies.base import EpochContext, EpochPlan, PruningStrategy, epoch_generator
@@ -40,10 +39,15 @@ def plan_hash(ids: torch.Tensor) -> str:
     return hashlib.sha1(ids.sort().values.numpy().tobytes()).hexdigest()[:12]
 
 
-class PruningCallback(Callback):
+class PruningCallback(ResumeState, Callback):
+    """`strategy_config` (the strategy's settings, e.g. its Hydra node) is stored in
+    checkpoints, and resuming with other settings or another seed is refused."""
+
     def __init__(self, strategy: PruningStrategy, seed: int = 0, num_samples: int | None = None,
-                 item_meta: list[dict] | None = None, export_dir=None) -> None:
+                 item_meta: list[dict] | None = None, export_dir=None,
+                 strategy_config: dict | None = None) -> None:
         self.strategy = strategy
+        self.strategy_config = strategy_config
         self.export_dir = export_dir
         self.seed = int(seed)
         self.items = ItemTracker.maybe(item_meta)
@@ -63,6 +67,9 @@ class PruningCallback(Callback):
         self._token_rows: list[dict[str, torch.Tensor]] = []  # token masks, with export_dir
         self._nonfinite: torch.Tensor | None = None  # any non-finite loss since the last check
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) of a mid-epoch resume
+        self._resume_batch_size: int | None = None
+        self._resume_elapsed = 0.0  # seconds of the resumed epoch trained before the checkpoint
+        self._batch_size: int | None = None
 
     @property
     def state_key(self) -> str:
@@ -84,11 +91,15 @@ class PruningCallback(Callback):
         if self.items is not None:
             self.items.to(pl_module.device)
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.settle_resume(trainer)
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._val_time = 0.0
-        self._epoch_t0 = time.perf_counter()
         if self._resume_at is not None and self._resume_at[0] == trainer.current_epoch:
-            return  # resumed mid-epoch: keep the restored rows and counters of this epoch
+            self.settle_resume(trainer)  # resumed mid-epoch: keep this epoch's restored rows
+            return
+        self._epoch_t0 = time.perf_counter()
         self._rows, self._counters, self._batch_info = [], {}, {}
         self._token_rows = []
         self._batches_done = 0
@@ -156,9 +167,12 @@ class PruningCallback(Callback):
         self.check_finite(trainer.current_epoch)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        epoch = trainer.current_epoch
-        self.check_finite(epoch)
         elapsed = time.perf_counter() - self._epoch_t0 - self._val_time
+        self.finish_epoch(trainer, trainer.current_epoch, elapsed)
+
+    def finish_epoch(self, trainer, epoch: int, elapsed: float) -> None:
+        """Merge the epoch's scores (all ranks), book its counters and history entry."""
+        self.check_finite(epoch)
         if self._rows and self.store is not None:
             rows = {k: torch.cat([r[k].flatten().cpu() for r in self._rows]) for k in self._rows[0]}
             rows = gather_rows(trainer, rows)
@@ -186,7 +200,7 @@ class PruningCallback(Callback):
             self._export(epoch, plan)
         self.plans = {e: p for e, p in self.plans.items() if e > epoch}
         self._rows, self._counters, self._batch_info = [], {}, {}
-        self._batches_done, self._resume_at = 0, None
+        self._batches_done, self._resume_at, self._resume_elapsed = 0, None, 0.0
         loggable = {f"prune/{k}": float(v) for k, v in entry.items()
                     if isinstance(v, (int, float)) and k != "epoch"}
         if loggable and trainer.logger is not None:
@@ -239,9 +253,16 @@ class PruningCallback(Callback):
         self._dataset, self._collate = dataset, collate_fn
         self._batch_size, self._num_workers = batch_size, num_workers
         epoch = trainer.current_epoch
+        self.settle_resume(trainer)  # an epoch the checkpoint holds complete is booked first
         plan = self.plan_for_epoch(epoch)
         skip = 0
         if self._resume_at is not None and self._resume_at[0] == epoch:
+            if self._resume_batch_size not in (None, batch_size):
+                raise ValueError(
+                    f"this checkpoint was taken mid-epoch with batch size "
+                    f"{self._resume_batch_size}; this run uses {batch_size} (config key "
+                    "batch_size), which would retrain or skip samples. Resume with the same "
+                    "batch size, or from an end-of-epoch checkpoint")
             skip = self._resume_at[1] * batch_size
         sampler = PlanSampler(plan.sample_ids, seed=self.seed, epoch=epoch, skip=skip,
                               rank=trainer.global_rank, world_size=trainer.world_size)
@@ -312,62 +333,3 @@ class PruningCallback(Callback):
         elapsed = time.perf_counter() - t0
         self.totals["scoring_time_s"] += elapsed
         self.totals["train_time_s"] += elapsed
-
-    # -- checkpoint state ----------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "strategy_name": self.strategy.name,
-            "strategy": self.strategy.state_dict(),
-            "store": self.store.state_dict() if self.store is not None else None,
-            "plans": {e: {"ids": p.sample_ids, "weights": p.weights, "info": p.info}
-                      for e, p in self.plans.items()},
-            "history": self.history,
-            "totals": dict(self.totals),
-            "epoch_progress": {  # a checkpoint taken mid-epoch resumes at the next batch
-                "epoch": self._trainer.current_epoch if self._trainer is not None else 0,
-                "world_size": self._trainer.world_size if self._trainer is not None else 1,
-                "batches_done": self._batches_done,
-                "rows": [{k: v.cpu() for k, v in r.items()} for r in self._rows],
-                "counters": {k: torch.as_tensor(v).cpu() for k, v in self._counters.items()},
-                "batch_info": {k: float(v) for k, v in self._batch_info.items()},
-            },
-            "rng": capture_rng(),
-            # every rank's own state (a collective: Lightning builds checkpoints on all ranks)
-            "rng_per_rank": (gather_per_rank(self._trainer, pack_rng(capture_rng()))
-                             if self._trainer is not None and self._trainer.world_size > 1 else None),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("strategy_name") != self.strategy.name:
-            raise ValueError(f"checkpoint was made with strategy {state.get('strategy_name')!r}, "
-                             f"this run uses {self.strategy.name!r}")
-        self.strategy.load_state_dict(state["strategy"])
-        if state["store"] is not None:
-            if self.store is None:
-                self.store = ScoreStore(int(state["store"]["num_samples"]))
-            self.store.load_state_dict(state["store"])
-        self.plans = {int(e): EpochPlan(p["ids"], p["weights"], dict(p["info"]))
-                      for e, p in state["plans"].items()}
-        self.history = list(state["history"])
-        self.totals = dict(state["totals"])
-        progress = state.get("epoch_progress")
-        if progress and progress["batches_done"] > 0:
-            saved_world = int(progress.get("world_size", 1))
-            world = self._trainer.world_size if self._trainer is not None else saved_world
-            if saved_world != world:
-                raise ValueError(
-                    f"this checkpoint was taken mid-epoch with {saved_world} ranks; resuming it on "
-                    f"{world} would re-shard a half-trained epoch. Resume on {saved_world} ranks, "
-                    "or from an end-of-epoch checkpoint (plans re-shard at epoch boundaries)")
-            self._resume_at = (int(progress["epoch"]), int(progress["batches_done"]))
-            self._batches_done = int(progress["batches_done"])
-            self._rows = list(progress["rows"])
-            self._counters = dict(progress["counters"])
-            self._batch_info = dict(progress["batch_info"])
-        per_rank = state.get("rng_per_rank")
-        rank = self._trainer.global_rank if self._trainer is not None else 0
-        world = self._trainer.world_size if self._trainer is not None else 1
-        if per_rank is not None and len(per_rank) == world:
-            restore_rng(unpack_rng(per_rank[rank]))
-        elif "rng" in state:  # single process, or another world size: rank 0's state
-            restore_rng(state["rng"])

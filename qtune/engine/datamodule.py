@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
@@ -36,5 +37,8 @@ class QTuneDataModule(L.LightningDataModule):
         if self.trainer is not None and self.trainer.world_size > 1:
             sampler = DistributedSampler(self.bundle.eval, num_replicas=self.trainer.world_size,
                                          rank=self.trainer.global_rank, shuffle=False)
+        # a private generator: starting the loader must not draw from the global RNG, or a
+        # resumed run (which may skip a validation) would draw different dropout masks
         return DataLoader(self.bundle.eval, batch_size=self.eval_batch_size, sampler=sampler,
-                          collate_fn=self.bundle.collate, num_workers=self.num_workers)
+                          collate_fn=self.bundle.collate, num_workers=self.num_workers,
+                          generator=torch.Generator().manual_seed(0))

@@ -50,9 +50,8 @@ class ItemTracker:
 
     def step_counts(self, sample_ids: torch.Tensor, trained: torch.Tensor | None) -> dict[str, torch.Tensor]:
         codes = self.kind_code[sample_ids]
-        if trained is not None:
-            codes = codes[trained.bool()]
-        counts = torch.bincount(codes, minlength=len(self.kind_names))
+        weights = None if trained is None else trained.float()  # no boolean indexing: no sync
+        counts = torch.bincount(codes, weights=weights, minlength=len(self.kind_names))
         return {f"trained_{k}": counts[i] for i, k in enumerate(self.kind_names)}
 
     def shares(self, counts: dict[str, float], epochs: int = 1) -> dict[str, float]:

@@ -135,7 +135,8 @@ class QTuneModule(L.LightningModule):
             loss = masked_token_mean(stats.loss, mask, w, denominator)
             fwd, scoring = self._forward_tokens(sub), self._forward_tokens(batch)
             wrong = self._wrong_tokens(sub["sample_id"], mask)
-        self.log("train/loss", loss, prog_bar=True, batch_size=max(int(keep.sum()), 1))
+        # weighted by the micro-batch size: the kept count would cost a host sync every step
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["sample_id"].numel())
         if getattr(self.pruning, "export_dir", None) is not None:  # token masks, on request only
             token_keep = torch.zeros_like(response)
             if reuse:

@@ -35,12 +35,13 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def pack_rng(state: dict[str, Any]) -> torch.Tensor:
-    """A captured state as a uint8 tensor (torch's own format, weights-only loadable)."""
+def pack_state(state: Any) -> torch.Tensor:
+    """A state (tensors and plain values) as a uint8 tensor: torch's own format, weights-only
+    loadable, and a single tensor that one collective can gather from every rank."""
     buf = io.BytesIO()
     torch.save(state, buf)
     return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
 
 
-def unpack_rng(packed: torch.Tensor) -> dict[str, Any]:
+def unpack_state(packed: torch.Tensor) -> Any:
     return torch.load(io.BytesIO(packed.numpy().tobytes()), weights_only=True)

@@ -35,5 +35,6 @@ def training_progress(trainer, steps_done_in_epoch: int) -> float:
     per_epoch = trainer.num_training_batches
     if not isinstance(per_epoch, (int, float)) or per_epoch in (0, float("inf")):
         per_epoch = 1
-    per_epoch = max(per_epoch // max(trainer.accumulate_grad_batches, 1), 1)
+    # steps_done_in_epoch and num_training_batches both count micro-batches (with gradient
+    # accumulation an optimiser step is several of them): their ratio is the epoch's progress
     return (trainer.current_epoch + min(steps_done_in_epoch / per_epoch, 1.0)) / max_epochs

@@ -1,0 +1,139 @@
+"""Resume cases beyond a plain mid-epoch stop: between epochs, after an epoch's last batch but
+before its end-of-epoch bookkeeping, a finished run, and runs resumed with other settings.
+
+InfoBatch is the strategy here because its plans depend on the previous epoch's scores: an
+epoch whose scores are lost or booked twice on resume changes every later plan.
+"""
+
+import os
+import shutil
+import time
+
+import lightning as L
+import pytest
+
+from qtune.train import run
+
+# 1437 digits samples, batch 64: InfoBatch trains all of epoch 0, 23 steps
+INFOBATCH = ["experiment=digits", "epochs=3", "strategy=infobatch"]
+
+
+class CrashAtEpochEnd(L.Callback):
+    """Raises in on_train_epoch_end of `epoch`: after the pruning callback booked it, before
+    the checkpoint callback (which Lightning runs last) saves the end-of-epoch state."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, *args):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+class CrashAtEpochStart(L.Callback):
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, *args):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+class CrashAtStep(L.Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def assert_same_run(a, b, spent_s: float | None = None):
+    for key in ("samples_trained", "tokens_trained", "realised_keep_ratio", "eval"):
+        assert a[key] == b[key], key
+    for field in ("epoch", "plan_hash", "samples_trained", "planned_samples"):
+        assert [e[field] for e in a["epochs_detail"]] == [e[field] for e in b["epochs_detail"]], field
+    if spent_s is not None:  # epoch times are training time, not a clock started elsewhere
+        assert all(0 < e["time_s"] < spent_s for e in b["epochs_detail"])
+
+
+def crash_then_resume(make_cfg, overrides, crash, name):
+    """(summary of the resumed run, seconds spent by both processes together)."""
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(make_cfg(overrides, name), extra_callbacks=[crash])
+    ckpt = make_cfg(overrides, name).run_dir + "/checkpoints/last.ckpt"
+    assert os.path.isfile(ckpt)
+    summary = run(make_cfg(overrides + [f"ckpt_path={ckpt}"], name))
+    return summary, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    from conftest import FAST, compose
+
+    root = tmp_path_factory.mktemp("full")
+    summary = run(compose(FAST + INFOBATCH + [f"run_dir={root / 'a'}"]))
+    return summary, root / "a"
+
+
+def test_stopped_between_epochs_resumes_from_the_finished_epoch(make_cfg, uninterrupted):
+    """No step checkpoints at all: last.ckpt is written at every epoch end."""
+    assert_same_run(uninterrupted[0], *crash_then_resume(make_cfg, INFOBATCH,
+                                                         CrashAtEpochStart(1), "b"))
+
+
+def test_checkpoint_after_an_epochs_last_batch(make_cfg, uninterrupted):
+    """A step checkpoint on the epoch's last batch, then a stop before the epoch-end save:
+    Lightning resumes at the next epoch, and the restored epoch is booked before its plan."""
+    overrides = INFOBATCH + ["checkpoint.every_n_train_steps=23"]
+    assert_same_run(uninterrupted[0], *crash_then_resume(make_cfg, overrides,
+                                                         CrashAtEpochEnd(0), "c"))
+
+
+def test_resuming_a_finished_run_keeps_its_evaluation(make_cfg, uninterrupted, tmp_path):
+    summary, run_dir = uninterrupted
+    copy = tmp_path / "d"
+    shutil.copytree(run_dir, copy)
+    again = run(make_cfg(INFOBATCH + [f"ckpt_path={copy / 'checkpoints' / 'last.ckpt'}"], "d"))
+    assert again["eval"] == summary["eval"] and again["samples_trained"] == summary["samples_trained"]
+
+
+def test_resume_with_other_settings_is_refused(make_cfg):
+    base = ["experiment=digits", "epochs=2", "strategy=random", "strategy.keep_ratio=0.7",
+            "checkpoint.every_n_train_steps=5"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(make_cfg(base, "e"), extra_callbacks=[CrashAtStep(10)])
+    ckpt = f"ckpt_path={make_cfg(base, 'e').run_dir}/checkpoints/last.ckpt"
+    with pytest.raises(ValueError, match=r"strategy.keep_ratio: 0.7 -> 0.5"):
+        run(make_cfg(base + ["strategy.keep_ratio=0.5", ckpt], "e"))
+    with pytest.raises(ValueError, match=r"seed: 0 -> 1"):
+        run(make_cfg(base + ["seed=1", ckpt], "e"))
+    with pytest.raises(ValueError, match=r"batch size 64; this run uses 32 \(config key batch_size"):
+        run(make_cfg(base + ["batch_size=32", ckpt], "e"))
+    assert not os.path.exists(make_cfg(base, "e").run_dir + "/summary.json")
+
+
+def test_summary_is_created_with_the_usual_file_mode(make_cfg, tmp_path):
+    from qtune.summary import atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "s.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "s.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_progress_counts_micro_batches_under_gradient_accumulation():
+    """The LR schedule's progress reaches the epoch's end at its last micro-batch, whatever
+    the accumulation factor (it counted k times too fast with accumulation k)."""
+    from types import SimpleNamespace
+
+    from qtune.engine.schedule import training_progress
+
+    for k in (1, 2, 4):
+        t = SimpleNamespace(max_epochs=2, num_training_batches=24, accumulate_grad_batches=k,
+                            current_epoch=0)
+        assert training_progress(t, 12) == pytest.approx(0.25)
+        assert training_progress(t, 24) == pytest.approx(0.5)
