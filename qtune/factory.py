@@ -29,6 +29,10 @@ def build_task_and_model(cfg: Any) -> tuple[TaskBundle, Any]:
         return bundle, model
     if model_name == "mlp":
         raise ValueError(f"model=mlp is a classifier; data={data_name} needs a causal LM")
+    if data_name == "jsonl" and model_name == "tiny_llama":
+        raise ValueError("data=jsonl needs a model with a real tokenizer: use model=hf "
+                         "model.path=DIR (model=tiny_llama only knows the embedded task's "
+                         "characters)")
     if model_name == "hf":
         from qtune.models.hf import build_hf_model
 
@@ -42,6 +46,7 @@ def build_task_and_model(cfg: Any) -> tuple[TaskBundle, Any]:
         from qtune.data.jsonl import build_jsonl_task
 
         bundle = build_jsonl_task(cfg.data, tokenizer)
+        check_context_length(cfg, model, bundle)
     else:
         if model_name != "tiny_llama":
             raise ValueError("data=embedded uses the built-in character tokenizer: pair it with "
@@ -50,3 +55,19 @@ def build_task_and_model(cfg: Any) -> tuple[TaskBundle, Any]:
 
         bundle = build_embedded_task(cfg.data)
     return bundle, model
+
+
+def check_context_length(cfg: Any, model: Any, bundle: TaskBundle) -> None:
+    """The longest sequence must fit the model's positions: a model with learned absolute
+    positions (GPT-2) otherwise fails mid-training deep inside an embedding lookup."""
+    config = getattr(model, "config", None)
+    limit = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions")
+                  if isinstance(getattr(config, k, None), int)), None)
+    if limit is None:
+        return
+    longest = max((len(ds.input_ids[i]) for ds in (bundle.train, bundle.eval)
+                   for i in range(len(ds)) if hasattr(ds, "input_ids")), default=0)
+    if longest > limit:
+        raise ValueError(f"data.path={cfg.data.get('path')}: a sequence of {longest} tokens "
+                         f"exceeds the model's {limit} positions (model.path="
+                         f"{cfg.model.get('path')}): set data.max_length<={limit}")

@@ -22,10 +22,10 @@ from .report_tokens import write_tokens_html
 def build_report(paths: list[str | Path], out: str | Path, tokens_rows: int = 80) -> dict:
     """Write the report into ``out``; returns {"rows": [...], "files": [...]} for callers."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     runs = find_runs(paths)
     if not runs:
         raise SystemExit(f"no summary.json found under {', '.join(map(str, paths))}")
+    out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     by_task = group_points(runs)
     runs_by_task = {task: [r for p in pts for r in p.runs] for task, pts in by_task.items()}
     md = ["# qtune report", "",

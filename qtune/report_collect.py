@@ -72,7 +72,14 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
 
 
 def load_run(run_dir: Path) -> Run:
-    summary = json.loads((run_dir / "summary.json").read_text())
+    path = run_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); move the run away or rerun it") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("epochs", 0), int):
+        raise ValueError(f"{path}: not a qtune summary (expected a JSON object with an integer "
+                         "'epochs')")
     config: dict = {}
     cfg_file = run_dir / ".hydra" / "config.yaml"
     if cfg_file.is_file():

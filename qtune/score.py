@@ -47,14 +47,28 @@ def score(cfg: DictConfig) -> dict[str, np.ndarray]:
     from qtune.factory import build_task_and_model
     from qtune.kernels import set_default_backend
 
+    from qtune.config_checks import load_checkpoint, require_int
+
+    if Path(str(cfg.out)).suffix not in (".npz", ".json"):  # before hours of scoring
+        raise ValueError(f"out={cfg.out}: expected a .npz or .json file name")
+    require_int(cfg, "eval_batch_size", minimum=1)
+    ckpt = load_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
     set_default_backend(cfg.kernels.backend)
     bundle, model = build_task_and_model(cfg)
     module = QTuneModule(model, task=bundle.task, fused_head=bool(cfg.model.get("fused_head", False)))
     store = None
-    if cfg.ckpt_path:
-        ckpt = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True)
-        module.load_state_dict(ckpt["state_dict"], strict=False)
+    if ckpt is not None:
+        # not strict: a checkpoint also holds metric states; but every model weight must load
+        missing = [k for k in module.load_state_dict(ckpt["state_dict"], strict=False).missing_keys
+                   if k.startswith("model.")]
+        if missing:
+            raise ValueError(f"ckpt_path={cfg.ckpt_path}: lacks {len(missing)} weights of this "
+                             f"model (e.g. {missing[0]}); was it written for another model?")
         store = (ckpt.get("callbacks", {}).get("PruningCallback") or {}).get("store")
+        if store is not None and int(store["num_samples"]) != len(bundle.train):
+            raise ValueError(f"ckpt_path={cfg.ckpt_path}: its score store covers "
+                             f"{int(store['num_samples'])} samples, this dataset has "
+                             f"{len(bundle.train)}; was it written for other data?")
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     module.to(device).eval()
     loader = DataLoader(bundle.train, batch_size=int(cfg.eval_batch_size), shuffle=False,

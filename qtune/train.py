@@ -31,13 +31,13 @@ def strategy_from_config(cfg: DictConfig):
 
 def validate(cfg: DictConfig):
     """Check everything that can be checked before any work starts; returns the strategy."""
+    from qtune.config_checks import check_run_config, load_checkpoint
+
     if cfg.task not in TASKS:
         raise ValueError(f"task={cfg.task!r} is not one of {TASKS}")
-    for key in ("epochs", "batch_size", "eval_batch_size"):
-        if int(cfg[key]) < 1:
-            raise ValueError(f"{key}={cfg[key]} must be at least 1")
-    if cfg.ckpt_path and not Path(str(cfg.ckpt_path)).is_file():
-        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    check_run_config(cfg)
+    if cfg.ckpt_path:
+        load_checkpoint(cfg.ckpt_path)
     return strategy_from_config(cfg)
 
 
@@ -48,10 +48,10 @@ def refuse_finished_run(run_dir: Path, ckpt_path: str | None) -> None:
             "hydra.run.dir, or pass ckpt_path=... to resume a run")
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    from lightning.pytorch.loggers import CSVLogger
+def build_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None) -> list:
+    from qtune.engine.metrics_log import csv_logger
 
-    loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    loggers: list = [csv_logger(run_dir, resume_step)]
     if cfg.logger.name == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
@@ -110,6 +110,11 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
 
     run_dir = Path(cfg.run_dir)
     refuse_finished_run(run_dir, cfg.ckpt_path)
+    resume_step = None
+    if cfg.ckpt_path:
+        from qtune.config_checks import load_checkpoint
+
+        resume_step = int(load_checkpoint(cfg.ckpt_path)["global_step"])
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     set_default_backend(cfg.kernels.backend)
     bundle, model = build_task_and_model(cfg)
@@ -131,7 +136,7 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
         callbacks.append(RichProgressBar())
     trainer = L.Trainer(max_epochs=int(cfg.epochs), reload_dataloaders_every_n_epochs=1,
                         use_distributed_sampler=False, num_sanity_val_steps=0,
-                        logger=build_loggers(cfg, run_dir), callbacks=callbacks,
+                        logger=build_loggers(cfg, run_dir, resume_step), callbacks=callbacks,
                         default_root_dir=str(run_dir), **trainer_kwargs)
     # weights_only: a checkpoint is tensors and plain values; nothing in it runs code
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)

@@ -18,6 +18,8 @@ import torch
 def check_ratio(value: float, key: str) -> float:
     """Validate a ratio in (0, 1]; the error names the config key the value came from."""
     try:
+        if isinstance(value, bool):  # float(True) is 1.0: a flag is not a ratio
+            raise TypeError
         v = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{key}={value!r} is not a number; expected a ratio in (0, 1]") from None

@@ -4,6 +4,7 @@ entry-point group, so a third-party package adds a strategy without touching qtu
 from __future__ import annotations
 
 import inspect
+import typing
 import warnings
 from importlib.metadata import entry_points
 from typing import Any
@@ -70,4 +71,31 @@ def build_strategy(name: str, seed: int = 0, **params: Any) -> PruningStrategy:
             f"strategy {name!r} got unknown option(s) {unknown} (config keys strategy.<option>); "
             f"accepted: {accepted}"
         )
+    check_option_types(cls, name, params)
     return cls(seed=seed, **params)
+
+
+_SCALARS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def check_option_types(cls: type, name: str, params: dict[str, Any]) -> None:
+    """Options annotated bool, int, float or str (alone or `| None`) must have that type: from
+    the command line `static=maybe` is a string, and a string is truthy."""
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation that does not resolve: leave checking to the class
+        return
+    for key, value in params.items():
+        hint = hints.get(key)
+        args = set(typing.get_args(hint)) if typing.get_args(hint) else {hint}
+        nullable = type(None) in args
+        kinds = [t for t in args if t in _SCALARS]
+        if len(kinds) != 1 or len(args - {type(None)}) != 1 or (value is None and nullable):
+            continue
+        want = kinds[0]
+        ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise ValueError(f"strategy.{key}={value!r} must be {_SCALARS[want]}"
+                             + (" or null" if nullable else "") + f" (strategy {name!r})")

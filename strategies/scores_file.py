@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -17,21 +18,44 @@ import torch
 
 
 def _read_columns(path: Path) -> dict[str, np.ndarray]:
+    """Columns of a .json or .npz scores file; a malformed file is an error naming it."""
+    try:
+        return _parse_columns(path)
+    except ValueError as exc:
+        if str(exc).startswith("scores file"):
+            raise
+        raise ValueError(f"scores file {path}: {type(exc).__name__}: {exc}") from None
+    except (TypeError, EOFError, OSError, KeyError) as exc:
+        raise ValueError(f"scores file {path}: malformed ({type(exc).__name__}: {exc})") from None
+
+
+def _parse_columns(path: Path) -> dict[str, np.ndarray]:
     suffix = path.suffix.lower()
     if suffix == ".json":
         with path.open() as fh:
             data = json.load(fh)
         if isinstance(data, list):  # list of records {"sample_id": .., "el2n": ..}
+            if not all(isinstance(row, dict) for row in data):
+                raise ValueError(f"scores file {path}: expected a JSON object of arrays or a "
+                                 "list of records")
             keys = sorted({k for row in data for k in row})
             data = {k: [row.get(k) for row in data] for k in keys}
         if not isinstance(data, dict):
             raise ValueError(f"scores file {path}: expected a JSON object of arrays")
+        for k, v in data.items():
+            if isinstance(v, list) and not all(x is None or (isinstance(x, (int, float))
+                                                             and not isinstance(x, bool)) for x in v):
+                raise ValueError(f"scores file {path}: column {k!r} holds values that are not "
+                                 "numbers")
         out = {}
         for k, v in data.items():
             if isinstance(v, list):
                 out[k] = np.array([math.nan if x is None else x for x in v], dtype=np.float64)
         return out
     if suffix == ".npz":
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"scores file {path}: not an NPZ archive (empty, truncated or "
+                             "another format)")
         try:
             with np.load(path, allow_pickle=False) as z:
                 return {k: np.asarray(z[k]) for k in z.files}
@@ -70,6 +94,9 @@ def load_scores(path: str | Path, num_samples: int, column: str) -> torch.Tensor
         raise ValueError(
             f"scores file {path}: sample ids must be each of 0..{num_samples - 1} exactly once"
         )
+    if ids.size and not np.isfinite(vals).any():
+        raise ValueError(f"scores file {path}: column {column!r} has no finite value (all NaN or "
+                         "inf), so it cannot rank samples")
     out = torch.full((num_samples,), float("nan"), dtype=torch.float32)
     out[torch.from_numpy(ids)] = torch.from_numpy(vals).float()
     return out

@@ -182,6 +182,12 @@ def build_embedded_task(cfg: Any = None, tokenizer: CharTokenizer | None = None)
             r["duplicate_of"] = None  # positions changed; the pointer would be stale
     train_ex, train_meta = _encode(train_records, tok)
     eval_ex, eval_meta = _encode(eval_records, tok)
+    need = max(len(ex.prompt_ids) + len(ex.response_ids) for ex in train_ex + eval_ex)
+    if c.max_length < need:  # a cut answer teaches (and is scored against) a wrong target
+        cut = sum(len(ex.prompt_ids) + len(ex.response_ids) > c.max_length for ex in train_ex)
+        raise ValueError(f"data.max_length={c.max_length} cuts the responses of {cut} of "
+                         f"{len(train_ex)} training items (and eval items alike); these "
+                         f"items need up to {need} tokens: set data.max_length>={need}")
     train = SFTDataset(train_ex, max_length=c.max_length, meta=train_meta)
     evals = SFTDataset(eval_ex, max_length=c.max_length, meta=eval_meta)
     targets = [ex.response_ids for ex in eval_ex]

@@ -66,6 +66,11 @@ def _field(obj: dict, key: str, where: str, *, required: bool = True) -> str | N
         return None
     if not isinstance(value, str):
         raise DataError(f"{where}: field '{key}' must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON allows "\ud800"; no tokenizer does
+        raise DataError(f"{where}: field '{key}' is not valid Unicode ({exc.reason} at "
+                        f"character {exc.start})") from None
     return value
 
 

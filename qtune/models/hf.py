@@ -6,6 +6,7 @@ from the model repository that the user did not ask for.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -70,5 +71,8 @@ def build_hf_model(cfg: Any):
     if not path:
         raise ValueError("model.path must name a hub model or a local directory (model=hf "
                          "model.path=...)")
+    local = str(path).startswith(("/", "./", "../", "~"))  # a path, not a hub id
+    if local and not Path(str(path)).expanduser().is_dir():
+        raise FileNotFoundError(f"model.path={path}: no such directory")
     return load_hf_causal_lm(path, trust_remote_code=bool(cfg.get("trust_remote_code", False)),
                              torch_dtype=cfg.get("dtype", "float32"))

@@ -1,0 +1,239 @@
+"""Bad values and files, refused before any work with the config key or file named; and what a
+refused or resumed command leaves of an existing run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from qtune.config_checks import load_checkpoint
+from qtune.train import run, validate
+
+DIGITS = ["experiment=digits", "epochs=1"]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("batch_size=abc", r"batch_size='abc' must be an integer"),
+    ("epochs=1.5", r"epochs=1.5 must be an integer"),
+    ("batch_size=true", r"batch_size=True must be an integer"),
+    ("seed=abc", r"seed='abc' must be an integer"),
+    ("num_workers=-1", r"num_workers=-1 must be at least 0"),
+    ("optim.lr=abc", r"optim.lr='abc' must be a number"),
+    ("optim.lr=-1", r"optim.lr=-1 is out of range"),
+    ("optim.betas=[2,3]", r"optim.betas.0=2 is out of range"),
+    ("scheduler.warmup=2", r"scheduler.warmup=2 is out of range; expected a value in \[0.0, 1.0\)"),
+    ("scheduler.min_ratio=5", r"scheduler.min_ratio=5 is out of range"),
+    ("eval.max_items=-1", r"eval.max_items=-1 must be at least 1"),
+    ("+trainer.bogus_key=3", r"trainer.bogus_key is not an argument of lightning.Trainer"),
+    ("+trainer.max_epochs=3", r"trainer.max_epochs is set by qtune itself"),
+    ("strategy=random strategy.keep_ratio=true", r"strategy.keep_ratio=True must be a number"),
+    ("strategy=random", None),  # the control: a good config passes
+])
+def test_config_values_are_checked_before_any_work(make_cfg, override, message):
+    cfg = make_cfg(DIGITS + override.split())
+    if message is None:
+        validate(cfg)
+        return
+    with pytest.raises(ValueError, match=message):
+        validate(cfg)
+
+
+def test_data_keys_are_checked(make_cfg):
+    with pytest.raises(ValueError, match=r"data.max_length=0 must be at least 1"):
+        validate(make_cfg(["data.max_length=0"]))
+    with pytest.raises(ValueError, match=r"data.eval_fraction='abc' must be a number"):
+        validate(make_cfg(["data=jsonl", "data.path=x.jsonl", "data.eval_fraction=abc"]))
+
+
+def test_strategy_options_keep_their_types(make_cfg):
+    with pytest.raises(ValueError, match=r"strategy.static='maybe' must be true or false"):
+        validate(make_cfg(DIGITS + ["strategy=random", "strategy.static=maybe"]))
+    with pytest.raises(ValueError, match=r"strategy.warmup_epochs=1.5 must be an integer"):
+        validate(make_cfg(DIGITS + ["strategy=el2n", "strategy.warmup_epochs=1.5"]))
+
+
+def _lightning_like(path, payload):
+    torch.save(payload, path)
+    return path
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("empty", "not a checkpoint"),
+    ("text", "not a checkpoint"),
+    ("plain_pickle", "not a checkpoint"),
+    ("truncated", "not a checkpoint|unreadable checkpoint"),
+    ("pickled_object", "refused: the file holds pickled Python objects"),
+    ("plain_dict", "not a Lightning checkpoint"),
+    ("directory", "is a directory"),
+])
+def test_bad_checkpoints_name_ckpt_path(tmp_path, kind, message):
+    p = tmp_path / "x.ckpt"
+    good = _lightning_like(tmp_path / "good.ckpt", {"state_dict": {"w": torch.ones(1000)},
+                                                    "global_step": 3})
+    if kind == "empty":
+        p.write_bytes(b"")
+    elif kind == "text":
+        p.write_text("hello")
+    elif kind == "plain_pickle":
+        p.write_bytes(pickle.dumps({"state_dict": {}}))
+    elif kind == "truncated":
+        p.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif kind == "pickled_object":
+        torch.save({"state_dict": {}, "global_step": 0, "x": zipfile.ZipInfo("a")}, p)
+    elif kind == "plain_dict":
+        torch.save({"weights": torch.ones(2)}, p)
+    else:
+        p = tmp_path
+    with pytest.raises((ValueError, IsADirectoryError), match=message) as err:
+        load_checkpoint(p)
+    assert "ckpt_path=" in str(err.value)
+    assert load_checkpoint(good)["global_step"] == 3
+
+
+def test_scores_files_that_are_not_scores_name_the_file(tmp_path):
+    from qtune.strategies.scores_file import load_scores
+
+    cases = {
+        "broken.json": ('{"sample_id": [0, 1] "el2n"', "JSONDecodeError"),
+        "list.json": ("[1, 2, 3]", "a JSON object of arrays or a list of records"),
+        "strings.json": ('{"sample_id": [0, 1], "el2n": ["x", "y"]}', "not numbers"),
+        "empty.npz": ("", "not an NPZ archive"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=message) as err:
+            load_scores(tmp_path / name, 2, "el2n")
+        assert name in str(err.value)
+    np.savez(tmp_path / "nan.npz", sample_id=np.arange(2), el2n=np.full(2, np.nan))
+    with pytest.raises(ValueError, match="no finite value"):
+        load_scores(tmp_path / "nan.npz", 2, "el2n")
+
+
+def test_jsonl_with_a_lone_surrogate_names_file_line_and_field(tmp_path):
+    from qtune.data.jsonl import DataError, read_jsonl
+
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "x \\ud800 y", '
+                 '"output": "z"}\n')
+    with pytest.raises(DataError, match=r"d.jsonl:2: field 'instruction' is not valid Unicode"):
+        read_jsonl(f)
+
+
+def test_model_and_data_mismatches_are_named(make_cfg, tmp_path):
+    from qtune.factory import build_task_and_model
+
+    with pytest.raises(ValueError, match="data=jsonl needs a model with a real tokenizer"):
+        build_task_and_model(make_cfg(["data=jsonl", f"data.path={tmp_path / 'x.jsonl'}"]))
+    with pytest.raises(FileNotFoundError, match="model.path=/nonexistent/model: no such directory"):
+        build_task_and_model(make_cfg(["model=hf", "model.path=/nonexistent/model", "data=jsonl",
+                                       f"data.path={tmp_path / 'x.jsonl'}"]))
+    with pytest.raises(ValueError, match=r"data.max_length=10 cuts the responses .* "
+                                         r"set data.max_length>="):
+        build_task_and_model(make_cfg(["data.max_length=10"]))
+
+
+def test_context_longer_than_the_models_positions_is_refused(make_cfg, tmp_path):
+    from tiny_hf import save_tiny_llama
+
+    from qtune.factory import build_task_and_model
+
+    model_dir = save_tiny_llama(tmp_path / "m")  # 128 positions
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps({"instruction": "word " * 100, "output": "x " * 60}) + "\n"
+                            for _ in range(4)))
+    cfg = make_cfg(["model=hf", f"model.path={model_dir}", "data=jsonl", f"data.path={data}"])
+    with pytest.raises(ValueError, match=r"exceeds the model's 128 positions .* "
+                                         r"data.max_length<=128"):
+        build_task_and_model(cfg)
+    build_task_and_model(make_cfg(["model=hf", f"model.path={model_dir}", "data=jsonl",
+                                   f"data.path={data}", "data.max_length=128"]))
+
+
+def test_score_refuses_a_checkpoint_for_another_model_and_a_bad_out_name(tmp_path):
+    from conftest import FAST, compose
+
+    from qtune.score import score
+
+    ckpt = _lightning_like(tmp_path / "other.ckpt", {"state_dict": {"model.other": torch.ones(2)},
+                                                     "global_step": 0})
+    cfg = compose(FAST + ["experiment=digits", f"ckpt_path={ckpt}", f"out={tmp_path / 's.npz'}"],
+                  config_name="score")
+    with pytest.raises(ValueError, match="lacks .* weights of this model"):
+        score(cfg)
+    cfg = compose(FAST + ["experiment=digits", f"out={tmp_path / 's.txt'}"], config_name="score")
+    with pytest.raises(ValueError, match=r"out=.*s.txt: expected a .npz or .json file name"):
+        score(cfg)
+    assert not list(tmp_path.glob("s.*"))
+
+
+def test_report_names_a_corrupt_summary_and_writes_nothing(tmp_path):
+    from qtune.report import build_report
+
+    run_dir = tmp_path / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text('{"epochs": 3, "eval": {"accu')
+    with pytest.raises(ValueError, match=r"r1/summary.json: not valid JSON"):
+        build_report([tmp_path / "runs"], tmp_path / "out")
+    (run_dir / "summary.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"r1/summary.json: not a qtune summary"):
+        build_report([tmp_path / "runs"], tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        build_report([tmp_path / "empty"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_refused_command_leaves_the_finished_runs_config_alone(tmp_path):
+    """Hydra writes .hydra/ before the job starts; for a finished run's directory it must not."""
+    env = dict(os.environ, WANDB_MODE="offline")
+    base = [sys.executable, "-m", "qtune.train", *DIGITS, "kernels.backend=torch",
+            "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'r'}"]
+    first = subprocess.run(base, cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    saved = {p.name: p.read_bytes() for p in (tmp_path / "r" / ".hydra").iterdir()}
+    summary = (tmp_path / "r" / "summary.json").read_bytes()
+    again = subprocess.run(base + ["strategy=random", "seed=7"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode != 0 and "already holds a finished run" in again.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r" / ".hydra").iterdir()} == saved
+    assert (tmp_path / "r" / "summary.json").read_bytes() == summary
+
+
+@pytest.mark.parametrize("where", ["mid_epoch", "between_epochs"])
+def test_a_resumed_run_keeps_the_metrics_logged_before_its_checkpoint(make_cfg, tmp_path, where):
+    import lightning as L
+
+    class Crash(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if where == "mid_epoch" and trainer.global_step == 33:
+                raise RuntimeError("simulated crash")
+
+        def on_train_epoch_start(self, trainer, *args):
+            if where == "between_epochs" and trainer.current_epoch == 1:
+                raise RuntimeError("simulated crash")
+
+    args = ["experiment=digits", "epochs=2"]
+    if where == "mid_epoch":
+        args.append("checkpoint.every_n_train_steps=30")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(make_cfg(args, "r"), extra_callbacks=[Crash()])
+    run(make_cfg(args + [f"ckpt_path={tmp_path / 'r' / 'checkpoints' / 'last.ckpt'}"], "r"))
+    run(make_cfg(args, "u"))
+
+    def rows(name):
+        keys = ("step", "train/loss", "eval/loss", "prune/samples_trained")
+        with open(tmp_path / name / "metrics.csv", newline="") as fh:
+            return [tuple(r.get(k) for k in keys) for r in csv.DictReader(fh)]
+
+    # every row of the uninterrupted run, once, with the same values (timings aside)
+    assert rows("r") == rows("u")
