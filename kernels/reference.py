@@ -33,9 +33,10 @@ def token_stats_reference(logits: torch.Tensor, labels: torch.Tensor, ignore_ind
     logp_y = logp.gather(-1, y).squeeze(-1)
     p_y = logp_y.exp()
     ent = -torch.where(p > 0, p * logp, 0.0).sum(-1)  # 0 * log 0 = 0 (logits of -inf)
-    # ||p - onehot|| by its definition, in float64: p_y - 1 keeps its digits near p_y = 1
-    p64 = torch.softmax(z.double(), -1)
-    el2n = (p64 - F.one_hot(y.squeeze(-1), z.shape[-1])).square().sum(-1).sqrt().float()
+    # ||p - onehot||^2 = sum_{v != y} p_v^2 + (1 - p_y)^2, with 1 - p_y summed from the other
+    # classes' probabilities: p_y - 1 itself would lose every digit near p_y = 1
+    p_other = p.scatter(-1, y, 0.0)
+    el2n = (p_other.square().sum(-1) + p_other.sum(-1).square()).sqrt()
     correct = (z.argmax(-1) == labels).float()
     other = p.scatter(-1, y, 0.0).amax(-1)  # probabilities >= 0: an empty max (V = 1) is 0
     zero = torch.zeros_like(p_y)

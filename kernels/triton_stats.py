@@ -4,8 +4,8 @@ Forward: one sweep over the row in BLOCK-wide tiles keeping, per lane, the sum o
 s, sum e*(z - m) t and sum e^2 q (label lane left out, see `formula`); per tile only the tile
 max is reduced across lanes. The rescale of s, t, q, the argmax (tl.argmax of the tile) and
 the "max over v != label" (tile maxima, plus one masked re-read of the label's tile at the
-end) are scalar work done only when a tile changes them, so each element costs about one exp,
-a select and a handful of FMAs. m starts at
+end) are scalar work done only when a tile changes them, and only the label's tile masks the
+label lane, so each element costs about one exp and a handful of FMAs. m starts at
 the label logit, finite and <= the row max, and out-of-row lanes hold -1e30 instead of -inf,
 so no inf - inf or 0 * inf can arise; logits of -inf are read as -1e30 for the same reason.
 Ignored rows skip the sweep.
@@ -64,7 +64,9 @@ def _stats_fwd(Z, Y, OUT, stride_z, N, V, BLOCK: tl.constexpr):
                 q = (alpha * alpha) * q
                 m = tmax
             xs = x - m
-            e = tl.where(cols == lab, 0.0, tl.exp(xs))  # sums over v != y (see `formula`)
+            e = tl.exp(xs)
+            if has_lab:  # sums over v != y (see `formula`); one tile per row pays the select
+                e = tl.where(cols == lab, 0.0, e)
             s += e
             t += e * xs
             q += e * e
