@@ -32,3 +32,25 @@ def make_cfg(tmp_path):
         return compose(FAST + [f"run_dir={tmp_path / name}"] + list(overrides))
 
     return _make
+
+
+def crash(step: int | None = None, epoch_start: int | None = None, epoch_end: int | None = None):
+    """A Lightning callback that simulates a crash: after optimiser step `step`, at the start
+    of epoch `epoch_start`, or in on_train_epoch_end of `epoch_end` (after the pruning callback
+    booked the epoch, before the checkpoint callback, which Lightning runs last, saves it)."""
+    import lightning as L
+
+    class Crash(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == step:
+                raise RuntimeError("simulated crash")
+
+        def on_train_epoch_start(self, trainer, *args):
+            if trainer.current_epoch == epoch_start:
+                raise RuntimeError("simulated crash")
+
+        def on_train_epoch_end(self, trainer, *args):
+            if trainer.current_epoch == epoch_end:
+                raise RuntimeError("simulated crash")
+
+    return Crash()

@@ -211,22 +211,14 @@ def test_a_refused_command_leaves_the_finished_runs_config_alone(tmp_path):
 
 @pytest.mark.parametrize("where", ["mid_epoch", "between_epochs"])
 def test_a_resumed_run_keeps_the_metrics_logged_before_its_checkpoint(make_cfg, tmp_path, where):
-    import lightning as L
+    from conftest import crash
 
-    class Crash(L.Callback):
-        def on_train_batch_end(self, trainer, *args):
-            if where == "mid_epoch" and trainer.global_step == 33:
-                raise RuntimeError("simulated crash")
-
-        def on_train_epoch_start(self, trainer, *args):
-            if where == "between_epochs" and trainer.current_epoch == 1:
-                raise RuntimeError("simulated crash")
-
+    stop = crash(step=33) if where == "mid_epoch" else crash(epoch_start=1)
     args = ["experiment=digits", "epochs=2"]
     if where == "mid_epoch":
         args.append("checkpoint.every_n_train_steps=30")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run(make_cfg(args, "r"), extra_callbacks=[Crash()])
+        run(make_cfg(args, "r"), extra_callbacks=[stop])
     run(make_cfg(args + [f"ckpt_path={tmp_path / 'r' / 'checkpoints' / 'last.ckpt'}"], "r"))
     run(make_cfg(args, "u"))
 

@@ -1,23 +1,12 @@
 """A run stopped mid-epoch or at an epoch end and resumed equals the uninterrupted run."""
 
-import lightning as L
 import pytest
+from conftest import crash
 
 from qtune.train import run
 
 BASE = ["experiment=digits", "epochs=3", "strategy=random", "strategy.keep_ratio=0.7",
         "checkpoint.every_n_train_steps=5"]
-
-
-class Crash(L.Callback):
-    """Simulates a crash after a given optimiser step."""
-
-    def __init__(self, at_step: int):
-        self.at_step = at_step
-
-    def on_train_batch_end(self, trainer, *args):
-        if trainer.global_step == self.at_step:
-            raise RuntimeError("simulated crash")
 
 
 def _same(a, b):
@@ -39,7 +28,7 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.parametrize("crash_step", [22, 30])
 def test_resume_reproduces_the_uninterrupted_run(make_cfg, tmp_path, uninterrupted, crash_step):
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run(make_cfg(BASE, "b"), extra_callbacks=[Crash(crash_step)])
+        run(make_cfg(BASE, "b"), extra_callbacks=[crash(step=crash_step)])
     assert not (tmp_path / "b" / "summary.json").exists()  # a crashed run claims nothing
     ckpt = tmp_path / "b" / "checkpoints" / "last.ckpt"
     resumed = run(make_cfg(BASE + [f"ckpt_path={ckpt}"], "b"))
@@ -48,7 +37,7 @@ def test_resume_reproduces_the_uninterrupted_run(make_cfg, tmp_path, uninterrupt
 
 def test_resume_with_another_strategy_is_an_error(make_cfg, tmp_path):
     with pytest.raises(RuntimeError):
-        run(make_cfg(BASE, "c"), extra_callbacks=[Crash(10)])
+        run(make_cfg(BASE, "c"), extra_callbacks=[crash(step=10)])
     ckpt = tmp_path / "c" / "checkpoints" / "last.ckpt"
     with pytest.raises(ValueError, match="strategy 'random'.*this run uses 'full'"):
         run(make_cfg(["experiment=digits", "epochs=3", "strategy=full", f"ckpt_path={ckpt}"], "c"))

@@ -9,43 +9,13 @@ import os
 import shutil
 import time
 
-import lightning as L
 import pytest
+from conftest import crash
 
 from qtune.train import run
 
 # 1437 digits samples, batch 64: InfoBatch trains all of epoch 0, 23 steps
 INFOBATCH = ["experiment=digits", "epochs=3", "strategy=infobatch"]
-
-
-class CrashAtEpochEnd(L.Callback):
-    """Raises in on_train_epoch_end of `epoch`: after the pruning callback booked it, before
-    the checkpoint callback (which Lightning runs last) saves the end-of-epoch state."""
-
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_train_epoch_end(self, trainer, *args):
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("simulated crash")
-
-
-class CrashAtEpochStart(L.Callback):
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, *args):
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("simulated crash")
-
-
-class CrashAtStep(L.Callback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args):
-        if trainer.global_step == self.step:
-            raise RuntimeError("simulated crash")
 
 
 def assert_same_run(a, b, spent_s: float | None = None):
@@ -80,7 +50,7 @@ def uninterrupted(tmp_path_factory):
 def test_stopped_between_epochs_resumes_from_the_finished_epoch(make_cfg, uninterrupted):
     """No step checkpoints at all: last.ckpt is written at every epoch end."""
     assert_same_run(uninterrupted[0], *crash_then_resume(make_cfg, INFOBATCH,
-                                                         CrashAtEpochStart(1), "b"))
+                                                         crash(epoch_start=1), "b"))
 
 
 def test_checkpoint_after_an_epochs_last_batch(make_cfg, uninterrupted):
@@ -88,7 +58,7 @@ def test_checkpoint_after_an_epochs_last_batch(make_cfg, uninterrupted):
     Lightning resumes at the next epoch, and the restored epoch is booked before its plan."""
     overrides = INFOBATCH + ["checkpoint.every_n_train_steps=23"]
     assert_same_run(uninterrupted[0], *crash_then_resume(make_cfg, overrides,
-                                                         CrashAtEpochEnd(0), "c"))
+                                                         crash(epoch_end=0), "c"))
 
 
 def test_resuming_a_finished_run_keeps_its_evaluation(make_cfg, uninterrupted, tmp_path):
@@ -103,7 +73,7 @@ def test_resume_with_other_settings_is_refused(make_cfg):
     base = ["experiment=digits", "epochs=2", "strategy=random", "strategy.keep_ratio=0.7",
             "checkpoint.every_n_train_steps=5"]
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run(make_cfg(base, "e"), extra_callbacks=[CrashAtStep(10)])
+        run(make_cfg(base, "e"), extra_callbacks=[crash(step=10)])
     ckpt = f"ckpt_path={make_cfg(base, 'e').run_dir}/checkpoints/last.ckpt"
     with pytest.raises(ValueError, match=r"strategy.keep_ratio: 0.7 -> 0.5"):
         run(make_cfg(base + ["strategy.keep_ratio=0.5", ckpt], "e"))
