@@ -36,7 +36,7 @@ NEG = -1.0e30  # stands for -inf in z - m: exp gives 0 and 0 * NEG is 0 (0 * -in
 def finish_rows(m, zy, other, s, t, q, correct, valid):
     """Accumulators over v != y (+ float 0/1 `correct`) -> the 7 row outputs, zeroed where not
     `valid`."""
-    zys = zy - m
+    zys = (zy - m).clamp_min(NEG)  # a label logit of -inf: e_y = 0 and e_y * zys = 0
     e_y = zys.exp()
     total = s + e_y
     logs = total.log()

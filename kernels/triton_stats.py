@@ -38,7 +38,7 @@ def _stats_fwd(Z, Y, OUT, stride_z, N, V, BLOCK: tl.constexpr):
     else:
         zrow = Z + row * stride_z
         zy = tl.load(zrow + lab).to(tl.float32)
-        m = zy  # running max; starts at the label logit (finite, <= the row max)
+        m = tl.maximum(zy, -1.0e30)  # running max; starts at the label logit (<= the row max)
         best = -1.0e30  # running max for the first-index argmax, kept apart from m
         bidx = 0
         mo = -1.0e30  # max over tiles that do not hold the label (label tile done after)
@@ -76,7 +76,7 @@ def _stats_fwd(Z, Y, OUT, stride_z, N, V, BLOCK: tl.constexpr):
         xl = tl.load(zrow + cols, mask=keep, other=0.0).to(tl.float32)
         other = tl.maximum(mo, tl.max(tl.where(keep, xl, -1.0e30), 0))
         so = tl.sum(s, 0)
-        zys = zy - m
+        zys = tl.maximum(zy, -1.0e30) - m  # finite even for a label logit of -inf
         ey = tl.exp(zys)
         ssum = so + ey
         logs = tl.log(ssum)

@@ -28,6 +28,15 @@ def _value(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, default=_ABSENT)
 
 
+def _parse(text: str, kind: type) -> Any:
+    """A number written as a string (environment interpolations give strings), else the
+    string itself, which the caller then refuses by name."""
+    try:
+        return kind(text.strip())
+    except ValueError:
+        return text
+
+
 def require_int(cfg: DictConfig, key: str, minimum: int | None = None,
                 optional: bool = False) -> None:
     """`key` must be an integer (not a bool, not 1.5, not 'abc'), at least `minimum`; with
@@ -35,6 +44,8 @@ def require_int(cfg: DictConfig, key: str, minimum: int | None = None,
     v = _value(cfg, key)
     if optional and (v is None or v is _ABSENT):
         return
+    if isinstance(v, str):  # e.g. seed=${oc.env:SLURM_ARRAY_TASK_ID}: a string of digits
+        v = _parse(v, int)
     if isinstance(v, bool) or not isinstance(v, int):
         raise ValueError(f"{key}={v!r} must be an integer" + ("" if not optional else " or null"))
     if minimum is not None and v < minimum:
@@ -47,6 +58,8 @@ def require_number(cfg: DictConfig, key: str, low: float, high: float,
     v = _value(cfg, key)
     if v is _ABSENT:
         return
+    if isinstance(v, str):
+        v = _parse(v, float)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
         raise ValueError(f"{key}={v!r} must be a number")
     if v < low or v > high or (low_open and v == low) or (high_open and v == high):
@@ -84,7 +97,7 @@ def check_run_config(cfg: DictConfig) -> None:
     require_number(cfg, "scheduler.min_ratio", 0.0, 1.0)
     require_int(cfg, "data.max_length", minimum=1, optional=True)
     require_int(cfg, "eval.max_items", minimum=1, optional=True)
-    require_int(cfg, "checkpoint.every_n_train_steps", minimum=1, optional=True)
+    require_int(cfg, "checkpoint.every_n_train_steps", minimum=0, optional=True)  # 0: off
     if _value(cfg, "data.name") == "jsonl" and _value(cfg, "data.eval_path") is None:
         require_number(cfg, "data.eval_fraction", 0.0, 1.0, low_open=True, high_open=True)
     if _value(cfg, "trainer") is not _ABSENT:

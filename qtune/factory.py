@@ -58,16 +58,24 @@ def build_task_and_model(cfg: Any) -> tuple[TaskBundle, Any]:
 
 
 def check_context_length(cfg: Any, model: Any, bundle: TaskBundle) -> None:
-    """The longest sequence must fit the model's positions: a model with learned absolute
-    positions (GPT-2) otherwise fails mid-training deep inside an embedding lookup."""
+    """A model with learned absolute positions (GPT-2's position table) fails mid-training,
+    deep inside an embedding lookup, on a sequence longer than its table: refuse that before
+    any work. Rotary models (Llama, Qwen) have no such table and are left alone."""
+    import torch
+
     config = getattr(model, "config", None)
-    limit = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions")
+    limit = next((getattr(config, k) for k in ("n_positions", "max_position_embeddings")
                   if isinstance(getattr(config, k, None), int)), None)
     if limit is None:
+        return
+    inputs = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    learned = any(isinstance(m, torch.nn.Embedding) and m is not inputs
+                  and m.num_embeddings == limit for m in model.modules())
+    if not learned:
         return
     longest = max((len(ds.input_ids[i]) for ds in (bundle.train, bundle.eval)
                    for i in range(len(ds)) if hasattr(ds, "input_ids")), default=0)
     if longest > limit:
         raise ValueError(f"data.path={cfg.data.get('path')}: a sequence of {longest} tokens "
-                         f"exceeds the model's {limit} positions (model.path="
+                         f"exceeds the model's {limit} learned positions (model.path="
                          f"{cfg.model.get('path')}): set data.max_length<={limit}")

@@ -10,16 +10,42 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
 
+def _finished(run_dir: Path, config: DictConfig) -> bool:
+    return (run_dir / "summary.json").exists() and not config.get("ckpt_path")
+
+
 class KeepFinishedRunConfig(Callback):
     """A command pointed at a directory that already holds a finished run is refused by the job
     (``refuse_finished_run``), but Hydra writes the job's ``.hydra/`` files before the job
     starts, which would replace the finished run's config with the refused command's (and
-    change its report). So for such a directory Hydra is told not to write them. Hydra turns
-    exceptions of callbacks into warnings, so the refusal itself stays in the job."""
+    change its report). Hydra turns exceptions of callbacks into warnings, so the refusal
+    itself stays in the job; here a single run is told not to write ``.hydra/``, and a
+    multirun (whose jobs write theirs before any per-job hook) gets the finished jobs' files
+    back after each job."""
+
+    def __init__(self) -> None:
+        self._saved: dict[Path, dict[str, bytes]] = {}
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)  # run.dir may use ${hydra:...}
-        run_dir = Path(str(config.hydra.run.dir))
-        if (run_dir / "summary.json").exists() and not config.get("ckpt_path"):
+        if _finished(Path(str(config.hydra.run.dir)), config):
             with read_write(config.hydra), open_dict(config.hydra):
                 config.hydra.output_subdir = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        HydraConfig.instance().set_config(config)
+        sweep = Path(str(config.hydra.sweep.dir))
+        if not sweep.is_dir() or config.get("ckpt_path"):
+            return
+        for summary in sweep.glob("**/summary.json"):
+            hydra_dir = summary.parent / ".hydra"
+            if hydra_dir.is_dir():
+                self._saved[summary.parent.resolve()] = {
+                    f.name: f.read_bytes() for f in hydra_dir.iterdir() if f.is_file()}
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if not self._saved:
+            return
+        run_dir = Path(str(HydraConfig.get().runtime.output_dir)).resolve()
+        for name, data in self._saved.get(run_dir, {}).items():
+            (run_dir / ".hydra" / name).write_bytes(data)

@@ -48,10 +48,10 @@ def refuse_finished_run(run_dir: Path, ckpt_path: str | None) -> None:
             "hydra.run.dir, or pass ckpt_path=... to resume a run")
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None = None) -> list:
+def build_loggers(cfg: DictConfig, run_dir: Path, resume: tuple[int, bool] | None = None) -> list:
     from qtune.engine.metrics_log import csv_logger
 
-    loggers: list = [csv_logger(run_dir, resume_step)]
+    loggers: list = [csv_logger(run_dir, resume)]
     if cfg.logger.name == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
@@ -110,11 +110,14 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
 
     run_dir = Path(cfg.run_dir)
     refuse_finished_run(run_dir, cfg.ckpt_path)
-    resume_step = None
+    resume = None  # (global step, taken mid-epoch) of the checkpoint resumed from
     if cfg.ckpt_path:
         from qtune.config_checks import load_checkpoint
 
-        resume_step = int(load_checkpoint(cfg.ckpt_path)["global_step"])
+        ckpt = load_checkpoint(cfg.ckpt_path)
+        progress = (ckpt.get("callbacks", {}).get("PruningCallback") or {}).get("epoch_progress")
+        resume = (int(ckpt["global_step"]), bool(progress and progress.get("batches_done")))
+        del ckpt
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     set_default_backend(cfg.kernels.backend)
     bundle, model = build_task_and_model(cfg)
@@ -136,10 +139,19 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
         callbacks.append(RichProgressBar())
     trainer = L.Trainer(max_epochs=int(cfg.epochs), reload_dataloaders_every_n_epochs=1,
                         use_distributed_sampler=False, num_sanity_val_steps=0,
-                        logger=build_loggers(cfg, run_dir, resume_step), callbacks=callbacks,
+                        logger=build_loggers(cfg, run_dir, resume), callbacks=callbacks,
                         default_root_dir=str(run_dir), **trainer_kwargs)
     # weights_only: a checkpoint is tensors and plain values; nothing in it runs code
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    last, final_step = run_dir / "checkpoints" / "last.ckpt", trainer.global_step
+    if not pruning.history and last.is_file():
+        # spawned ranks (ddp_spawn): the pruning state and the step count lived in the ranks;
+        # the end-of-epoch checkpoint of the last epoch holds them
+        from qtune.config_checks import load_checkpoint
+
+        ckpt = load_checkpoint(last)
+        pruning.load_state_dict(ckpt["callbacks"]["PruningCallback"])
+        final_step = int(ckpt["global_step"])
     if "eval/loss" not in trainer.callback_metrics:  # a finished run resumed: nothing was fit
         trainer.validate(module, datamodule=datamodule, verbose=False)
     evaluation = final_evaluation(trainer, module, bundle, cfg.eval)
@@ -154,9 +166,12 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     if trainer.is_global_zero:
         write_final_scores(run_dir / "scores.npz", pruning)
         atomic_write_json(run_dir / "summary.json", summary)
+        from qtune.engine.metrics_log import adopt_csv_header
+
         for logger in trainer.loggers:
+            adopt_csv_header(logger)
             logger.log_metrics({f"final/{k}": v for k, v in evaluation.items()
-                                if isinstance(v, (int, float))}, step=trainer.global_step)
+                                if isinstance(v, (int, float))}, step=final_step)
             logger.save()
     if cfg.logger.name == "wandb":
         import wandb

@@ -47,6 +47,17 @@ def test_config_values_are_checked_before_any_work(make_cfg, override, message):
         validate(cfg)
 
 
+def test_numbers_from_environment_interpolations_are_accepted(make_cfg, monkeypatch):
+    """`seed=${oc.env:SLURM_ARRAY_TASK_ID}` gives a string of digits: a number, not an error;
+    `checkpoint.every_n_train_steps=0` means off; `data.max_length=null` means no cut."""
+    monkeypatch.setenv("QTUNE_TEST_SEED", "3")
+    validate(make_cfg(DIGITS + ["seed=${oc.env:QTUNE_TEST_SEED}",
+                                "checkpoint.every_n_train_steps=0"]))
+    from qtune.data.embedded import build_embedded_task
+
+    assert len(build_embedded_task({"max_length": None, "num_train": 50, "num_eval": 10}).train)
+
+
 def test_data_keys_are_checked(make_cfg):
     with pytest.raises(ValueError, match=r"data.max_length=0 must be at least 1"):
         validate(make_cfg(["data.max_length=0"]))
@@ -141,21 +152,32 @@ def test_model_and_data_mismatches_are_named(make_cfg, tmp_path):
         build_task_and_model(make_cfg(["data.max_length=10"]))
 
 
-def test_context_longer_than_the_models_positions_is_refused(make_cfg, tmp_path):
-    from tiny_hf import save_tiny_llama
+def test_context_longer_than_learned_positions_is_refused(make_cfg, tmp_path):
+    """GPT-2 style (a learned position table) is refused up front; a rotary Llama with the
+    same nominal limit is not (it has no table to run past)."""
+    from tiny_hf import save_tiny_llama, save_tiny_tokenizer
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     from qtune.factory import build_task_and_model
 
-    model_dir = save_tiny_llama(tmp_path / "m")  # 128 positions
+    gpt2 = save_tiny_tokenizer(tmp_path / "gpt2", chat_template=False)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(AutoTokenizer.from_pretrained(str(gpt2))),
+                               n_positions=64, n_embd=16, n_layer=1, n_head=2)
+                    ).save_pretrained(str(gpt2))
+    llama = save_tiny_llama(tmp_path / "llama")  # max_position_embeddings=128, rotary
     data = tmp_path / "long.jsonl"
-    data.write_text("".join(json.dumps({"instruction": "word " * 100, "output": "x " * 60}) + "\n"
+    data.write_text("".join(json.dumps({"instruction": "word " * 40, "output": "x " * 40}) + "\n"
                             for _ in range(4)))
-    cfg = make_cfg(["model=hf", f"model.path={model_dir}", "data=jsonl", f"data.path={data}"])
-    with pytest.raises(ValueError, match=r"exceeds the model's 128 positions .* "
-                                         r"data.max_length<=128"):
-        build_task_and_model(cfg)
-    build_task_and_model(make_cfg(["model=hf", f"model.path={model_dir}", "data=jsonl",
-                                   f"data.path={data}", "data.max_length=128"]))
+
+    def cfg(model_dir, *extra):
+        return make_cfg(["model=hf", f"model.path={model_dir}", "data=jsonl", f"data.path={data}",
+                         *extra])
+
+    with pytest.raises(ValueError, match=r"exceeds the model's 64 learned positions .* "
+                                         r"data.max_length<=64"):
+        build_task_and_model(cfg(gpt2))
+    build_task_and_model(cfg(gpt2, "data.max_length=64"))
+    build_task_and_model(cfg(llama))
 
 
 def test_score_refuses_a_checkpoint_for_another_model_and_a_bad_out_name(tmp_path):
@@ -192,31 +214,38 @@ def test_report_names_a_corrupt_summary_and_writes_nothing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_refused_command_leaves_the_finished_runs_config_alone(tmp_path):
-    """Hydra writes .hydra/ before the job starts; for a finished run's directory it must not."""
+@pytest.mark.parametrize("mode", ["run", "multirun"])
+def test_a_refused_command_leaves_the_finished_runs_config_alone(tmp_path, mode):
+    """Hydra writes .hydra/ before the job starts; a finished run's must survive a refused
+    command, in a single run and in a multirun sweep alike."""
     env = dict(os.environ, WANDB_MODE="offline")
-    base = [sys.executable, "-m", "qtune.train", *DIGITS, "kernels.backend=torch",
-            "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'r'}"]
+    base = [sys.executable, "-m", "qtune.train", *(["-m"] if mode == "multirun" else []),
+            *DIGITS, "kernels.backend=torch", "trainer.enable_progress_bar=false"]
+    if mode == "run":
+        base, run_dir = base + [f"hydra.run.dir={tmp_path / 'r'}"], tmp_path / "r"
+    else:
+        base, run_dir = base + [f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path / "s" / "0"
     first = subprocess.run(base, cwd=tmp_path, env=env, capture_output=True, text=True,
                            timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
-    saved = {p.name: p.read_bytes() for p in (tmp_path / "r" / ".hydra").iterdir()}
-    summary = (tmp_path / "r" / "summary.json").read_bytes()
-    again = subprocess.run(base + ["strategy=random", "seed=7"], cwd=tmp_path, env=env,
+    saved = {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()}
+    summary = (run_dir / "summary.json").read_bytes()
+    again = subprocess.run(base + ["seed=7"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=600)
     assert again.returncode != 0 and "already holds a finished run" in again.stderr
-    assert {p.name: p.read_bytes() for p in (tmp_path / "r" / ".hydra").iterdir()} == saved
-    assert (tmp_path / "r" / "summary.json").read_bytes() == summary
+    assert {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()} == saved
+    assert (run_dir / "summary.json").read_bytes() == summary
 
 
-@pytest.mark.parametrize("where", ["mid_epoch", "between_epochs"])
+@pytest.mark.parametrize("where", ["mid_epoch", "between_epochs", "last_batch"])
 def test_a_resumed_run_keeps_the_metrics_logged_before_its_checkpoint(make_cfg, tmp_path, where):
     from conftest import crash
 
-    stop = crash(step=33) if where == "mid_epoch" else crash(epoch_start=1)
+    stop = {"mid_epoch": crash(step=33), "between_epochs": crash(epoch_start=1),
+            "last_batch": crash(epoch_end=0)}[where]  # 23 steps per epoch
     args = ["experiment=digits", "epochs=2"]
-    if where == "mid_epoch":
-        args.append("checkpoint.every_n_train_steps=30")
+    if where != "between_epochs":
+        args.append(f"checkpoint.every_n_train_steps={30 if where == 'mid_epoch' else 23}")
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(make_cfg(args, "r"), extra_callbacks=[stop])
     run(make_cfg(args + [f"ckpt_path={tmp_path / 'r' / 'checkpoints' / 'last.ckpt'}"], "r"))

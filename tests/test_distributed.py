@@ -127,3 +127,23 @@ def test_each_rank_resumes_its_own_random_state(tmp_path):
         port = s.getsockname()[1]
     mp.spawn(_rng_rank, args=(port, str(tmp_path)), nprocs=2, join=True)
     assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)] == ["1 2", "1 2"]
+
+
+def test_spawned_ranks_report_what_they_trained(tmp_path):
+    """trainer=ddp_spawn_cpu (for multirun sweeps and notebooks): the ranks run in spawned
+    processes, yet summary.json and metrics.csv describe the same training as the
+    re-launched ddp_cpu run."""
+    import csv
+
+    args = ["experiment=digits", "epochs=2", "strategy=infobatch"]
+    launched = _train(args, tmp_path / "ddp", tmp_path)
+    spawned = _train(args + ["trainer=ddp_spawn_cpu"], tmp_path / "spawn", tmp_path)
+    for key in ("samples_trained", "tokens_trained", "realised_keep_ratio"):
+        assert spawned[key] == launched[key], key
+    assert [e["plan_hash"] for e in spawned["epochs_detail"]] == \
+        [e["plan_hash"] for e in launched["epochs_detail"]]
+    with open(tmp_path / "spawn" / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert any(r.get("train/loss") for r in rows) and any(r.get("prune/samples_trained") for r in rows)
+    final = [r for r in rows if r.get("final/accuracy")]
+    assert len(final) == 1 and float(final[0]["step"]) == max(float(r["step"]) for r in rows)

@@ -54,6 +54,22 @@ def test_masked_vocabulary_entries_give_finite_statistics(backend):
     assert torch.isfinite(masked.grad).all() and (masked.grad[:, 30:] == 0).all()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_label_logit_of_minus_inf(backend):
+    """The label itself masked: loss +inf (as F.cross_entropy), the other statistics finite
+    and equal to the reference's; scoring passes store them."""
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(3, 20, generator=g)
+    y = torch.tensor([1, 4, 7])
+    z[1, 4] = float("-inf")
+    out = token_stats(z, y, backend=backend)
+    assert out.loss[1] == float("inf") and torch.isfinite(out.loss[[0, 2]]).all()
+    want = token_stats_reference(z, y)
+    for f in ("entropy", "el2n", "p_label", "correct", "margin"):
+        assert torch.isfinite(getattr(out, f)).all(), f
+        torch.testing.assert_close(getattr(out, f), getattr(want, f), atol=2e-5, rtol=2e-5, msg=f)
+
+
 @pytest.mark.parametrize("backend", ["torch", "compiled"])
 def test_nan_logits_in_ignored_rows_give_zero_gradient(backend):
     """Padding positions can carry NaN logits (fully masked attention rows); they are ignored,

@@ -125,6 +125,13 @@ else:
         out[1].mul_(2)
         out[0].sum().backward()
         assert (masked.grad[:, 200:] == 0).all()
+        z2 = randn(3, 300)
+        y3 = torch.tensor([1, 200, 7], device=DEV)
+        z2[1, 200] = float("-inf")  # the label itself masked: loss inf, the rest finite
+        got, ref = run(z2, y3, 64), token_stats_reference(z2, y3)
+        assert got[0][1] == float("inf")
+        for f, o in list(zip(FIELDS, got))[1:]:
+            torch.testing.assert_close(o, getattr(ref, f), atol=2e-5, rtol=2e-5, msg=f)
 
     def test_tile_timing_keeps_the_logits_an_in_place_gradient_reads(monkeypatch):
         """On CUDA the first big call times several tile widths by launching each: with

@@ -67,6 +67,43 @@ def test_resuming_a_finished_run_keeps_its_evaluation(make_cfg, uninterrupted, t
     shutil.copytree(run_dir, copy)
     again = run(make_cfg(INFOBATCH + [f"ckpt_path={copy / 'checkpoints' / 'last.ckpt'}"], "d"))
     assert again["eval"] == summary["eval"] and again["samples_trained"] == summary["samples_trained"]
+    import csv
+
+    with open(copy / "metrics.csv", newline="") as fh:
+        finals = [r for r in csv.DictReader(fh) if r.get("final/accuracy")]
+    assert len(finals) == 1
+
+
+def test_resuming_a_finished_run_plans_and_scores_nothing_more(make_cfg, tmp_path):
+    """Lightning builds the train loader before it sees there is nothing left to train: a
+    strategy that scores every epoch must not score (or plan) an epoch that never runs."""
+    import numpy as np
+
+    args = ["experiment=digits", "epochs=1", "strategy=qtuning", "strategy.level=epoch"]
+    first = run(make_cfg(args, "f"))
+    before = dict(np.load(tmp_path / "f" / "scores.npz"))
+    again = run(make_cfg(args + [f"ckpt_path={tmp_path / 'f' / 'checkpoints' / 'last.ckpt'}"],
+                         "f"))
+    for key in ("scoring_forward_tokens", "flops_estimate", "samples_trained"):
+        assert again[key] == first[key], key
+    after = dict(np.load(tmp_path / "f" / "scores.npz"))
+    for key, values in before.items():
+        np.testing.assert_array_equal(after[key], values, err_msg=key)
+
+
+def test_a_library_callback_resumes_a_checkpoint_that_carries_a_strategy_config():
+    """Checked settings are those both sides know: a PruningCallback built without
+    `strategy_config` (library use) accepts a qtune-train checkpoint of the same strategy."""
+    from qtune.engine.callback import PruningCallback
+    from qtune.strategies import build_strategy
+
+    writer = PruningCallback(build_strategy("random", keep_ratio=0.5), seed=0, num_samples=8,
+                             strategy_config={"name": "random", "keep_ratio": 0.5})
+    reader = PruningCallback(build_strategy("random", keep_ratio=0.5), seed=0, num_samples=8)
+    reader.load_state_dict(writer.state_dict())
+    with pytest.raises(ValueError, match="seed: 0 -> 1"):
+        PruningCallback(build_strategy("random", keep_ratio=0.5), seed=1,
+                        num_samples=8).load_state_dict(writer.state_dict())
 
 
 def test_resume_with_other_settings_is_refused(make_cfg):

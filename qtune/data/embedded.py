@@ -183,7 +183,7 @@ def build_embedded_task(cfg: Any = None, tokenizer: CharTokenizer | None = None)
     train_ex, train_meta = _encode(train_records, tok)
     eval_ex, eval_meta = _encode(eval_records, tok)
     need = max(len(ex.prompt_ids) + len(ex.response_ids) for ex in train_ex + eval_ex)
-    if c.max_length < need:  # a cut answer teaches (and is scored against) a wrong target
+    if c.max_length is not None and c.max_length < need:  # a cut answer teaches (and is scored against) a wrong target
         cut = sum(len(ex.prompt_ids) + len(ex.response_ids) > c.max_length for ex in train_ex)
         raise ValueError(f"data.max_length={c.max_length} cuts the responses of {cut} of "
                          f"{len(train_ex)} training items (and eval items alike); these "

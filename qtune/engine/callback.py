@@ -198,7 +198,10 @@ class PruningCallback(ResumeState, Callback):
         self.history.append(entry)
         if self.export_dir is not None and plan is not None and trainer.is_global_zero:
             self._export(epoch, plan)
-        self.plans = {e: p for e, p in self.plans.items() if e > epoch}
+        # this epoch's plan stays: Lightning restores an end-of-epoch checkpoint at the epoch
+        # it ended and builds (not runs) a loader for it before moving on, and re-planning it
+        # would cost a scoring pass and change the score store
+        self.plans = {e: p for e, p in self.plans.items() if e >= epoch}
         self._rows, self._counters, self._batch_info = [], {}, {}
         self._batches_done, self._resume_at, self._resume_elapsed = 0, None, 0.0
         loggable = {f"prune/{k}": float(v) for k, v in entry.items()

@@ -50,8 +50,10 @@ class ItemTracker:
 
     def step_counts(self, sample_ids: torch.Tensor, trained: torch.Tensor | None) -> dict[str, torch.Tensor]:
         codes = self.kind_code[sample_ids]
-        weights = None if trained is None else trained.float()  # no boolean indexing: no sync
-        counts = torch.bincount(codes, weights=weights, minlength=len(self.kind_names))
+        # a weighted one-hot sum: no boolean indexing (a host sync) and, unlike a weighted
+        # bincount on CUDA, allowed under torch.use_deterministic_algorithms
+        onehot = torch.nn.functional.one_hot(codes, len(self.kind_names)).float()
+        counts = onehot.sum(0) if trained is None else trained.float() @ onehot
         return {f"trained_{k}": counts[i] for i, k in enumerate(self.kind_names)}
 
     def shares(self, counts: dict[str, float], epochs: int = 1) -> dict[str, float]:

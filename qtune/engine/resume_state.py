@@ -89,7 +89,9 @@ class ResumeState:
         if state.get("strategy_name") != self.strategy.name:
             raise ValueError(f"checkpoint was made with strategy {state.get('strategy_name')!r}, "
                              f"this run uses {self.strategy.name!r}")
-        diff = config_differences(state.get("config") or {}, self._run_config())
+        saved_cfg, mine = state.get("config") or {}, self._run_config()
+        shared = saved_cfg.keys() & mine.keys()  # a library callback may not know its config
+        diff = config_differences({k: saved_cfg[k] for k in shared}, {k: mine[k] for k in shared})
         if state.get("config") is not None and diff:
             raise ValueError("checkpoint was made with other settings than this run ("
                              + "; ".join(diff) + "): resume with the settings it was made with")
