@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 _ABSENT = object()
 
@@ -37,6 +37,15 @@ def _parse(text: str, kind: type) -> Any:
         return text
 
 
+def _write_back(cfg: DictConfig, key: str, value: Any) -> None:
+    """Replace a number given as a string by the number, so that every later reader of the
+    config (Lightning, torch, the scheduler) gets a number, not a string."""
+    if isinstance(value, str):
+        return  # not a number: the caller refuses it by name
+    with read_write(cfg), open_dict(cfg):
+        OmegaConf.update(cfg, key, value, merge=False)
+
+
 def require_int(cfg: DictConfig, key: str, minimum: int | None = None,
                 optional: bool = False) -> None:
     """`key` must be an integer (not a bool, not 1.5, not 'abc'), at least `minimum`; with
@@ -46,6 +55,7 @@ def require_int(cfg: DictConfig, key: str, minimum: int | None = None,
         return
     if isinstance(v, str):  # e.g. seed=${oc.env:SLURM_ARRAY_TASK_ID}: a string of digits
         v = _parse(v, int)
+        _write_back(cfg, key, v)
     if isinstance(v, bool) or not isinstance(v, int):
         raise ValueError(f"{key}={v!r} must be an integer" + ("" if not optional else " or null"))
     if minimum is not None and v < minimum:
@@ -60,6 +70,7 @@ def require_number(cfg: DictConfig, key: str, low: float, high: float,
         return
     if isinstance(v, str):
         v = _parse(v, float)
+        _write_back(cfg, key, v)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
         raise ValueError(f"{key}={v!r} must be a number")
     if v < low or v > high or (low_open and v == low) or (high_open and v == high):

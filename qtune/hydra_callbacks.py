@@ -39,13 +39,19 @@ class KeepFinishedRunConfig(Callback):
             return
         for summary in sweep.glob("**/summary.json"):
             hydra_dir = summary.parent / ".hydra"
-            if hydra_dir.is_dir():
-                self._saved[summary.parent.resolve()] = {
-                    f.name: f.read_bytes() for f in hydra_dir.iterdir() if f.is_file()}
+            files = hydra_dir.iterdir() if hydra_dir.is_dir() else []
+            self._saved[summary.parent.resolve()] = {f.name: f.read_bytes() for f in files
+                                                     if f.is_file()}
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        if not self._saved:
-            return
         run_dir = Path(str(HydraConfig.get().runtime.output_dir)).resolve()
-        for name, data in self._saved.get(run_dir, {}).items():
-            (run_dir / ".hydra" / name).write_bytes(data)
+        if run_dir not in self._saved:
+            return
+        saved, hydra_dir = self._saved[run_dir], run_dir / ".hydra"
+        for f in list(hydra_dir.iterdir()) if hydra_dir.is_dir() else []:
+            if f.is_file() and f.name not in saved:  # written by the refused job
+                f.unlink()
+        for name, data in saved.items():
+            (hydra_dir / name).write_bytes(data)
+        if not saved and hydra_dir.is_dir() and not any(hydra_dir.iterdir()):
+            hydra_dir.rmdir()

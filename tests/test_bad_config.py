@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -51,8 +52,13 @@ def test_numbers_from_environment_interpolations_are_accepted(make_cfg, monkeypa
     """`seed=${oc.env:SLURM_ARRAY_TASK_ID}` gives a string of digits: a number, not an error;
     `checkpoint.every_n_train_steps=0` means off; `data.max_length=null` means no cut."""
     monkeypatch.setenv("QTUNE_TEST_SEED", "3")
+    monkeypatch.setenv("QTUNE_TEST_WARMUP", "0.1")
     validate(make_cfg(DIGITS + ["seed=${oc.env:QTUNE_TEST_SEED}",
                                 "checkpoint.every_n_train_steps=0"]))
+    cfg = make_cfg(DIGITS + ["checkpoint.every_n_train_steps=${oc.env:QTUNE_TEST_SEED}",
+                             "scheduler.warmup=${oc.env:QTUNE_TEST_WARMUP}"])
+    validate(cfg)  # and every later reader gets the numbers
+    assert cfg.checkpoint.every_n_train_steps == 3 and cfg.scheduler.warmup == 0.1
     from qtune.data.embedded import build_embedded_task
 
     assert len(build_embedded_task({"max_length": None, "num_train": 50, "num_eval": 10}).train)
@@ -214,12 +220,12 @@ def test_report_names_a_corrupt_summary_and_writes_nothing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("mode", ["run", "multirun"])
+@pytest.mark.parametrize("mode", ["run", "multirun", "multirun_no_hydra_dir"])
 def test_a_refused_command_leaves_the_finished_runs_config_alone(tmp_path, mode):
     """Hydra writes .hydra/ before the job starts; a finished run's must survive a refused
     command, in a single run and in a multirun sweep alike."""
     env = dict(os.environ, WANDB_MODE="offline")
-    base = [sys.executable, "-m", "qtune.train", *(["-m"] if mode == "multirun" else []),
+    base = [sys.executable, "-m", "qtune.train", *(["-m"] if mode != "run" else []),
             *DIGITS, "kernels.backend=torch", "trainer.enable_progress_bar=false"]
     if mode == "run":
         base, run_dir = base + [f"hydra.run.dir={tmp_path / 'r'}"], tmp_path / "r"
@@ -228,6 +234,10 @@ def test_a_refused_command_leaves_the_finished_runs_config_alone(tmp_path, mode)
     first = subprocess.run(base, cwd=tmp_path, env=env, capture_output=True, text=True,
                            timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
+    if mode == "multirun_no_hydra_dir":  # e.g. a run made through run(cfg) or run_grid.py
+        shutil.rmtree(run_dir / ".hydra")
+        (run_dir / ".hydra").mkdir()
+        (run_dir / ".hydra" / "config.yaml").write_text("epochs: 1\n")
     saved = {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()}
     summary = (run_dir / "summary.json").read_bytes()
     again = subprocess.run(base + ["seed=7"], cwd=tmp_path, env=env,
@@ -241,11 +251,13 @@ def test_a_refused_command_leaves_the_finished_runs_config_alone(tmp_path, mode)
 def test_a_resumed_run_keeps_the_metrics_logged_before_its_checkpoint(make_cfg, tmp_path, where):
     from conftest import crash
 
+    # 23 steps per epoch; "last_batch": the step save due on epoch 1's last batch is skipped
+    # (the epoch-end save follows), so the resume starts from the end of epoch 0
     stop = {"mid_epoch": crash(step=33), "between_epochs": crash(epoch_start=1),
-            "last_batch": crash(epoch_end=0)}[where]  # 23 steps per epoch
+            "last_batch": crash(epoch_end=1)}[where]
     args = ["experiment=digits", "epochs=2"]
     if where != "between_epochs":
-        args.append(f"checkpoint.every_n_train_steps={30 if where == 'mid_epoch' else 23}")
+        args.append(f"checkpoint.every_n_train_steps={30 if where == 'mid_epoch' else 46}")
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(make_cfg(args, "r"), extra_callbacks=[stop])
     run(make_cfg(args + [f"ckpt_path={tmp_path / 'r' / 'checkpoints' / 'last.ckpt'}"], "r"))

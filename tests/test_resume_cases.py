@@ -53,12 +53,37 @@ def test_stopped_between_epochs_resumes_from_the_finished_epoch(make_cfg, uninte
                                                          crash(epoch_start=1), "b"))
 
 
-def test_checkpoint_after_an_epochs_last_batch(make_cfg, uninterrupted):
-    """A step checkpoint on the epoch's last batch, then a stop before the epoch-end save:
-    Lightning resumes at the next epoch, and the restored epoch is booked before its plan."""
-    overrides = INFOBATCH + ["checkpoint.every_n_train_steps=23"]
-    assert_same_run(uninterrupted[0], *crash_then_resume(make_cfg, overrides,
-                                                         crash(epoch_end=0), "c"))
+def test_checkpoint_after_an_epochs_last_batch(make_cfg, uninterrupted, tmp_path):
+    """qtune never saves on an epoch's last batch (the epoch-end save follows), but a user's
+    own ModelCheckpoint may: Lightning then resumes at the next epoch without the epoch-end
+    hooks, and the restored epoch is booked before the next one is planned."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    user = ModelCheckpoint(dirpath=str(tmp_path / "user"), every_n_train_steps=23,
+                           save_top_k=-1, filename="step_{step}", auto_insert_metric_name=False)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(make_cfg(INFOBATCH, "c"), extra_callbacks=[user, crash(epoch_end=0)])
+    (ckpt,) = (tmp_path / "user").glob("*.ckpt")
+    t0 = time.perf_counter()
+    resumed = run(make_cfg(INFOBATCH + [f"ckpt_path={ckpt}"], "c"))
+    assert_same_run(uninterrupted[0], resumed, time.perf_counter() - t0 + 60)
+
+
+def test_no_step_save_on_an_epochs_last_batch(make_cfg, tmp_path):
+    """SeTa's second epoch is shorter than its third: a step save on the second epoch's last
+    batch, restored, made Lightning train only the third epoch's last batches. qtune's
+    checkpoint skips that save; the epoch-end one follows at the same step."""
+    from conftest import FAST, compose
+
+    args = ["experiment=digits", "epochs=3", "strategy=seta"]
+    whole = run(compose(FAST + args + [f"run_dir={tmp_path / 'whole'}"]))
+    steps = [round(e["samples_trained"]) for e in whole["epochs_detail"]]
+    per_epoch = [-(-n // 64) for n in steps]
+    assert per_epoch[1] < per_epoch[2]  # the case that went wrong
+    every = per_epoch[0] + per_epoch[1]  # would land on epoch 1's last batch
+    resumed, spent = crash_then_resume(
+        make_cfg, args + [f"checkpoint.every_n_train_steps={every}"], crash(epoch_end=1), "s")
+    assert_same_run(whole, resumed, spent)
 
 
 def test_resuming_a_finished_run_keeps_its_evaluation(make_cfg, uninterrupted, tmp_path):

@@ -206,8 +206,9 @@ class PruningCallback(ResumeState, Callback):
         self._batches_done, self._resume_at, self._resume_elapsed = 0, None, 0.0
         loggable = {f"prune/{k}": float(v) for k, v in entry.items()
                     if isinstance(v, (int, float)) and k != "epoch"}
-        if loggable and trainer.logger is not None:
-            trainer.logger.log_metrics(loggable, step=trainer.global_step)
+        for logger in trainer.loggers if loggable else []:
+            logger.log_metrics(loggable, step=trainer.global_step)
+            logger.save()  # written now: a crash before the next flush must not lose it
 
     def _check_ranks_agree(self, trainer, epoch: int, plan: EpochPlan | None) -> None:
         """Every rank must hold the same plan and, after the merge, the same score store."""
