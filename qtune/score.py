@@ -18,11 +18,18 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
+
 from qtune.summary import default_file_mode
+
+
+def check_scores_path(path: str | Path) -> None:
+    if Path(str(path)).suffix not in (".npz", ".json"):
+        raise ValueError(f"out={path}: expected a .npz or .json file name")
 
 
 def write_scores(path: str | Path, columns: dict[str, np.ndarray]) -> None:
     """Atomic write of equal-length columns as .npz or .json (never pickle)."""
+    check_scores_path(path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
@@ -30,11 +37,9 @@ def write_scores(path: str | Path, columns: dict[str, np.ndarray]) -> None:
     try:
         if path.suffix == ".npz":
             np.savez(tmp, **columns)
-        elif path.suffix == ".json":
+        else:
             Path(tmp).write_text(json.dumps({k: [None if isinstance(x, float) and np.isnan(x) else x
                                                  for x in v.tolist()] for k, v in columns.items()}))
-        else:
-            raise ValueError(f"out={path}: expected a .npz or .json file name")
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     finally:
@@ -43,14 +48,12 @@ def write_scores(path: str | Path, columns: dict[str, np.ndarray]) -> None:
 
 
 def score(cfg: DictConfig) -> dict[str, np.ndarray]:
+    from qtune.config_checks import load_checkpoint, require_int
     from qtune.engine.module import QTuneModule
     from qtune.factory import build_task_and_model
     from qtune.kernels import set_default_backend
 
-    from qtune.config_checks import load_checkpoint, require_int
-
-    if Path(str(cfg.out)).suffix not in (".npz", ".json"):  # before hours of scoring
-        raise ValueError(f"out={cfg.out}: expected a .npz or .json file name")
+    check_scores_path(cfg.out)  # before hours of scoring
     require_int(cfg, "eval_batch_size", minimum=1)
     ckpt = load_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
     set_default_backend(cfg.kernels.backend)
