@@ -7,53 +7,39 @@ from typing import Any
 
 from qtune.data.bundle import TaskBundle
 
-MODELS = ("tiny_llama", "hf", "mlp")
-DATASETS = ("embedded", "jsonl", "digits")
-
-
 def build_task_and_model(cfg: Any) -> tuple[TaskBundle, Any]:
+    """The data first, then the model: a check that needs the data (``max_length`` that cuts
+    answers, an empty JSONL file) fails before the base is pretrained or weights are loaded.
+    Only an HF model's tokenizer is needed before its data, and it is cheap to load."""
+    from qtune.config_schema import MODELS, DATASETS, check_pairing
+
     model_name, data_name = cfg.model.name, cfg.data.name
     if model_name not in MODELS:
         raise ValueError(f"unknown model.name {model_name!r}; known: {', '.join(MODELS)}")
     if data_name not in DATASETS:
         raise ValueError(f"unknown data.name {data_name!r}; known: {', '.join(DATASETS)}")
+    check_pairing(cfg)
     if data_name == "digits":
-        if model_name != "mlp":
-            raise ValueError("data=digits is a classification task: use model=mlp "
-                             "(or experiment=digits)")
         from qtune.data.digits import build_digits_task
         from qtune.models.classifier import build_mlp
 
         bundle = build_digits_task(cfg.data)
         model = build_mlp(cfg.model, bundle.info["num_features"], bundle.info["num_classes"])
         return bundle, model
-    if model_name == "mlp":
-        raise ValueError(f"model=mlp is a classifier; data={data_name} needs a causal LM")
-    if data_name == "jsonl" and model_name == "tiny_llama":
-        raise ValueError("data=jsonl needs a model with a real tokenizer: use model=hf "
-                         "model.path=DIR (model=tiny_llama only knows the embedded task's "
-                         "characters)")
-    if model_name == "hf":
-        from qtune.models.hf import build_hf_model
-
-        model, tokenizer = build_hf_model(cfg.model)
-    else:
-        from qtune.models.base_cache import load_base, load_or_build_base
-
-        model, tokenizer = load_base(load_or_build_base(cfg.model))
-        model.train()  # from_pretrained returns eval mode; Lightning would keep it
     if data_name == "jsonl":
         from qtune.data.jsonl import build_jsonl_task
+        from qtune.models.hf import build_hf_model, load_hf_tokenizer
 
-        bundle = build_jsonl_task(cfg.data, tokenizer)
+        bundle = build_jsonl_task(cfg.data, load_hf_tokenizer(cfg.model))
+        model, _ = build_hf_model(cfg.model)
         check_context_length(cfg, model, bundle)
-    else:
-        if model_name != "tiny_llama":
-            raise ValueError("data=embedded uses the built-in character tokenizer: pair it with "
-                             "model=tiny_llama")
-        from qtune.data.embedded import build_embedded_task
+        return bundle, model
+    from qtune.data.embedded import build_embedded_task
+    from qtune.models.base_cache import load_base, load_or_build_base
 
-        bundle = build_embedded_task(cfg.data)
+    bundle = build_embedded_task(cfg.data)
+    model, _ = load_base(load_or_build_base(cfg.model))
+    model.train()  # from_pretrained returns eval mode; Lightning would keep it
     return bundle, model
 
 

@@ -48,13 +48,14 @@ def write_scores(path: str | Path, columns: dict[str, np.ndarray]) -> None:
 
 
 def score(cfg: DictConfig) -> dict[str, np.ndarray]:
-    from qtune.config_checks import load_checkpoint, require_int
+    from qtune.config_checks import load_checkpoint
+    from qtune.config_schema import ScoreConfig, validate_config
     from qtune.engine.module import QTuneModule
     from qtune.factory import build_task_and_model
     from qtune.kernels import set_default_backend
 
     check_scores_path(cfg.out)  # before hours of scoring
-    require_int(cfg, "eval_batch_size", minimum=1)
+    validate_config(cfg, ScoreConfig)
     ckpt = load_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
     set_default_backend(cfg.kernels.backend)
     bundle, model = build_task_and_model(cfg)

@@ -11,34 +11,13 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from qtune.strategies import build_strategy
-
-TASKS = ("sft", "classify", "pretrain")
-
-
-def strategy_from_config(cfg: DictConfig):
-    """Build the strategy named by ``strategy.name``: unknown names list the registered ones,
-    ratios out of (0, 1] name their config key."""
-    params = OmegaConf.to_container(cfg.strategy, resolve=True)
-    name = params.pop("name", None)
-    if not name:
-        raise ValueError("config key strategy.name is missing (choose strategy=NAME)")
-    try:
-        return build_strategy(name, seed=int(cfg.seed), **params)
-    except KeyError as exc:
-        raise ValueError(exc.args[0]) from None
-
 
 def validate(cfg: DictConfig):
-    """Check everything that can be checked before any work starts; returns the strategy."""
-    from qtune.config_checks import check_run_config, load_checkpoint
+    """Check the whole config before any work starts (``qtune.config_schema``); returns the
+    strategy."""
+    from qtune.config_schema import validate_config
 
-    if cfg.task not in TASKS:
-        raise ValueError(f"task={cfg.task!r} is not one of {TASKS}")
-    check_run_config(cfg)
-    if cfg.ckpt_path:
-        load_checkpoint(cfg.ckpt_path)
-    return strategy_from_config(cfg)
+    return validate_config(cfg)
 
 
 def refuse_finished_run(run_dir: Path, ckpt_path: str | None) -> None:

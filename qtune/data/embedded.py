@@ -22,7 +22,9 @@ import random
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from functools import partial
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, Optional
+
+from qtune.config_types import knob
 
 from .bundle import GenerationEval, TaskBundle
 from .sft import SFTDataset, TokenizedExample, collate_sft
@@ -30,27 +32,33 @@ from .skills import SKILLS, Problem, SkillSpec, check_skills, instruction_prompt
 from .tokenizer import CharTokenizer
 
 
+KINDS = ("clean", "noisy", "duplicate")
+
+
 @dataclass
 class EmbeddedConfig:
-    num_train: int = 6000
-    num_eval: int = 500
+    """The ``data=embedded`` group, declared: ``qtune.config_schema`` checks a config against
+    these types and ranges before anything is built; ``__post_init__`` adds the cross-field
+    rules."""
+    num_train: int = knob(6000, ge=1)
+    num_eval: int = knob(500, ge=1)
     seed: int = 0
-    skills: tuple = SKILLS
-    noise_fraction: float = 0.2      # share of training items with a wrong answer
-    near_miss_share: float = 0.5     # share of the noisy items that are near misses
-    duplicate_fraction: float = 0.1  # share of training items that copy a clean item
-    max_digits: int = 2
-    min_len: int = 2
-    max_len: int = 6
-    max_length: int = 64             # token truncation of prompt + response
-    drop_kinds: tuple = ()           # leave these kinds out of training (e.g. the clean-only oracle)
+    skills: list[Literal[SKILLS]] = knob(list(SKILLS))
+    noise_fraction: float = knob(0.2, ge=0.0, le=1.0)      # share of training items with a wrong answer
+    near_miss_share: float = knob(0.5, ge=0.0, le=1.0)     # share of the noisy items that are near misses
+    duplicate_fraction: float = knob(0.1, ge=0.0, le=1.0)  # share of training items that copy a clean item
+    max_digits: int = knob(2, ge=1)
+    min_len: int = knob(2, ge=1)
+    max_len: int = knob(6, ge=1)
+    max_length: Optional[int] = knob(64, ge=1)  # token truncation of prompt + response
+    drop_kinds: list[Literal[KINDS]] = knob([])  # leave these kinds out of training (e.g. the clean-only oracle)
 
     def __post_init__(self) -> None:
         self.skills = check_skills(self.skills)
         self.drop_kinds = tuple(self.drop_kinds)
-        bad = sorted(set(self.drop_kinds) - {"clean", "noisy", "duplicate"})
+        bad = sorted(set(self.drop_kinds) - set(KINDS))
         if bad:
-            raise ValueError(f"data.drop_kinds: unknown kind(s) {bad}; kinds: clean, noisy, duplicate")
+            raise ValueError(f"data.drop_kinds: unknown kind(s) {bad}; kinds: {', '.join(KINDS)}")
         for key in ("noise_fraction", "near_miss_share", "duplicate_fraction"):
             if not 0.0 <= float(getattr(self, key)) <= 1.0:
                 raise ValueError(f"data.{key} must be in [0, 1], got {getattr(self, key)}")
@@ -58,6 +66,8 @@ class EmbeddedConfig:
             raise ValueError("data.noise_fraction + data.duplicate_fraction must be <= 1")
         if self.num_train < 1 or self.num_eval < 1:
             raise ValueError("data.num_train and data.num_eval must be positive")
+        if self.min_len > self.max_len:
+            raise ValueError(f"data.min_len={self.min_len} must be at most data.max_len={self.max_len}")
 
     @property
     def spec(self) -> SkillSpec:

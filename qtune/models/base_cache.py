@@ -23,33 +23,19 @@ import random
 import shutil
 import tempfile
 import time
+from dataclasses import asdict
 from typing import Any, Callable
 
 import torch
 
+from ..config_schema import BaseRecipe
 from ..data.skills import SKILLS, SkillSpec, check_skills, raw_corpus, raw_prompt, sample_problem
 from ..data.tokenizer import CharTokenizer
 from .tiny_llama import arch_from, build_tiny_llama, num_parameters, to_dict
 
 META_FILE = "qtune_base.json"
-DEFAULT_BASE = {
-    "seed": 0,
-    "steps": 1200,
-    "batch_size": 128,  # sequences per step
-    "pack": 1,          # problems per sequence (each ended by eos)
-    "lr": 3e-3,
-    "min_lr_ratio": 0.1,
-    "warmup_steps": 100,
-    "weight_decay": 0.1,
-    "grad_clip": 1.0,
-    "loss_on": "answer",  # "all": every token after bos; "answer": only the answer and its eos
-    "skills": list(SKILLS),
-    "max_digits": 2,
-    "min_len": 2,
-    "max_len": 6,
-    "eval_items": 500,
-}
 UNHASHED = {"log_every"}  # knobs that do not change the weights
+DEFAULT_BASE = {k: v for k, v in asdict(BaseRecipe()).items() if k not in UNHASHED}
 
 
 def cache_root() -> str:

@@ -1,0 +1,284 @@
+"""The declared shape of every config group, and the one validation pass over a composed config.
+
+``validate_config(cfg)`` runs before anything expensive (the base build, model loading,
+tokenisation, process launch): each group is checked against its dataclass here (or, for
+``strategy`` and ``trainer``, against the signature of the class that takes them), then the
+cross-group rules (which model pairs with which data and task). A new key is validated by
+declaring it below; ``qtune.config_types`` holds the checker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from qtune.config_types import ConfigError, check_section, close_matches, knob
+from qtune.data.embedded import EmbeddedConfig
+from qtune.data.skills import SKILLS
+
+TASKS = ("sft", "classify", "pretrain")
+DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "auto")
+# Trainer arguments qtune sets itself (a trainer.<key> for these would collide)
+SET_BY_QTUNE = {"max_epochs": "use the run-level key epochs=N instead",
+                "callbacks": "add callbacks through qtune.train.run(cfg, extra_callbacks=[...])",
+                "logger": "choose logger=csv or logger=wandb", "default_root_dir": "set run_dir",
+                "use_distributed_sampler": "qtune shards each epoch's plan itself",
+                "reload_dataloaders_every_n_epochs": "qtune builds a loader per epoch plan",
+                "num_sanity_val_steps": "qtune runs no sanity validation"}
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Run-level keys of ``conf/train.yaml`` (the groups are checked on their own)."""
+    task: Literal[TASKS] = "sft"
+    seed: int = 0
+    epochs: int = knob(3, ge=1)
+    batch_size: int = knob(32, ge=1)
+    eval_batch_size: int = knob(256, ge=1)
+    num_workers: int = knob(0, ge=0)
+    ckpt_path: Optional[str] = None
+    export_plan: bool = False
+    run_dir: Any = None  # Hydra's output directory unless given
+
+
+@dataclasses.dataclass
+class ScoreConfig(RunConfig):
+    """``qtune-score`` adds where to write and on which device to score."""
+    out: str = "scores.npz"
+    device: str = "auto"
+
+
+@dataclasses.dataclass
+class Optim:
+    lr: float = knob(1e-3, gt=0.0, lt=math.inf)
+    weight_decay: float = knob(0.0, ge=0.0, lt=math.inf)
+    betas: list[float] = knob([0.9, 0.95], ge=0.0, lt=1.0)
+
+
+@dataclasses.dataclass
+class Scheduler:
+    name: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup: float = knob(0.05, ge=0.0, lt=1.0)
+    min_ratio: float = knob(0.0, ge=0.0, le=1.0)
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    every_n_train_steps: Optional[int] = knob(None, ge=0, doc="0 or null: off")
+
+
+@dataclasses.dataclass
+class Kernels:
+    backend: Literal["auto", "triton", "compiled", "torch", "reference"] = "auto"
+
+
+@dataclasses.dataclass
+class Eval:
+    exact_match: bool = True
+    max_items: Optional[int] = knob(None, ge=1)
+
+
+@dataclasses.dataclass
+class CsvLogger:
+    name: Literal["csv"] = "csv"
+
+
+@dataclasses.dataclass
+class WandbLogger:
+    name: Literal["wandb"] = "wandb"
+    project: str = "qtune"
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    entity: Optional[str] = None
+    tags: list[str] = knob([])
+
+
+@dataclasses.dataclass
+class BaseRecipe:
+    """``model.base``: how the tiny base is pretrained (hashed into its cache key)."""
+    seed: int = 0
+    steps: int = knob(1200, ge=1)
+    batch_size: int = knob(128, ge=1)
+    pack: int = knob(1, ge=1)
+    lr: float = knob(3e-3, gt=0.0, lt=math.inf)
+    min_lr_ratio: float = knob(0.1, ge=0.0, le=1.0)
+    warmup_steps: int = knob(100, ge=0)
+    weight_decay: float = knob(0.1, ge=0.0, lt=math.inf)
+    grad_clip: float = knob(1.0, gt=0.0, lt=math.inf)
+    loss_on: Literal["answer", "all"] = "answer"
+    skills: list[Literal[SKILLS]] = knob(list(SKILLS))
+    max_digits: int = knob(2, ge=1)
+    min_len: int = knob(2, ge=1)
+    max_len: int = knob(6, ge=1)
+    eval_items: int = knob(500, ge=1)
+    log_every: Optional[int] = knob(100, ge=1, doc="not hashed: does not change the weights")
+
+
+@dataclasses.dataclass
+class TinyLlamaModel:
+    name: Literal["tiny_llama"] = "tiny_llama"
+    hidden_size: int = knob(128, ge=1)
+    intermediate_size: int = knob(384, ge=1)
+    num_hidden_layers: int = knob(4, ge=1)
+    num_attention_heads: int = knob(4, ge=1)
+    num_key_value_heads: int = knob(4, ge=1)
+    max_position_embeddings: int = knob(128, ge=1)
+    rope_theta: float = knob(10000.0, gt=0.0, lt=math.inf)
+    tie_word_embeddings: bool = True
+    cache_dir: Optional[str] = None
+    fused_head: bool = False
+    base: BaseRecipe = dataclasses.field(default_factory=BaseRecipe)
+
+
+@dataclasses.dataclass
+class HFModel:
+    name: Literal["hf"] = "hf"
+    path: str = ""
+    trust_remote_code: bool = False
+    dtype: Literal[DTYPE_NAMES] = "float32"
+    fused_head: bool = False
+
+
+@dataclasses.dataclass
+class MLPModel:
+    name: Literal["mlp"] = "mlp"
+    hidden_sizes: list[int] = knob([256, 128], ge=1)
+    dropout: float = knob(0.1, ge=0.0, lt=1.0)
+
+
+@dataclasses.dataclass
+class JsonlData:
+    name: Literal["jsonl"] = "jsonl"
+    path: str = ""
+    eval_path: Optional[str] = None
+    eval_fraction: float = knob(0.1, gt=0.0, lt=1.0)
+    format: Literal["auto", "alpaca", "chat"] = "auto"
+    max_length: Optional[int] = knob(1024, ge=1)
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class DigitsData:
+    name: Literal["digits"] = "digits"
+    eval_fraction: float = knob(0.2, gt=0.0, lt=1.0)
+    seed: int = 0
+
+
+MODELS = {"tiny_llama": TinyLlamaModel, "hf": HFModel, "mlp": MLPModel}
+DATASETS = {"embedded": EmbeddedConfig, "jsonl": JsonlData, "digits": DigitsData}
+LOGGERS = {"csv": CsvLogger, "wandb": WandbLogger}
+GROUPS = {"optim": Optim, "scheduler": Scheduler, "checkpoint": Checkpoint, "kernels": Kernels,
+          "eval": Eval}
+
+
+def _by_name(cfg: DictConfig, group: str, choices: dict[str, type]) -> type:
+    node = OmegaConf.select(cfg, group)
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{group} must be a config group (choose {group}=NAME)")
+    name = node.get("name")
+    if name not in choices:
+        raise ConfigError(f"{group}.name={name!r} is not known{close_matches(name, choices)}; "
+                          f"known: {', '.join(choices)} (choose {group}=NAME)")
+    return choices[name]
+
+
+def check_trainer_keys(trainer_cfg: DictConfig) -> None:
+    """Every ``trainer.<key>`` is a ``lightning.Trainer`` argument qtune does not set itself."""
+    import inspect
+
+    import lightning as L
+
+    accepted = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"} - set(SET_BY_QTUNE)
+    for key in trainer_cfg:
+        if key in SET_BY_QTUNE:
+            raise ConfigError(f"trainer.{key} is set by qtune itself; {SET_BY_QTUNE[key]} "
+                              "(remove it from the config)")
+        if key not in accepted:
+            raise ConfigError(f"trainer.{key} is not an argument of lightning.Trainer"
+                              f"{close_matches(key, accepted)}; accepted: {sorted(accepted)}")
+
+
+def check_pairing(cfg: Any) -> None:
+    """Which model goes with which data and task: the rules of ``qtune.factory``, checked
+    before anything is built."""
+    model, data, task = cfg.model.name, cfg.data.name, OmegaConf.select(cfg, "task", default=None)
+    if data == "digits" and model != "mlp":
+        raise ConfigError("data=digits is a classification task: use model=mlp "
+                          "(or experiment=digits)")
+    if model == "mlp" and data != "digits":
+        raise ConfigError(f"model=mlp is a classifier; data={data} needs a causal LM")
+    if data == "jsonl" and model == "tiny_llama":
+        raise ConfigError("data=jsonl needs a model with a real tokenizer: use model=hf "
+                          "model.path=DIR (model=tiny_llama only knows the embedded task's "
+                          "characters)")
+    if data == "embedded" and model != "tiny_llama":
+        raise ConfigError("data=embedded uses the built-in character tokenizer: pair it with "
+                          "model=tiny_llama")
+    expected = "classify" if data == "digits" else "sft"
+    if task not in (None, "pretrain", expected):
+        raise ConfigError(f"task={task} but data={data} is a {expected} task (set task={expected})")
+
+
+def _check_paths(cfg: DictConfig) -> None:
+    """Local files the run will read, before anything is loaded."""
+    if cfg.data.name == "jsonl":
+        for key in ("path", "eval_path"):
+            value = cfg.data.get(key)
+            if value and not Path(str(value)).expanduser().is_file():
+                raise FileNotFoundError(f"data.{key}={value}: no such JSONL file")
+    if cfg.model.name == "hf":
+        from qtune.models.hf import checked_path
+
+        checked_path(cfg.model)
+
+
+def strategy_from_config(cfg: DictConfig):
+    """Build the strategy named by ``strategy.name``: unknown names list the registered ones,
+    options are checked by the annotations of the strategy's constructor."""
+    from qtune.strategies import build_strategy
+
+    params = OmegaConf.to_container(cfg.strategy, resolve=True)
+    name = params.pop("name", None)
+    if not name:
+        raise ConfigError("config key strategy.name is missing (choose strategy=NAME)")
+    try:
+        return build_strategy(name, seed=int(cfg.seed), **params)
+    except KeyError as exc:
+        raise ConfigError(exc.args[0]) from None
+
+
+def validate_config(cfg: DictConfig, run_schema: type = RunConfig):
+    """Check the whole composed config; returns the strategy it names (built, not yet run).
+    Raises a ``ConfigError`` (a ``ValueError``) or ``FileNotFoundError`` naming the key."""
+    groups = ("model", "data", "strategy", "trainer", "logger", *GROUPS)
+    check_section(cfg, run_schema, "", allow_extra=groups)
+    for group, schema in GROUPS.items():
+        if group in cfg:
+            check_section(cfg[group], schema, group)
+    betas = OmegaConf.select(cfg, "optim.betas")
+    if betas is not None and len(betas) != 2:
+        raise ConfigError(f"optim.betas={list(betas)!r} must be a list of two numbers in [0, 1)")
+    check_section(cfg.model, _by_name(cfg, "model", MODELS), "model")
+    data_schema = _by_name(cfg, "data", DATASETS)
+    check_section(cfg.data, data_schema, "data", allow_extra=("name",))
+    if data_schema is EmbeddedConfig:
+        from qtune.data.embedded import config_from
+
+        config_from(cfg.data)  # the cross-field rules (shares that add up, known kinds)
+    if cfg.model.name == "tiny_llama":
+        from qtune.models.base_cache import base_recipe
+
+        base_recipe(cfg.model)
+    check_section(cfg.logger, _by_name(cfg, "logger", LOGGERS), "logger")
+    check_trainer_keys(cfg.trainer)
+    if cfg.get("task") != "pretrain":
+        check_pairing(cfg)
+        _check_paths(cfg)
+    if cfg.get("ckpt_path"):
+        from qtune.config_checks import load_checkpoint
+
+        load_checkpoint(cfg.ckpt_path)
+    return strategy_from_config(cfg)

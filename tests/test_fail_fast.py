@@ -1,0 +1,90 @@
+"""On a fresh machine (an empty cache) a bad config is refused before the base is built, with
+the key named, and leaves nothing in the run directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from qtune.train import run
+
+BAD = [  # (overrides, what the error must say), at least one per config group
+    ("data.noise_fraction=1.5", r"data.noise_fraction=1.5 is out of range; expected a value in \[0.0, 1.0\]"),
+    ("data.num_train=0", r"data.num_train=0 must be at least 1"),
+    ("data.skills=[add,foo]", r"data.skills.1='foo' must be one of 'add', 'reverse'"),
+    ("data.drop_kinds=[weird]", r"data.drop_kinds.0='weird' must be one of 'clean', 'noisy', 'duplicate'"),
+    ("data.max_length=4", r"data.max_length=4 cuts the responses of 6000 of 6000 training items"),
+    ("data.min_len=5 data.max_len=3", r"data.min_len=5 must be at most data.max_len=3"),
+    ("+data.noise_fraktion=0.1", r"data.noise_fraktion is not a known key \(did you mean noise_fraction"),
+    ("scheduler.name=wobbly", r"scheduler.name='wobbly' must be one of 'cosine', 'linear', 'constant'"),
+    ("eval.max_items=-3", r"eval.max_items=-3 must be at least 1"),
+    ("eval.exact_match=maybe", r"eval.exact_match='maybe' must be true or false"),
+    ("strategy=qtuning strategy.policy.q2=maybe", r"strategy.policy.q2"),
+    ("strategy=random strategy.keep_ratio=2", r"strategy.keep_ratio"),
+    ("optim.lr=-1", r"optim.lr=-1 is out of range"),
+    ("kernels.backend=cuda_magic", r"kernels.backend='cuda_magic' must be one of 'auto'"),
+    ("checkpoint.every_n_train_steps=-1", r"checkpoint.every_n_train_steps=-1 must be at least 0"),
+    ("+trainer.max_epochs=3", r"trainer.max_epochs is set by qtune itself; use the run-level key epochs=N"),
+    ("trainer.devise=2", None),  # Hydra itself refuses a key that is not in the config
+    ("+trainer.devise=2", r"trainer.devise is not an argument of lightning.Trainer \(did you mean devices\?\)"),
+    ("logger=wandb logger.mode=sometimes", r"logger.mode='sometimes' must be one of 'offline', 'online'"),
+    ("model.hidden_size=abc", r"model.hidden_size='abc' must be an integer"),
+    ("model.base.steps=0", r"model.base.steps=0 must be at least 1"),
+    ("model.base.loss_on=some", r"model.base.loss_on='some' must be one of 'answer', 'all'"),
+    ("epochs=0", r"epochs=0 must be at least 1"),
+    ("task=classify", r"task=classify but data=embedded is a sft task"),
+    ("+foo=1", r"foo is not a known key"),
+    ("model=mlp", r"model=mlp is a classifier; data=embedded needs a causal LM"),
+    ("data=jsonl data.path=/nonexistent.jsonl model=hf model.path=/tmp",
+     r"data.path=/nonexistent.jsonl: no such JSONL file"),
+]
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    """An empty qtune cache, and a base build that fails the test at once instead of taking
+    minutes, should a check be missed."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("QTUNE_CACHE", str(cache))
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the base build started before the config was refused")
+
+    monkeypatch.setattr("qtune.models.base_cache.pretrain_base", no_build)
+    return cache
+
+
+@pytest.mark.parametrize("overrides,message", [b for b in BAD if b[1] is not None],
+                         ids=[b[0] for b in BAD if b[1] is not None])
+def test_bad_values_are_refused_before_the_base_is_built(make_cfg, tmp_path, empty_cache,
+                                                         overrides, message):
+    cfg = make_cfg(overrides.split(), "run")
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        run(cfg)
+    assert list(empty_cache.iterdir()) == []  # no base, no lock, no temporary directory
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_a_good_config_gets_past_validation_to_the_base_build(make_cfg, empty_cache):
+    """The control: with nothing wrong, the next step is the base build (stopped here)."""
+    with pytest.raises(AssertionError, match="base build started"):
+        run(make_cfg(["strategy=qtuning"]))
+
+
+@pytest.mark.parametrize("overrides", ["data.noise_fraction=1.5", "data.max_length=4"])
+def test_the_command_line_refuses_before_the_base_and_writes_only_what_hydra_writes(tmp_path, overrides):
+    cache, run_dir = tmp_path / "cache", tmp_path / "run"
+    cache.mkdir()
+    env = dict(os.environ, QTUNE_CACHE=str(cache), WANDB_MODE="offline")
+    proc = subprocess.run([sys.executable, "-m", "qtune.train", *overrides.split(),
+                           f"hydra.run.dir={run_dir}"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    assert overrides.split("=")[0] in proc.stderr, proc.stderr[-2000:]
+    assert "building the base model" not in proc.stdout + proc.stderr
+    assert list(cache.iterdir()) == []
+    assert {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}  # Hydra's own
