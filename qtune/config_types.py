@@ -159,7 +159,7 @@ def check_section(node: Any, schema: type, prefix: str, *, allow_extra: tuple[st
     hints = typing.get_type_hints(schema)
     for name, f in declared.items():
         key = f"{prefix}.{name}" if prefix else name
-        if name not in node:
+        if name not in node.keys():  # (`in node` is False for a ??? value too)
             continue  # absent keys take the default of the code that reads them
         if OmegaConf.is_missing(node, name):
             raise ConfigError(f"{key} is required (set {key}=...)")

@@ -62,12 +62,24 @@ def _json_safe(x):
     return None if isinstance(x, float) and math.isnan(x) else str(x)
 
 
+def check_report_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every argument before any summary is read (argparse's error: exit 2, usage shown)."""
+    missing = [p for p in args.runs if not Path(p).expanduser().exists()]
+    if missing:
+        ap.error(f"no such run directory: {', '.join(missing)}")
+    if args.tokens_rows < 0:
+        ap.error(f"--tokens-rows={args.tokens_rows} must be at least 0")
+    if Path(args.out).expanduser().exists() and not Path(args.out).expanduser().is_dir():
+        ap.error(f"--out={args.out} is a file; give a directory for report.md and the figures")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="qtune-report", description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="run directories or directories above them")
     ap.add_argument("--out", required=True, help="output directory for report.md and figures")
     ap.add_argument("--tokens-rows", type=int, default=80, help="rows per task in tokens.html")
     args = ap.parse_args(argv)
+    check_report_args(ap, args)
     result = build_report(args.runs, args.out, tokens_rows=args.tokens_rows)
     print(f"wrote {len(result['files'])} files to {args.out}: "
           + ", ".join(p.name for p in result["files"]))

@@ -130,6 +130,30 @@ def in_process_runner(point: GridPoint) -> int:
             return 1
 
 
+def validate_points(points: list[GridPoint]) -> None:
+    """Compose and validate every point before the first one runs, so a typo in ``--set`` or
+    a bad ratio is refused in seconds, not after hours of grid. Points that differ only in
+    their seed are checked once."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from qtune.train import validate
+
+    seen: set[tuple[str, ...]] = set()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="qtune.conf", version_base="1.3"):
+        for point in points:
+            key = tuple(o for o in point.overrides if not o.startswith("seed="))
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                validate(compose("train", overrides=[*point.overrides, f"run_dir={point.run_dir}"]))
+            except Exception as exc:
+                raise SystemExit(f"grid point {point.run_dir}: {type(exc).__name__}: {exc}") from None
+    GlobalHydra.instance().clear()
+
+
 def _without_workers(argv: list[str]) -> list[str]:
     out, skip = [], False
     for a in argv:
@@ -196,10 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shard", default=None, metavar="I/N", help="run only points I, I+N, ...")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
+    try:
+        points = plan_grid(args.task, args.strategies, args.ratios, list(range(args.seeds)),
+                           args.budgets, args.out, args.epochs, args.set, args.tag)
+    except ValueError as exc:
+        ap.error(str(exc))
+    if args.shard is None:  # the parent checks the whole grid once; shards were checked by it
+        validate_points(points)
     if args.workers > 1 and args.shard is None and not args.dry_run:
         return run_workers(_without_workers(argv), args.workers)
-    points = plan_grid(args.task, args.strategies, args.ratios, list(range(args.seeds)),
-                       args.budgets, args.out, args.epochs, args.set, args.tag)
     if args.shard:
         i, n = (int(x) for x in args.shard.split("/"))
         points = points[i::n]

@@ -88,3 +88,48 @@ def test_the_command_line_refuses_before_the_base_and_writes_only_what_hydra_wri
     assert "building the base model" not in proc.stdout + proc.stderr
     assert list(cache.iterdir()) == []
     assert {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}  # Hydra's own
+
+
+def test_report_arguments_are_checked_before_any_summary_is_read(tmp_path, capsys):
+    from qtune.report import main
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    for argv, message in [([str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
+                           "no such run directory: " + str(tmp_path / "nope")),
+                          ([str(tmp_path / "runs"), "--out", str(tmp_path / "o"),
+                            "--tokens-rows", "-1"], "--tokens-rows=-1 must be at least 0"),
+                          ([str(tmp_path / "runs"), "--out", str(tmp_path / "a_file")],
+                           "is a file; give a directory")]:
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_run_grid_checks_every_point_before_the_first_runs(tmp_path, capsys, monkeypatch):
+    from test_report import _load_run_grid
+
+    rg = _load_run_grid()
+    ran = []
+    monkeypatch.setattr(rg, "run_grid", lambda points, **kw: ran.append(points) or {"failed": []})
+    out = tmp_path / "grid"
+    # only the last strategy's points are bad (a token ratio of 2): nothing may run
+    with pytest.raises(SystemExit, match=r"grid point .*qtuning.*strategy.token_ratio"):
+        rg.main(["--task", "digits", "--strategies", "full", "random", "qtuning", "--ratios",
+                 "0.5", "0.25x2", "--seeds", "2", "--out", str(out)])
+    assert ran == [] and not out.exists()
+
+
+def test_score_runs_the_same_pass_before_the_base_is_built(tmp_path, empty_cache):
+    from conftest import FAST, compose
+
+    from qtune.score import score
+
+    for overrides, message in [(["data.noise_fraction=1.5"], r"data.noise_fraction=1.5 is out of range"),
+                               (["eval_batch_size=0"], r"eval_batch_size=0 must be at least 1"),
+                               (["+devise=cpu"], r"devise is not a known key \(did you mean device")]:
+        cfg = compose(FAST + overrides + [f"out={tmp_path / 's.npz'}"], config_name="score")
+        with pytest.raises(ValueError, match=message):
+            score(cfg)
+    assert list(empty_cache.iterdir()) == [] and not (tmp_path / "s.npz").exists()
