@@ -201,6 +201,34 @@ def check_trainer_keys(trainer_cfg: DictConfig) -> None:
                               f"{close_matches(key, accepted)}; accepted: {sorted(accepted)}")
 
 
+def try_trainer(trainer_cfg: DictConfig) -> None:
+    """Build (and drop) a ``lightning.Trainer`` from ``trainer.*``: Lightning's own checks of
+    the values (devices, precision, accelerator, strategy) then run before any work rather
+    than after the base build. Building one launches no process and touches no file."""
+    import logging
+
+    import lightning as L
+
+    kwargs = OmegaConf.to_container(trainer_cfg, resolve=True)
+    kwargs.update(logger=False, enable_checkpointing=False, enable_model_summary=False,
+                  enable_progress_bar=False)
+    quiet = [logging.getLogger(n) for n in ("lightning.pytorch.utilities.rank_zero",
+                                            "lightning.fabric.utilities.rank_zero")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.WARNING)
+    try:
+        L.Trainer(**kwargs)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        named = [f"trainer.{k}={trainer_cfg[k]}" for k in trainer_cfg if k.lower() in text.lower()]
+        raise ConfigError(f"{', '.join(named) or 'trainer'}: lightning.Trainer refuses this "
+                          f"({type(exc).__name__}: {text})") from None
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
+
+
 def check_pairing(cfg: Any) -> None:
     """Which model goes with which data and task: the rules of ``qtune.factory``, checked
     before anything is built."""
@@ -250,9 +278,10 @@ def strategy_from_config(cfg: DictConfig):
         raise ConfigError(exc.args[0]) from None
 
 
-def validate_config(cfg: DictConfig, run_schema: type = RunConfig):
+def validate_config(cfg: DictConfig, run_schema: type = RunConfig, trainer: bool = True):
     """Check the whole composed config; returns the strategy it names (built, not yet run).
-    Raises a ``ConfigError`` (a ``ValueError``) or ``FileNotFoundError`` naming the key."""
+    Raises a ``ConfigError`` (a ``ValueError``) or ``FileNotFoundError`` naming the key;
+    ``trainer=False`` where no Trainer is built (``qtune-score``)."""
     groups = ("model", "data", "strategy", "trainer", "logger", *GROUPS)
     check_section(cfg, run_schema, "", allow_extra=groups)
     for group, schema in GROUPS.items():
@@ -274,6 +303,8 @@ def validate_config(cfg: DictConfig, run_schema: type = RunConfig):
         base_recipe(cfg.model)
     check_section(cfg.logger, _by_name(cfg, "logger", LOGGERS), "logger")
     check_trainer_keys(cfg.trainer)
+    if trainer:
+        try_trainer(cfg.trainer)
     if cfg.get("task") != "pretrain":
         check_pairing(cfg)
         _check_paths(cfg)

@@ -55,7 +55,7 @@ def score(cfg: DictConfig) -> dict[str, np.ndarray]:
     from qtune.kernels import set_default_backend
 
     check_scores_path(cfg.out)  # before hours of scoring
-    validate_config(cfg, ScoreConfig)
+    validate_config(cfg, ScoreConfig, trainer=False)
     ckpt = load_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
     set_default_backend(cfg.kernels.backend)
     bundle, model = build_task_and_model(cfg)

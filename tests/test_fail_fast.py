@@ -30,6 +30,8 @@ BAD = [  # (overrides, what the error must say), at least one per config group
     ("+trainer.max_epochs=3", r"trainer.max_epochs is set by qtune itself; use the run-level key epochs=N"),
     ("trainer.devise=2", None),  # Hydra itself refuses a key that is not in the config
     ("+trainer.devise=2", r"trainer.devise is not an argument of lightning.Trainer \(did you mean devices\?\)"),
+    ("trainer.devices=abc", r"trainer.devices=abc: lightning.Trainer refuses this .*devices"),
+    ("trainer.precision=33", r"trainer.precision=33: lightning.Trainer refuses this .*Precision 33 is invalid"),
     ("logger=wandb logger.mode=sometimes", r"logger.mode='sometimes' must be one of 'offline', 'online'"),
     ("model.hidden_size=abc", r"model.hidden_size='abc' must be an integer"),
     ("model.base.steps=0", r"model.base.steps=0 must be at least 1"),
