@@ -12,7 +12,7 @@ from .base import (
 from .registry import build_strategy, get_strategy_class, register_strategy, registered_names
 
 # Importing a module registers its strategy.
-from . import ccs, el2n, full, infobatch, qtuning, random, rs2, seta  # noqa: E402,F401
+from . import ccs, denoise, el2n, full, infobatch, qtuning, random, rs2, seta  # noqa: E402,F401
 
 __all__ = [
     "BatchPlan",

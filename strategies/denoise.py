@@ -1,0 +1,92 @@
+"""``denoise``: leave out the samples that look mislabelled, fill the epoch from the rest.
+
+A wrong answer on a skill the model has learned shows as a high perplexity the model is
+confident about: high loss, low entropy (Q-Tuning's Q2). On the embedded task the study found
+the wrong answers there, and found that the paper's within-batch min-max normalisation hides
+them behind a few extreme perplexities, while ranks over the whole score store separate them.
+So after ``warmup_epochs`` epochs on all the data (before any fine-tuning neither score says
+anything about noise, so the first epoch must not decide), each epoch:
+
+1. ranks every sample's last loss and last mean entropy over the store (ranks in [0, 1]);
+2. scores suspicion s = rank(loss) − ``entropy_weight`` · rank(entropy) and leaves out the
+   ``suspect_fraction`` of the scored samples with the highest s;
+3. draws ⌊``keep_ratio`` · N⌋ samples uniformly from the rest (all of them when fewer).
+
+The scores come from the training forward of each sample's previous visit (the score store),
+so no scoring pass is ever run. A sample with no score yet (NaN) is never a suspect. This is
+qtune's own policy, not a published method; docs/strategies.md says why it is built this way.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import EpochContext, EpochPlan, PruningStrategy, check_ratio, epoch_generator
+from .counting import check_fraction, check_warmup, floor_count, nan_last_order
+from .registry import register_strategy
+
+_SALT = 0xDE
+
+
+def unit_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks of the finite entries scaled to [0, 1] (ties by index, NaN stays NaN); a single
+    finite entry gets rank 0.5."""
+    x = torch.as_tensor(x, dtype=torch.float64).flatten().cpu()
+    out = torch.full_like(x, float("nan"))
+    known = torch.nonzero(~torch.isnan(x)).flatten()
+    if known.numel():
+        order = nan_last_order(x[known], descending=False)
+        ranks = torch.empty(known.numel(), dtype=torch.float64)
+        ranks[order] = torch.arange(known.numel(), dtype=torch.float64)
+        out[known] = ranks / (known.numel() - 1) if known.numel() > 1 else 0.5
+    return out
+
+
+def suspicion(loss: torch.Tensor, entropy: torch.Tensor, entropy_weight: float) -> torch.Tensor:
+    """rank(loss) − w·rank(entropy): high for confident (low-entropy) high-loss samples; NaN
+    where either score is missing."""
+    known = ~(torch.isnan(torch.as_tensor(loss, dtype=torch.float64))
+              | torch.isnan(torch.as_tensor(entropy, dtype=torch.float64)))
+    loss = torch.where(known, torch.as_tensor(loss, dtype=torch.float64), float("nan"))
+    entropy = torch.where(known, torch.as_tensor(entropy, dtype=torch.float64), float("nan"))
+    return unit_ranks(loss) - float(entropy_weight) * unit_ranks(entropy)
+
+
+def denoise_plan(loss: torch.Tensor, entropy: torch.Tensor, keep_ratio: float,
+                 suspect_fraction: float, entropy_weight: float,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ascending kept ids, ascending suspect ids) for one epoch."""
+    s = suspicion(loss, entropy, entropy_weight)
+    n = s.numel()
+    scored = int((~torch.isnan(s)).sum())
+    suspects = nan_last_order(s, descending=True)[:floor_count(suspect_fraction, scored)]
+    rest = torch.ones(n, dtype=torch.bool)
+    rest[suspects] = False
+    pool = torch.nonzero(rest).flatten()
+    k = min(pool.numel(), max(1, floor_count(keep_ratio, n)))
+    kept = pool[torch.randperm(pool.numel(), generator=generator)[:k]]
+    return kept.sort().values, suspects.sort().values
+
+
+@register_strategy("denoise")
+class Denoise(PruningStrategy):
+    def __init__(self, seed: int = 0, keep_ratio: float = 0.5, suspect_fraction: float = 0.2,
+                 entropy_weight: float = 1.0, warmup_epochs: int = 1) -> None:
+        super().__init__(seed)
+        self.keep_ratio = check_ratio(keep_ratio, "strategy.keep_ratio")
+        self.suspect_fraction = check_fraction(suspect_fraction, "strategy.suspect_fraction")
+        if float(entropy_weight) < 0:
+            raise ValueError(f"strategy.entropy_weight={entropy_weight} must be >= 0")
+        self.entropy_weight = float(entropy_weight)
+        self.warmup_epochs = check_warmup(warmup_epochs)
+
+    def epoch_plan(self, ctx: EpochContext) -> EpochPlan:
+        n = ctx.num_samples
+        if ctx.epoch < self.warmup_epochs:
+            return EpochPlan(torch.arange(n), info={"planned_keep_ratio": 1.0, "warmup": 1,
+                                                    "suspects": 0})
+        kept, suspects = denoise_plan(ctx.scores.loss, ctx.scores.entropy, self.keep_ratio,
+                                      self.suspect_fraction, self.entropy_weight,
+                                      epoch_generator(self.seed, ctx.epoch, _SALT))
+        return EpochPlan(kept, info={"planned_keep_ratio": kept.numel() / max(1, n),
+                                     "warmup": 0, "suspects": int(suspects.numel())})
