@@ -71,7 +71,7 @@ def denoise_plan(loss: torch.Tensor, entropy: torch.Tensor, keep_ratio: float,
 @register_strategy("denoise")
 class Denoise(PruningStrategy):
     def __init__(self, seed: int = 0, keep_ratio: float = 0.5, suspect_fraction: float = 0.2,
-                 entropy_weight: float = 1.0, warmup_epochs: int = 1) -> None:
+                 entropy_weight: float = 0.5, warmup_epochs: int = 1) -> None:
         super().__init__(seed)
         self.keep_ratio = check_ratio(keep_ratio, "strategy.keep_ratio")
         self.suspect_fraction = check_fraction(suspect_fraction, "strategy.suspect_fraction")
