@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def ratio_keys(strategy: str) -> frozenset[str]:
     """The ratio knobs a strategy declares (``PruningStrategy.ratio_keys``): always shown in a
     label, never what makes a variant. A strategy not installed here (a third-party run read

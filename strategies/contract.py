@@ -67,7 +67,7 @@ def check_contract(target: Any) -> None:
         if getattr(target, attr) not in choices:
             _fail(owner, attr, getattr(target, attr), f"one of {choices}")
     stats = target.statistics
-    if isinstance(stats, str) or not all(isinstance(s, str) and s in STATISTICS for s in stats):
+    if not isinstance(stats, (tuple, list)) or not all(s in STATISTICS for s in stats):
         _fail(owner, "statistics", stats, f"a tuple of names from {STATISTICS}")
     keys = target.ratio_keys
     if not isinstance(keys, Mapping) or not all(

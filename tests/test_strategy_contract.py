@@ -58,6 +58,7 @@ def test_declarations_set_from_options_are_those_the_engine_reads():
 @pytest.mark.parametrize("attr,value", [("uses_batch_plan", "yes"), ("scoring", "twice"),
                                         ("entropy_scope", "prompt"), ("loss_denominator", "all"),
                                         ("statistics", "loss"), ("statistics", ("loss", "iq")),
+                                        ("statistics", 5),
                                         ("ratio_keys", {"keep_ratio": "most"}),
                                         ("ratio_keys", {"fraction": "keep"})])
 def test_an_invalid_declaration_fails_at_registration_naming_class_and_attribute(attr, value):
