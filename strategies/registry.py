@@ -46,7 +46,10 @@ def _load_entry_points() -> None:
             warnings.warn(f"could not load strategy entry point {ep.name!r}: {exc}")
             continue
         if isinstance(obj, type) and issubclass(obj, PruningStrategy) and ep.name not in _REGISTRY:
-            register_strategy(ep.name)(obj)
+            try:
+                register_strategy(ep.name)(obj)
+            except TypeError as exc:  # an invalid contract declaration: say which, skip it
+                warnings.warn(f"strategy entry point {ep.name!r} not registered: {exc}")
 
 
 def registered_names() -> list[str]:

@@ -121,3 +121,24 @@ def test_grid_and_report_read_a_new_strategys_ratio_knobs(tmp_path):
         assert points[1].label == "drop=0.7, window=0.1"
     finally:
         _REGISTRY.pop("half_pruner_test", None)
+
+
+def test_a_plugin_with_a_bad_declaration_is_skipped_with_a_warning(monkeypatch):
+    """A broken third-party package must not break qtune: its strategy is left out, and the
+    warning names the entry point, the class and the attribute."""
+    import qtune.strategies.registry as reg
+
+    class BadPlugin(PruningStrategy):
+        scoring = "sometimes"
+
+    class FakeEP:
+        name = "bad_plugin_test"
+
+        def load(self):
+            return BadPlugin
+
+    monkeypatch.setattr(reg, "_ENTRY_POINTS_LOADED", False)
+    monkeypatch.setattr(reg, "entry_points", lambda group: [FakeEP()])
+    with pytest.warns(UserWarning, match=r"bad_plugin_test.*BadPlugin\.scoring='sometimes'"):
+        names = registered_names()
+    assert "bad_plugin_test" not in names and "random" in names
