@@ -3,10 +3,20 @@
 `token_stats` works on logits, `linear_token_stats` on hidden states + LM-head weight without
 materialising the logits; both take `backend` in {"auto", "triton", "compiled", "torch"}
 (and "reference", the naive formula). `set_default_backend` is the `kernels.backend` hook.
+
+Layers, each importing only from the ones above it (checked by tests/test_import_layers.py):
+
+    formula, reference                   pure math and the TokenStats tuple (torch only)
+    torch_chunked, compiled, triton_stats  the backends: the formula as code for a device
+    dispatch                             backend choice, "auto", the fallback chain
+    autograd                             StatsFunction: a backend's stats forward, grad backward
+    logits, linear                       the entry points (token_stats, linear_token_stats)
+    warmup                               builds a backend before training (calls the entries)
 """
 
 from .dispatch import (BACKENDS, get_default_backend, resolve_backend,  # noqa: F401
-                       set_default_backend, token_stats)
+                       set_default_backend)
 from .linear import linear_token_stats  # noqa: F401
+from .logits import token_stats  # noqa: F401
 from .reference import TokenStats, token_stats_reference  # noqa: F401
 from .warmup import warm_up  # noqa: F401

@@ -6,7 +6,7 @@ kernel on CPU (two sweeps per row, the second from cache) and into Triton on GPU
 
 Both are compiled with `dynamic=True`: the row count N and the vocabulary V are symbolic, so a
 new sequence length or batch size never recompiles. A new dtype or device does (one compile
-per "shape family" = dtype x device), and Dynamo still specialises N in {0, 1}: `dispatch`
+per "shape family" = dtype x device), and Dynamo still specialises N in {0, 1}: `token_stats`
 routes N == 0 elsewhere, N == 1 costs one extra compile.
 """
 

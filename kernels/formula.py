@@ -1,4 +1,4 @@
-"""The statistics as a function of a few per-row accumulators, plus the autograd wrapper.
+"""The statistics as a function of a few per-row accumulators: pure math, imports only torch.
 
 Every backend reduces a row of logits z (label y) to the same accumulators, taken about a
 reference point m >= z_y (the row max), over the classes other than the label:
@@ -26,11 +26,11 @@ logits, so no N x V tensor is kept between forward and backward.
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 # Per-row outputs of every backend's `stats` (all fp32, shape [n]); lse is kept for backward.
 ROW_FIELDS = ("loss", "entropy", "el2n", "p_label", "correct", "margin", "lse")
 NEG = -1.0e30  # stands for -inf in z - m: exp gives 0 and 0 * NEG is 0 (0 * -inf is NaN)
+TUNE_MIN_ELEMENTS = 1 << 24  # Triton tiles are timed on CUDA for logits at least this big
 
 
 def finish_rows(m, zy, other, s, t, q, correct, valid):
@@ -83,41 +83,3 @@ def grad_formula(z, y, valid, lse, g):
 def grad_formula_into(z, y, valid, lse, g, out):
     """`grad_formula` written into `out` (which may be `z`: the formula is elementwise)."""
     return out.copy_(grad_formula(z, y, valid, lse, g))
-
-
-def backend_grad(impl, fallback: bool, z, y, valid, lse, g, out=None):
-    """`impl.grad(...)`. Backward kernels are built lazily, at the first backward, so under
-    "auto" (`fallback`) a backward that fails to build or launch is replaced by the next
-    simpler backend exactly like a failed forward (see `dispatch.call_with_fallback`)."""
-    try:
-        return impl.grad(z, y, valid, lse, g, out=out)
-    except Exception as err:
-        from .dispatch import call_with_fallback, next_backend
-
-        name = next_backend(impl.name, z.device.type, err, fallback)
-        return call_with_fallback(lambda i: i.grad(z, y, valid, lse, g, out=out), name,
-                                  z.device.type, fallback)
-
-
-class StatsFunction(torch.autograd.Function):
-    """Calls a backend's `stats` in forward and its `grad` in backward (loss is the only
-    differentiable output; the gradient is scaled per row by whatever weighted the loss).
-    Once differentiable: a double backward raises instead of silently dropping the Hessian."""
-
-    @staticmethod
-    def forward(ctx, z, y, valid, impl, fallback=False):
-        out = impl.stats(z.detach(), y, valid)
-        ctx.impl, ctx.fallback = impl, fallback
-        ctx.save_for_backward(z, y, valid, out[-1])
-        ctx.mark_non_differentiable(*out[1:])
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g_loss, *_):
-        z, y, valid, lse = ctx.saved_tensors
-        if g_loss is None or not ctx.needs_input_grad[0]:
-            return None, None, None, None, None
-        dz = backend_grad(ctx.impl, ctx.fallback, z.detach(), y, valid, lse,
-                          g_loss.float().contiguous())
-        return dz, None, None, None, None

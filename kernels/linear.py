@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .dispatch import call_with_fallback, check_labels, is_auto, resolve_backend, working_impl
-from .formula import backend_grad
+from .autograd import backend_grad
+from .dispatch import call_with_fallback, is_auto, resolve_backend, working_impl
+from .logits import check_labels
 from .reference import TokenStats
 
 

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .warmup import TUNE_MIN_ELEMENTS
+from .formula import TUNE_MIN_ELEMENTS
 
 
 @triton.jit

@@ -7,9 +7,9 @@ import time
 
 import torch
 
-from .dispatch import token_stats
-
-TUNE_MIN_ELEMENTS = 1 << 24  # Triton tiles are timed on CUDA for logits at least this big
+from .formula import TUNE_MIN_ELEMENTS
+from .linear import linear_token_stats
+from .logits import token_stats
 
 
 def warm_up(vocab_size: int, device: torch.device | str, dtype: torch.dtype = torch.float32,
@@ -18,8 +18,6 @@ def warm_up(vocab_size: int, device: torch.device | str, dtype: torch.dtype = to
     seconds spent. Sizes >= 2, so dynamic shapes are not specialised to 1; on CUDA the batch is
     big enough for the tile timing to happen here, not in the first training step. With
     `hidden_size`, the fused LM-head path (`linear_token_stats`) is built too."""
-    from .linear import linear_token_stats
-
     t0 = time.perf_counter()
     device = torch.device(device)
     rows = 3

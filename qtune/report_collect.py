@@ -15,7 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-RATIO_KEYS = ("keep_ratio", "prune_ratio", "sample_ratio", "token_ratio", "p", "beta", "offset")
+
+def ratio_keys(strategy: str) -> frozenset[str]:
+    """The ratio knobs a strategy declares (``PruningStrategy.ratio_keys``): always shown in a
+    label, never what makes a variant. A strategy not installed here (a third-party run read
+    elsewhere) gets every installed strategy's ratio knobs, the best guess without its class."""
+    from qtune.strategies import get_strategy_class, registered_names
+
+    try:
+        return frozenset(get_strategy_class(strategy).ratio_keys)
+    except KeyError:
+        return frozenset(k for n in registered_names() for k in get_strategy_class(n).ratio_keys)
 
 
 @dataclass
@@ -106,6 +116,10 @@ class Point:
     variant: str = ""  # the non-ratio knobs that set this point apart within its strategy
 
     @property
+    def ratio_keys(self) -> frozenset[str]:
+        return ratio_keys(self.strategy)
+
+    @property
     def metric(self) -> str:
         return self.runs[0].metric
 
@@ -152,10 +166,10 @@ def group_points(runs: list[Run]) -> dict[str, list[Point]]:
             same = [q for q in points if q.strategy == pt.strategy]
             varying = {k for q in same for k in set(q.knobs) | set(pt.knobs)
                        if q.knobs.get(k) != pt.knobs.get(k)}
-            shown = [k for k in pt.knobs if k in RATIO_KEYS or k in varying]
+            shown = [k for k in pt.knobs if k in pt.ratio_keys or k in varying]
             pt.label = ", ".join(f"{k}={_fmt(pt.knobs[k], k)}" for k in shown)
             pt.variant = ", ".join(f"{k}={_fmt(pt.knobs[k], k)}" for k in shown
-                                   if k not in RATIO_KEYS)
+                                   if k not in pt.ratio_keys)
     return by_task
 
 

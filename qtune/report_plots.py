@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .report_collect import RATIO_KEYS, Point, Run  # noqa: E402
+from .report_collect import Point, Run  # noqa: E402
 
 KIND_COLOURS = {"clean": "tab:blue", "noisy": "tab:red", "duplicate": "tab:orange"}
 DEFAULT_ALPHA = 0.25
@@ -92,7 +92,7 @@ def plot_keep_ratio(task: str, points: list[Point], out: Path) -> Path | None:
         ys = p.keep_per_epoch()
         if ys:
             name = p.strategy + (f" [{p.variant}]" if p.variant else "")
-            ratios = ", ".join(x for x in p.label.split(", ") if x.split("=")[0] in RATIO_KEYS)
+            ratios = ", ".join(x for x in p.label.split(", ") if x.split("=")[0] in p.ratio_keys)
             panels.setdefault(name, []).append((f"{ratios or 'all'} ({p.epochs} ep)", ys))
     if not panels:
         return None

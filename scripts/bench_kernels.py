@@ -16,6 +16,8 @@ impls, extra_vs_logits = (peak_mem - the gradients any path returns, grad_hidden
 / N*V logit bytes: the memory the fused path spends, measured against the logits it avoids.
 
     python scripts/bench_kernels.py --device cpu --dtype fp32 --shapes 4096x32000 --json out.json
+
+--dtype takes fp32, bf16, fp16 or torch's names float32, bfloat16, float16.
 """
 
 from __future__ import annotations
@@ -34,6 +36,17 @@ import torch.nn.functional as F
 from qtune.kernels import linear_token_stats, token_stats, token_stats_reference
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# torch's own names are accepted too; rows and JSON keep the short name, so results compare
+DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def dtype_name(text: str) -> str:
+    """`--dtype` value -> the short name (fp32 | bf16 | fp16); torch's names map to it."""
+    name = DTYPE_ALIASES.get(text.lower().removeprefix("torch."), text.lower())
+    if name not in DTYPES:
+        raise argparse.ArgumentTypeError(
+            f"unknown dtype {text!r}; choose from {', '.join([*DTYPES, *DTYPE_ALIASES])}")
+    return name
 
 
 def _rss_kb(field: str) -> int:
@@ -159,7 +172,8 @@ def run_one(name, fn, pass_, inputs, device, repeats):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    p.add_argument("--dtype", default="fp32", type=dtype_name,
+                   help="fp32 | bf16 | fp16 (or float32 | bfloat16 | float16)")
     p.add_argument("--shapes", default="4096x32000", help="comma-separated NxV")
     p.add_argument("--impls", default="", help="comma-separated subset (default: all available)")
     p.add_argument("--passes", default="fwd,fwd_bwd")

@@ -6,13 +6,15 @@ Each point gets its own run directory with a deterministic name,
 resumed by running the same command again: points whose ``summary.json`` exists are skipped,
 and a point that stopped after writing ``checkpoints/last.ckpt`` continues from it.
 
-Ratios are *keep* ratios (0.1 = 90 % pruned), translated per strategy: ``keep_ratio`` for
-random / el2n / ccs / rs2, ``prune_ratio = 1 − r`` for infobatch, ``p = 1 − r`` for seta, and
-for qtuning ``S`` or ``SxT`` (``sample_ratio=S``, ``token_ratio=T``; other strategies skip
-``SxT`` ratios). ``full`` has no ratio and runs once per seed. Budgets: ``same_epochs`` trains
-every point for the base epochs (a pruned run does fewer steps); ``same_steps`` gives a pruned
-run round(epochs / r) epochs with r the nominal keep ratio (the sample ratio for qtuning), so
-it does about as many steps as full.
+Ratios are *keep* ratios (0.1 = 90 % pruned), translated through each strategy's declared
+``ratio_keys`` (``PruningStrategy.ratio_keys``): a ratio r sets the first keep or prune knob to
+r or 1 − r (``keep_ratio`` for random / el2n / ccs / rs2, ``prune_ratio`` for infobatch, ``p``
+for seta); ``SxT`` sets the first two (qtuning's ``sample_ratio=S``, ``token_ratio=T``) and is
+skipped by strategies with fewer. A strategy with no such knob (``full``) runs once per seed.
+Directory tags read ``keep<r>``, or for a strategy with several knobs each knob's initial and
+value (``s0.5xt0.7``). Budgets: ``same_epochs`` trains every point for the base epochs (a
+pruned run does fewer steps); ``same_steps`` gives a pruned run round(epochs / r) epochs with r
+the nominal keep ratio (the first knob's), so it does about as many steps as full.
 
 ``--tag NAME`` with ``--set KEY=VALUE ...`` names a variant of a strategy (its directory is
 ``<strategy>-<tag>-...``), e.g. ``--strategies random --tag static --set strategy.static=true``.
@@ -38,8 +40,6 @@ from pathlib import Path
 from typing import Callable
 
 TASKS = {"digits": (["experiment=digits"], 30), "sft": ([], 3)}  # overrides, default epochs
-KEEP_KEY = {"random": "keep_ratio", "el2n": "keep_ratio", "ccs": "keep_ratio", "rs2": "keep_ratio"}
-PRUNE_KEY = {"infobatch": "prune_ratio", "seta": "p"}
 BUDGETS = ("same_epochs", "same_steps")
 
 
@@ -52,25 +52,37 @@ class GridPoint:
         return [sys.executable, "-m", "qtune.train", *self.overrides, f"hydra.run.dir={self.run_dir}"]
 
 
+def ratio_knobs(strategy: str) -> dict[str, str]:
+    """The knobs a grid ratio sets, option name -> keep | prune, from the strategy's contract."""
+    from qtune.strategies import get_strategy_class
+    from qtune.strategies.contract import swept_keys
+
+    try:
+        keys = get_strategy_class(strategy).ratio_keys
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
+    return {k: keys[k] for k in swept_keys(keys)}
+
+
 def strategy_overrides(strategy: str, ratio: str | None) -> tuple[list[str], float, str]:
     """(overrides, nominal keep ratio, name tag) for one strategy at one grid ratio."""
-    if strategy == "full":
+    knobs = ratio_knobs(strategy)
+    if not knobs:
         return [], 1.0, ""
     if ratio is None:
         raise ValueError(f"{strategy} needs --ratios")
-    if strategy == "qtuning":
-        sample, _, token = ratio.partition("x")
-        ov = [f"strategy.sample_ratio={float(sample)}"]
-        ov += [f"strategy.token_ratio={float(token)}"] if token else []
-        return ov, float(sample), f"s{float(sample):g}" + (f"xt{float(token):g}" if token else "")
-    r = float(ratio)
-    if not 0.0 < r <= 1.0:
-        raise ValueError(f"keep ratio {ratio} not in (0, 1]")
-    if strategy in KEEP_KEY:
-        return [f"strategy.{KEEP_KEY[strategy]}={r}"], r, f"keep{r:g}"
-    if strategy in PRUNE_KEY:
-        return [f"strategy.{PRUNE_KEY[strategy]}={round(1.0 - r, 6)}"], r, f"keep{r:g}"
-    raise ValueError(f"run_grid does not know the ratio knob of strategy {strategy!r}")
+    values = [float(x) for x in ratio.split("x")]
+    if len(values) > len(knobs):
+        raise ValueError(f"ratio {ratio} has {len(values)} parts but {strategy} has "
+                         f"{len(knobs)} ratio knob(s): {list(knobs)}")
+    for r in values:
+        if not 0.0 < r <= 1.0:
+            raise ValueError(f"keep ratio {ratio} not in (0, 1]")
+    ov = [f"strategy.{key}={r if knobs[key] == 'keep' else round(1.0 - r, 6)}"
+          for key, r in zip(knobs, values)]
+    if len(knobs) == 1:
+        return ov, values[0], f"keep{values[0]:g}"
+    return ov, values[0], "x".join(f"{key[0]}{r:g}" for key, r in zip(knobs, values))
 
 
 def plan_grid(task: str, strategies: list[str], ratios: list[str], seeds: list[int],
@@ -81,12 +93,13 @@ def plan_grid(task: str, strategies: list[str], ratios: list[str], seeds: list[i
     base = int(epochs or default_epochs)
     points: list[GridPoint] = []
     for strategy in strategies:
-        for ratio in ([None] if strategy == "full" else ratios):
-            if ratio is not None and "x" in ratio and strategy != "qtuning":
-                continue  # an SxT ratio is qtuning's sample x token pair only
+        knobs = ratio_knobs(strategy)
+        for ratio in (ratios if knobs else [None]):
+            if ratio is not None and len(ratio.split("x")) > len(knobs):
+                continue  # e.g. an SxT ratio: a pair for strategies with two knobs only
             ov, keep, tag_ = strategy_overrides(strategy, ratio)
             variant = tag
-            for budget in (["same_epochs"] if strategy == "full" else budgets):
+            for budget in (budgets if knobs else ["same_epochs"]):
                 if budget not in BUDGETS:
                     raise ValueError(f"unknown budget {budget!r}; expected one of {BUDGETS}")
                 ep = base if budget == "same_epochs" else max(1, round(base / keep))

@@ -1,4 +1,13 @@
-"""Pruning strategies, one module each, found by name through the registry."""
+"""Pruning strategies, one module each, found by name through the registry.
+
+Every module of this package is imported here (``pkgutil``), and importing a module runs its
+``@register_strategy`` decorators: adding a strategy is one module, one
+``conf/strategy/<name>.yaml`` and its tests, with no import list to edit. Third-party
+packages register through the ``qtune.strategies`` entry-point group instead (``registry``).
+"""
+
+import importlib
+import pkgutil
 
 from .base import (
     BatchPlan,
@@ -11,8 +20,9 @@ from .base import (
 )
 from .registry import build_strategy, get_strategy_class, register_strategy, registered_names
 
-# Importing a module registers its strategy.
-from . import ccs, denoise, el2n, full, infobatch, qtuning, random, rs2, seta  # noqa: E402,F401
+for _mod in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_mod.name}")
+del _mod
 
 __all__ = [
     "BatchPlan",

@@ -9,7 +9,9 @@ so a plan is a pure function of state and can be recomputed on any rank or after
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
@@ -104,12 +106,30 @@ class BatchPlan:
 class PruningStrategy:
     """Base class. Subclasses override :meth:`epoch_plan` and/or :meth:`batch_plan`.
 
-    ``uses_batch_plan``: the engine runs a no-grad scoring pass on every micro-batch and calls
-    :meth:`batch_plan` before the gradient step.
+    The class attributes below are the strategy's contract: what it needs from the engine and
+    which options are its ratio knobs. The engine, the grid runner and the report read them, so
+    they are declared, never probed; the registry checks them (``contract.check_contract``)
+    when a subclass registers. Allowed values are in :mod:`qtune.strategies.contract`.
     """
 
     name: ClassVar[str] = "base"
+    #: Plans batches: the engine scores every micro-batch and calls :meth:`batch_plan` before
+    #: the gradient step. (An epoch-level scoring pass is :meth:`needs_scoring_pass` instead.)
     uses_batch_plan: ClassVar[bool] = False
+    #: With a batch plan, how the batch is scored: "separate" (a no-grad scoring pass before
+    #: the backward, then forward and backward of the kept rows) or "reuse" (one forward with
+    #: gradients; the plan only masks the loss). An instance may set it from its options.
+    scoring: str = "separate"
+    #: Statistics the plans read (names in ``contract.STATISTICS``), for documentation and
+    #: checks; the engine computes all of them in one kernel call whatever is declared.
+    statistics: tuple[str, ...] = ()
+    #: Tokens that ``BatchStats.sample_entropy`` averages: "response" or "all" (attended).
+    entropy_scope: str = "response"
+    #: What the loss divides by: "response" (kept response tokens) or "all_attended".
+    loss_denominator: str = "response"
+    #: Ratio knobs, option name -> "keep" | "prune" | "shift" (``contract.RATIO_KINDS``), in
+    #: the order a ratio grid sets them: the first keep/prune knob takes a grid ratio.
+    ratio_keys: ClassVar[Mapping[str, str]] = MappingProxyType({})
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = int(seed)

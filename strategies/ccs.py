@@ -87,6 +87,9 @@ class CCS(StaticSubset):
     ``scores_file`` (column of the same name). AUM is negated (low margin = hard).
     """
 
+    statistics = ("el2n",)  # the instance's: its ``score`` option
+    ratio_keys = {"keep_ratio": "keep", "beta": "shift"}
+
     def __init__(self, seed: int = 0, keep_ratio: float = 0.5, beta: float = 0.1,
                  num_bins: int = 50, score: str = "el2n", warmup_epochs: int = 1,
                  scores_file: str | None = None) -> None:
@@ -101,6 +104,7 @@ class CCS(StaticSubset):
         if score not in SCORE_SIGNS:
             raise ValueError(f"strategy.score={score!r}; choose one of {sorted(SCORE_SIGNS)}")
         self.score = score
+        self.statistics = (score,)
         self.warmup_epochs = check_warmup(warmup_epochs)
         self.scores_file = scores_file
 

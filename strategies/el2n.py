@@ -48,6 +48,9 @@ class EL2N(StaticSubset):
     independent runs. With ``scores_file`` the subset is chosen at epoch 0 from the file.
     """
 
+    statistics = ("el2n",)
+    ratio_keys = {"keep_ratio": "keep", "offset": "shift"}
+
     def __init__(self, seed: int = 0, keep_ratio: float = 0.5, offset: float = 0.0,
                  warmup_epochs: int = 1, score_passes: int = 1, scores_file: str | None = None,
                  score_column: str = "el2n") -> None:

@@ -9,3 +9,6 @@ from .registry import register_strategy
 @register_strategy("full")
 class FullData(PruningStrategy):
     """The base class's plan: every sample, weights of one, no batch plan."""
+
+    ratio_keys = {}  # no ratio knob: a grid runs it once per seed
+    statistics = ()

@@ -51,6 +51,9 @@ def infobatch_plan(losses: torch.Tensor, prune_ratio: float,
 
 @register_strategy("infobatch")
 class InfoBatch(PruningStrategy):
+    statistics = ("loss",)
+    ratio_keys = {"prune_ratio": "prune"}
+
     def __init__(self, seed: int = 0, prune_ratio: float = 0.5, delta: float = 0.875) -> None:
         super().__init__(seed)
         self.prune_ratio = check_fraction(prune_ratio, "strategy.prune_ratio")

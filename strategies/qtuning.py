@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 
 from .base import BatchPlan, BatchStats, EpochContext, EpochPlan, PruningStrategy, check_ratio
+from .contract import ENTROPY_SCOPES, LOSS_DENOMINATORS, SCORING
 from .counting import check_fraction
 from .qtuning_rules import (  # noqa: F401  (re-exported: the issue names them qtuning.*)
     NORMALIZE,
@@ -34,10 +35,10 @@ ACTIONS = ("keep", "prune", "drop")
 DEFAULT_POLICY = {"q1": "drop", "q2": "prune", "q3": "drop", "q4": "keep"}
 _CHOICES = {
     "level": ("batch", "epoch"),
-    "scoring": ("separate", "reuse"),
-    "entropy_scope": ("response", "all"),
+    "scoring": SCORING,
+    "entropy_scope": ENTROPY_SCOPES,
     "token_budget": ("per_sample", "batch_code"),
-    "loss_denominator": ("response", "all_attended"),
+    "loss_denominator": LOSS_DENOMINATORS,
     "normalize": NORMALIZE,
 }
 
@@ -59,13 +60,16 @@ def parse_policy(policy: Mapping[Any, str] | None) -> dict[int, str]:
 
 @register_strategy("qtuning")
 class QTuning(PruningStrategy):
-    """Attributes the engine reads: ``scoring`` (separate: no-grad scoring pass, then forward and
-    backward on kept rows only; reuse: the official single forward with gradient, masking only),
-    ``level``, ``entropy_scope`` (which tokens ``sample_entropy`` averages), ``loss_denominator``
-    (response: kept response tokens; all_attended: the code's, every attended kept position).
+    """Contract declarations set from the options: ``scoring`` (separate: no-grad scoring
+    pass, then forward and backward on kept rows only; reuse: the official single forward with
+    gradient, masking only), ``entropy_scope`` (which tokens ``sample_entropy`` averages),
+    ``loss_denominator`` (response: kept response tokens; all_attended: the code's, every
+    attended kept position). ``level: epoch`` still plans batches: its token masks.
     """
 
     uses_batch_plan: ClassVar[bool] = True
+    statistics = ("ppl", "entropy", "token_loss", "token_entropy")
+    ratio_keys = {"sample_ratio": "keep", "token_ratio": "keep"}
 
     def __init__(self, seed: int = 0, sample_ratio: float = 0.25, token_ratio: float = 0.5,
                  lam: float = 0.5, tol: float = 0.01, max_iter: int = 10,

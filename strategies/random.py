@@ -23,6 +23,9 @@ def random_subset(num_samples: int, keep_ratio: float, generator: torch.Generato
 
 @register_strategy("random")
 class RandomSubset(PruningStrategy):
+    ratio_keys = {"keep_ratio": "keep"}
+    statistics = ()  # reads no scores
+
     def __init__(self, seed: int = 0, keep_ratio: float = 0.5, static: bool = False) -> None:
         super().__init__(seed)
         self.keep_ratio = check_ratio(keep_ratio, "strategy.keep_ratio")

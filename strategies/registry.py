@@ -10,6 +10,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from .base import PruningStrategy
+from .contract import check_contract
 
 _REGISTRY: dict[str, type[PruningStrategy]] = {}
 _ENTRY_POINTS_LOADED = False
@@ -17,11 +18,13 @@ ENTRY_POINT_GROUP = "qtune.strategies"
 
 
 def register_strategy(name: str):
-    """Class decorator: ``@register_strategy("random")``."""
+    """Class decorator: ``@register_strategy("random")``. The class's contract declarations
+    are checked here, so a bad one fails at import, naming the class and attribute."""
 
     def wrap(cls: type[PruningStrategy]) -> type[PruningStrategy]:
         if not (isinstance(cls, type) and issubclass(cls, PruningStrategy)):
             raise TypeError(f"{cls!r} is not a PruningStrategy subclass")
+        check_contract(cls)
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             warnings.warn(f"strategy {name!r} re-registered by {cls.__module__}.{cls.__qualname__}")
         cls.name = name
@@ -43,7 +46,10 @@ def _load_entry_points() -> None:
             warnings.warn(f"could not load strategy entry point {ep.name!r}: {exc}")
             continue
         if isinstance(obj, type) and issubclass(obj, PruningStrategy) and ep.name not in _REGISTRY:
-            register_strategy(ep.name)(obj)
+            try:
+                register_strategy(ep.name)(obj)
+            except TypeError as exc:  # an invalid contract declaration: say which, skip it
+                warnings.warn(f"strategy entry point {ep.name!r} not registered: {exc}")
 
 
 def registered_names() -> list[str]:
@@ -72,7 +78,9 @@ def build_strategy(name: str, seed: int = 0, **params: Any) -> PruningStrategy:
             f"accepted: {accepted}"
         )
     check_option_types(cls, name, params)
-    return cls(seed=seed, **params)
+    strategy = cls(seed=seed, **params)
+    check_contract(strategy)  # declarations an instance set from its options
+    return strategy
 
 
 _SCALARS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}

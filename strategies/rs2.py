@@ -68,6 +68,9 @@ def rs2_plan(num_samples: int, keep_ratio: float, epoch: int, seed: int,
 class RS2(PruningStrategy):
     """A fresh ``keep_ratio`` subset each epoch; the LR schedule should span the steps run."""
 
+    ratio_keys = {"keep_ratio": "keep"}
+    statistics = ()  # reads no scores
+
     def __init__(self, seed: int = 0, keep_ratio: float = 0.1, replacement: bool = False) -> None:
         super().__init__(seed)
         self.keep_ratio = check_ratio(keep_ratio, "strategy.keep_ratio")

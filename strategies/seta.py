@@ -82,6 +82,9 @@ class SeTa(PruningStrategy):
     epoch from epoch 0), so the plan needs no state and resumes exactly.
     """
 
+    statistics = ("loss",)
+    ratio_keys = {"p": "prune"}
+
     def __init__(self, seed: int = 0, p: float = 0.1, k: int = 5, w: float = 0.9,
                  delta: float = 0.875) -> None:
         super().__init__(seed)

@@ -31,7 +31,7 @@ if not (INTERP or CUDA):
         assert " passed" in res.stdout and " failed" not in res.stdout
 else:
     from qtune.kernels import linear_token_stats, token_stats_reference
-    from qtune.kernels.formula import StatsFunction
+    from qtune.kernels.autograd import StatsFunction
     from qtune.kernels.triton_stats import TritonStats
 
     def run(logits, labels, block):

@@ -91,17 +91,18 @@ class QTuneModule(L.LightningModule):
     def _batch_planned_step(self, batch: dict, strategy) -> dict[str, Any]:
         """Score the micro-batch, let the strategy choose rows and tokens, train on those.
 
-        ``strategy.scoring``: "separate" scores without gradients, then forwards and backwards
+        Reads the strategy's declared contract (``PruningStrategy.scoring``, ``entropy_scope``,
+        ``loss_denominator``): "separate" scores without gradients, then forwards and backwards
         the kept rows only (the compute saving); "reuse" forwards once with gradients and masks.
         """
-        reuse = getattr(strategy, "scoring", "separate") == "reuse"
+        reuse = strategy.scoring == "reuse"
         response = self.response_mask(batch)
         full_labels = None if self.task == "classify" else next_token_labels(batch)
         with torch.set_grad_enabled(reuse):
             scored = self.stats(batch, full_labels)
         attended = scored.valid
         scores = sample_scores(scored, response)
-        all_tokens = getattr(strategy, "entropy_scope", "response") == "all"
+        all_tokens = strategy.entropy_scope == "all"
         plan = strategy.batch_plan(BatchStats(
             sample_ids=batch["sample_id"], sample_loss=scores["loss"],
             sample_ppl=scores["loss"].exp(),
@@ -113,7 +114,7 @@ class QTuneModule(L.LightningModule):
         keep = plan.keep.to(self.device).bool()
         token_mask = plan.token_mask.to(self.device).bool() if plan.token_mask is not None else None
         weights = self.pruning.sample_weights(batch["sample_id"])
-        denominator = attended.sum() if getattr(strategy, "loss_denominator", "response") == "all_attended" else None
+        denominator = attended.sum() if strategy.loss_denominator == "all_attended" else None
         if reuse:
             mask = response & keep.unsqueeze(-1)
             if token_mask is not None:
