@@ -70,6 +70,9 @@ def denoise_plan(loss: torch.Tensor, entropy: torch.Tensor, keep_ratio: float,
 
 @register_strategy("denoise")
 class Denoise(PruningStrategy):
+    statistics = ("loss", "entropy")
+    ratio_keys = {"keep_ratio": "keep", "suspect_fraction": "shift"}
+
     def __init__(self, seed: int = 0, keep_ratio: float = 0.5, suspect_fraction: float = 0.2,
                  entropy_weight: float = 0.5, warmup_epochs: int = 1) -> None:
         super().__init__(seed)

@@ -116,10 +116,15 @@ def test_run_grid_checks_every_point_before_the_first_runs(tmp_path, capsys, mon
     ran = []
     monkeypatch.setattr(rg, "run_grid", lambda points, **kw: ran.append(points) or {"failed": []})
     out = tmp_path / "grid"
-    # only the last strategy's points are bad (a token ratio of 2): nothing may run
-    with pytest.raises(SystemExit, match=r"grid point .*qtuning.*strategy.token_ratio"):
-        rg.main(["--task", "digits", "--strategies", "full", "random", "qtuning", "--ratios",
-                 "0.5", "0.25x2", "--seeds", "2", "--out", str(out)])
+    points = rg.plan_grid("digits", ["full", "random"], ["0.5"], [0, 1], ["same_epochs"], out)
+    bad = rg.GridPoint(out / "digits" / "random-bad" / "seed0",
+                       [*points[-1].overrides, "strategy.static=maybe"])
+    with pytest.raises(SystemExit, match=r"grid point .*random-bad.*strategy.static='maybe' "
+                                         r"must be true or false"):
+        rg.validate_points([*points, bad])  # the bad point is the last one
+    with pytest.raises(SystemExit, match=r"grid point .*data.eval_fraction=2.0 is out of range"):
+        rg.main(["--task", "digits", "--strategies", "full", "random", "--seeds", "2",
+                 "--out", str(out), "--set", "data.eval_fraction=2.0"])
     assert ran == [] and not out.exists()
 
 

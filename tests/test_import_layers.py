@@ -18,8 +18,8 @@ FOLDERS = {"kernels": "qtune.kernels", "strategies": "qtune.strategies", "qtune"
 ALLOWED = {
     "qtune.kernels": set(),
     "qtune.strategies": set(),
-    "qtune.data": set(),
-    "qtune.models": {"qtune.data", "qtune.evaluation"},
+    "qtune.data": {"qtune.config_types"},  # the declared-config helpers: omegaconf only
+    "qtune.models": {"qtune.data", "qtune.evaluation", "qtune.config_types"},
     "qtune.engine": {"qtune.strategies", "qtune.kernels", "qtune.data", "qtune.summary"},
 }
 NO_LIGHTNING = ("qtune.kernels", "qtune.strategies", "qtune.data", "qtune.models")

@@ -28,9 +28,9 @@ from typing import Any, Callable
 
 import torch
 
-from ..config_schema import BaseRecipe
 from ..data.skills import SKILLS, SkillSpec, check_skills, raw_corpus, raw_prompt, sample_problem
 from ..data.tokenizer import CharTokenizer
+from .base_recipe import BaseRecipe
 from .tiny_llama import arch_from, build_tiny_llama, num_parameters, to_dict
 
 META_FILE = "qtune_base.json"
