@@ -43,6 +43,8 @@ class RunConfig:
     num_workers: int = knob(0, ge=0)
     ckpt_path: Optional[str] = None
     export_plan: bool = False
+    budget: Optional[float] = knob(None, gt=0.0, le=1.0,
+                                   doc="fraction of the matching full run's training FLOPs")
     run_dir: Any = None  # Hydra's output directory unless given
 
 

@@ -156,6 +156,8 @@ def group_points(runs: list[Run]) -> dict[str, list[Point]]:
         knobs = {k: v for k, v in r.strategy_cfg.items() if k != "name"}
         data = dict(r.config.get("data") or {})  # e.g. data.drop_kinds: the clean-only oracle
         knobs.update({f"data.{k}": v for k, v in data.items() if k not in ("name", "seed")})
+        if r.summary.get("budget") is not None:  # budget=F: its own point, on the FLOPs axis
+            knobs["budget"] = r.summary["budget"]
         key = (r.task, r.strategy, json.dumps(knobs, sort_keys=True, default=str), r.epochs)
         groups.setdefault(key, []).append(r)
     by_task: dict[str, list[Point]] = {}
@@ -185,6 +187,8 @@ def reference_full(point: Point, points: list[Point]) -> Point | None:
         return all(norm(q.knobs.get(k)) == norm(point.knobs.get(k)) for k in keys)
 
     fulls = [q for q in points if q.strategy == "full" and q.epochs <= point.epochs]
+    # the matching full run trains its epochs unbudgeted (a budget is a fraction of that run)
+    fulls = [q for q in fulls if q.knobs.get("budget") is None] or fulls
     fulls = [q for q in fulls if same_data(q)] or fulls  # the baseline trains the same data
     exact = [q for q in fulls if q.epochs == point.epochs]
     if exact:

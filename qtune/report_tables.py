@@ -33,6 +33,7 @@ def point_rows(points: list[Point]) -> list[dict]:
             "flops": pt.mean("flops_estimate"), "train_time_s": pt.mean("train_time_s"),
             "rel_flops": math.nan, "rel_time": math.nan, "ref_epochs": None,
             "realised_keep_ratio": pt.mean("realised_keep_ratio"),
+            "budget": pt.knobs.get("budget"),
             "runs": [str(r.path) for r in pt.runs],
         }
         row["delta_vs_full"], row["p_vs_full"] = math.nan, math.nan
@@ -53,10 +54,12 @@ def point_rows(points: list[Point]) -> list[dict]:
 def markdown_table(rows: list[dict]) -> str:
     """One task's table; share columns appear only when some run of the task records them."""
     shares = [(k, title) for k, title in SHARE_KEYS if any(k in r for r in rows)]
+    budgets = any(r.get("budget") is not None for r in rows)
     metric = rows[0]["metric"] if rows else "eval"
     head = (["strategy", "ratios", "epochs", "seeds", f"{metric} (mean ± std)", "Δ vs full",
              "FLOPs vs full",
-             "train time vs full", "full ref. epochs", "realised keep"] + [t for _, t in shares])
+             "train time vs full", "full ref. epochs", "realised keep"] + [t for _, t in shares]
+            + (["budget"] if budgets else []))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["strategy"], r["ratios"] or "—", str(r["epochs"]), str(r["seeds"]),
@@ -64,6 +67,7 @@ def markdown_table(rows: list[dict]) -> str:
                  _num(r["rel_time"]), str(r["ref_epochs"] if r["ref_epochs"] is not None else "—"),
                  _num(r["realised_keep_ratio"])]
         cells += [_num(r.get(k, math.nan)) for k, _ in shares]
+        cells += [str(r["budget"]) if r.get("budget") is not None else "—"] if budgets else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

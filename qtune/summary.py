@@ -39,18 +39,29 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
         raise
 
 
+def token_costs(num_params: int) -> tuple[float, float]:
+    """(FLOPs per token forwarded with a gradient, FLOPs per token forwarded without one)."""
+    return 6.0 * num_params, 2.0 * num_params
+
+
 def flops_estimate(num_params: int, forward_tokens: float, scoring_tokens: float) -> float:
-    return 6.0 * num_params * forward_tokens + 2.0 * num_params * scoring_tokens
+    grad, forward = token_costs(num_params)
+    return grad * forward_tokens + forward * scoring_tokens
 
 
 def build_summary(*, strategy: str, seed: int, epochs: int, train_samples_total: int,
                   totals: dict[str, float], num_params: int, wall_time_s: float,
-                  evaluation: dict[str, Any], history: list[dict], extra: dict | None = None) -> dict:
+                  evaluation: dict[str, Any], history: list[dict], extra: dict | None = None,
+                  epochs_run: int | None = None) -> dict:
+    """``epochs``: the run's nominal epochs (the matching full run's, under a budget);
+    ``epochs_run``: the epochs it trained (more or fewer under a budget)."""
     samples = totals.get("samples_trained", 0.0)
+    epochs_run = epochs if epochs_run is None else epochs_run
     return {
         "strategy": strategy,
         "seed": seed,
         "epochs": epochs,
+        "epochs_run": epochs_run,
         "train_samples_total": train_samples_total,
         "samples_trained": int(samples),
         "tokens_trained": int(totals.get("tokens_trained", 0.0)),
@@ -62,7 +73,7 @@ def build_summary(*, strategy: str, seed: int, epochs: int, train_samples_total:
         "wall_time_s": wall_time_s,
         "train_time_s": totals.get("train_time_s", 0.0),
         "scoring_time_s": totals.get("scoring_time_s", 0.0),
-        "realised_keep_ratio": samples / max(train_samples_total * epochs, 1),
+        "realised_keep_ratio": samples / max(train_samples_total * epochs_run, 1),
         "eval": evaluation,
         "epochs_detail": history,
         **(extra or {}),

@@ -20,6 +20,22 @@ def validate(cfg: DictConfig):
     return validate_config(cfg)
 
 
+def check_resumed_budget(cfg: DictConfig, ckpt: dict) -> int | None:
+    """Refuse a resume with another budget than the checkpoint's; for a checkpoint whose
+    budget is spent, the epochs it holds (so the resumed run trains nothing more)."""
+    state = (ckpt.get("callbacks") or {}).get("ComputeBudget")
+    saved = None if state is None else float(state["fraction"])
+    wanted = cfg.get("budget")
+    if saved != (None if wanted is None else float(wanted)):
+        raise ValueError(f"ckpt_path={cfg.ckpt_path} was written with budget={saved}; this run "
+                         f"asks for budget={wanted} (config key budget): resume with the same "
+                         "budget, or start a new run")
+    if state is None or float(state["spent"]) + float(state["last_step"]) <= \
+            float(state["fraction"]) * float(state["full_run_flops"]):
+        return None
+    return len((ckpt["callbacks"].get("PruningCallback") or {}).get("history") or []) or None
+
+
 def refuse_finished_run(run_dir: Path, ckpt_path: str | None) -> None:
     if (run_dir / "summary.json").exists() and not ckpt_path:
         raise FileExistsError(
@@ -80,6 +96,7 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
 
     from qtune.engine.callback import PruningCallback
     from qtune.engine.checkpointing import LastCheckpoint
+    from qtune.engine.budget import full_run_flops
     from qtune.engine.datamodule import QTuneDataModule
     from qtune.engine.module import QTuneModule
     from qtune.evaluate import final_evaluation
@@ -90,12 +107,14 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     refuse_finished_run(run_dir, cfg.ckpt_path)
     resume = None  # (global step, taken mid-epoch) of the checkpoint resumed from
+    epochs_done_at_budget = None  # a budgeted run resumed after its budget ran out
     if cfg.ckpt_path:
         from qtune.config_checks import load_checkpoint
 
         ckpt = load_checkpoint(cfg.ckpt_path)
         progress = (ckpt.get("callbacks", {}).get("PruningCallback") or {}).get("epoch_progress")
         resume = (int(ckpt["global_step"]), bool(progress and progress.get("batches_done")))
+        epochs_done_at_budget = check_resumed_budget(cfg, ckpt)
         del ckpt
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     set_default_backend(cfg.kernels.backend)
@@ -112,11 +131,19 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
                          fused_head=bool(cfg.model.get("fused_head", False)))
     datamodule = QTuneDataModule(bundle, cfg.batch_size, cfg.eval_batch_size, cfg.num_workers)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    num_params = sum(p.numel() for p in model.parameters())
     callbacks = [pruning, *(extra_callbacks or []),
                  LastCheckpoint(str(run_dir / "checkpoints"), cfg.checkpoint.every_n_train_steps)]
+    max_epochs = int(cfg.epochs)
+    if cfg.get("budget") is not None:
+        from qtune.engine.budget import UPPER_EPOCHS, build_budget
+
+        callbacks.insert(1, build_budget(float(cfg.budget), int(cfg.epochs), strategy,
+                                         bundle.train, int(cfg.batch_size), num_params))
+        max_epochs = epochs_done_at_budget or UPPER_EPOCHS  # the budget stops the run
     if trainer_kwargs.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())
-    trainer = L.Trainer(max_epochs=int(cfg.epochs), reload_dataloaders_every_n_epochs=1,
+    trainer = L.Trainer(max_epochs=max_epochs, reload_dataloaders_every_n_epochs=1,
                         use_distributed_sampler=False, num_sanity_val_steps=0,
                         logger=build_loggers(cfg, run_dir, resume), callbacks=callbacks,
                         default_root_dir=str(run_dir), **trainer_kwargs)
@@ -137,11 +164,14 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     summary = build_summary(
         strategy=strategy.name, seed=int(cfg.seed), epochs=int(cfg.epochs),
         train_samples_total=len(bundle.train), totals=pruning.totals,
-        num_params=sum(p.numel() for p in model.parameters()),
+        num_params=num_params,
         wall_time_s=time.perf_counter() - t_start, evaluation=evaluation,
-        history=pruning.history,
+        history=pruning.history, epochs_run=len(pruning.history) or int(cfg.epochs),
         extra={"task": bundle.task, "data_info": bundle.info, "kernel_warmup_s": module.kernel_warmup_s,
-               **pruning.run_shares(int(cfg.epochs))})
+               **pruning.run_shares(len(pruning.history) or int(cfg.epochs))})
+    summary["budget"] = cfg.get("budget")
+    summary["flops_vs_full"] = summary["flops_estimate"] / full_run_flops(
+        int(cfg.epochs), bundle.train, num_params)
     if trainer.is_global_zero:
         write_final_scores(run_dir / "scores.npz", pruning)
         atomic_write_json(run_dir / "summary.json", summary)

@@ -147,6 +147,12 @@ class PruningStrategy:
     def batch_plan(self, stats: BatchStats) -> BatchPlan | None:
         return None
 
+    def warmup_cost(self) -> dict[str, int]:
+        """What the strategy must run before it can prune: ``epochs`` on all the data and
+        ``scoring_passes`` (no-grad passes over every sample). A compute budget smaller than
+        that is refused up front rather than spent on a warm-up that never reaches pruning."""
+        return {"epochs": 0, "scoring_passes": 0}
+
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Anything beyond the constructor arguments that the next plan depends on."""

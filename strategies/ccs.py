@@ -108,6 +108,12 @@ class CCS(StaticSubset):
         self.warmup_epochs = check_warmup(warmup_epochs)
         self.scores_file = scores_file
 
+    def warmup_cost(self) -> dict[str, int]:
+        if self.scores_file:
+            return {"epochs": 0, "scoring_passes": 0}
+        dynamic = self.score in ("aum", "forgetting")  # read from training, no scoring pass
+        return {"epochs": self.warmup_epochs, "scoring_passes": 0 if dynamic else 1}
+
     def needs_scoring_pass(self, ctx: EpochContext) -> bool:
         dynamic = self.score in ("aum", "forgetting")
         return (self._selected is None and not self.scores_file and not dynamic

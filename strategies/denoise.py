@@ -83,6 +83,9 @@ class Denoise(PruningStrategy):
         self.entropy_weight = float(entropy_weight)
         self.warmup_epochs = check_warmup(warmup_epochs)
 
+    def warmup_cost(self) -> dict[str, int]:
+        return {"epochs": self.warmup_epochs, "scoring_passes": 0}
+
     def epoch_plan(self, ctx: EpochContext) -> EpochPlan:
         n = ctx.num_samples
         if ctx.epoch < self.warmup_epochs:

@@ -72,6 +72,11 @@ class EL2N(StaticSubset):
         self._count: torch.Tensor | None = None
         self._scored_epochs: list[int] = []
 
+    def warmup_cost(self) -> dict[str, int]:
+        if self.scores_file:
+            return {"epochs": 0, "scoring_passes": 0}
+        return {"epochs": self.warmup_epochs, "scoring_passes": self.score_passes}
+
     def needs_scoring_pass(self, ctx: EpochContext) -> bool:
         if self.scores_file or self._selected is not None:
             return False

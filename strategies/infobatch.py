@@ -59,6 +59,9 @@ class InfoBatch(PruningStrategy):
         self.prune_ratio = check_fraction(prune_ratio, "strategy.prune_ratio")
         self.delta = check_ratio(delta, "strategy.delta")
 
+    def warmup_cost(self) -> dict[str, int]:
+        return {"epochs": 1, "scoring_passes": 0}  # the first epoch has no losses yet
+
     def full_data(self, ctx: EpochContext) -> bool:
         """First epoch (no losses yet) and annealing epochs (e + 1 > δ·E): all data, weights 1.
         Weights are always reset here, unlike the official code when δ·E is not an integer."""

@@ -37,6 +37,8 @@ BAD = [  # (overrides, what the error must say), at least one per config group
     ("model.base.steps=0", r"model.base.steps=0 must be at least 1"),
     ("model.base.loss_on=some", r"model.base.loss_on='some' must be one of 'answer', 'all'"),
     ("epochs=0", r"epochs=0 must be at least 1"),
+    ("budget=0", r"budget=0 is out of range; expected a value in \(0.0, 1.0\]"),
+    ("budget=1.5", r"budget=1.5 is out of range; expected a value in \(0.0, 1.0\]"),
     ("task=classify", r"task=classify but data=embedded is a sft task"),
     ("+foo=1", r"foo is not a known key"),
     ("model=mlp", r"model=mlp is a classifier; data=embedded needs a causal LM"),

@@ -284,7 +284,11 @@ class PruningCallback(ResumeState, Callback):
     def plan_for_epoch(self, epoch: int) -> EpochPlan:
         if epoch in self.plans:
             return self.plans[epoch]
-        ctx = EpochContext(epoch=epoch, max_epochs=int(self._trainer.max_epochs or 1),
+        from qtune.engine.budget import find_budget
+
+        budget = find_budget(self._trainer)  # under a budget: the epochs it buys, re-estimated
+        max_epochs = budget.planned_epochs(epoch) if budget else int(self._trainer.max_epochs or 1)
+        ctx = EpochContext(epoch=epoch, max_epochs=max_epochs,
                            num_samples=self.store.num_samples, seed=self.seed, scores=self.store)
         if self.strategy.needs_scoring_pass(ctx):
             self.scoring_pass(epoch)
@@ -333,7 +337,10 @@ class PruningCallback(ResumeState, Callback):
         merged = {k: torch.cat([r[k].flatten() for r in rows]) for k in rows[0]}
         merged = gather_rows(trainer, merged)
         self.store.update(merged.pop("sample_ids"), epoch, track_dynamics=False, **merged)
-        self.totals["scoring_tokens"] += sum_over_ranks(trainer, {"t": tokens})["t"]
+        pass_tokens = sum_over_ranks(trainer, {"t": tokens})["t"]
+        self.totals["scoring_tokens"] += pass_tokens
+        # kept apart too: a compute budget counts batch scoring per step, passes here
+        self.totals["scoring_pass_tokens"] = self.totals.get("scoring_pass_tokens", 0.0) + pass_tokens
         elapsed = time.perf_counter() - t0
         self.totals["scoring_time_s"] += elapsed
         self.totals["train_time_s"] += elapsed

@@ -2,7 +2,8 @@
 
 Pruned epochs have fewer steps, and how many is known only when each epoch's plan is made, so
 the schedule reads progress p = (epoch + steps_done_in_epoch / steps_in_epoch) / max_epochs.
-A shortened run therefore still warms up and anneals over the steps it actually runs.
+A shortened run therefore still warms up and anneals over the steps it actually runs. Under a
+compute budget (``budget=F``) progress is the share of the budget spent instead.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ def training_progress(trainer, steps_done_in_epoch: int) -> float:
     """Fraction of training done, from the trainer's epoch and this epoch's loader length."""
     if trainer is None:
         return 0.0
+    from qtune.engine.budget import find_budget
+
+    budget = find_budget(trainer)
+    if budget is not None:  # budget=F: the share of the FLOPs budget spent
+        return budget.progress
     max_epochs = max(int(trainer.max_epochs or 1), 1)
     per_epoch = trainer.num_training_batches
     if not isinstance(per_epoch, (int, float)) or per_epoch in (0, float("inf")):
