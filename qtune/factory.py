@@ -17,6 +17,9 @@ def build_task_and_model(cfg: Any) -> tuple[TaskBundle, Any]:
         raise ValueError(f"unknown model.name {model_name!r}; known: {', '.join(MODELS)}")
     if data_name not in DATASETS:
         raise ValueError(f"unknown data.name {data_name!r}; known: {', '.join(DATASETS)}")
+    from qtune.models.adapters import apply_adapter, check_adapter_config
+
+    check_adapter_config(cfg)
     if data_name == "digits":
         if model_name != "mlp":
             raise ValueError("data=digits is a classification task: use model=mlp "
@@ -54,7 +57,7 @@ def build_task_and_model(cfg: Any) -> tuple[TaskBundle, Any]:
         from qtune.data.embedded import build_embedded_task
 
         bundle = build_embedded_task(cfg.data)
-    return bundle, model
+    return bundle, apply_adapter(cfg.get("adapter"), model)
 
 
 def check_context_length(cfg: Any, model: Any, bundle: TaskBundle) -> None:

@@ -106,6 +106,7 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     from qtune.evaluate import final_evaluation
     from qtune.factory import build_task_and_model
     from qtune.kernels import set_default_backend
+    from qtune.models.adapters import parameter_counts
     from qtune.summary import atomic_write_json, build_summary
 
     run_dir = Path(cfg.run_dir)
@@ -158,7 +159,8 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     summary = build_summary(
         strategy=strategy.name, seed=int(cfg.seed), epochs=int(cfg.epochs),
         train_samples_total=len(bundle.train), totals=pruning.totals,
-        num_params=sum(p.numel() for p in model.parameters()),
+        num_params=parameter_counts(module.model)[0],
+        trainable_params=parameter_counts(module.model)[1],
         wall_time_s=time.perf_counter() - t_start, evaluation=evaluation,
         history=pruning.history,
         extra={"task": bundle.task, "data_info": bundle.info, "kernel_warmup_s": module.kernel_warmup_s,
