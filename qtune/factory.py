@@ -51,12 +51,10 @@ def build_task_and_model(cfg: Any) -> tuple[TaskBundle, Any]:
         bundle = build_jsonl_task(cfg.data, tokenizer)
         check_context_length(cfg, model, bundle)
     else:
-        if model_name != "tiny_llama":
-            raise ValueError("data=embedded uses the built-in character tokenizer: pair it with "
-                             "model=tiny_llama")
         from qtune.data.embedded import build_embedded_task
 
-        bundle = build_embedded_task(cfg.data)
+        # model=hf: chat form through the model's own tokenizer; tiny_llama: its characters
+        bundle = build_embedded_task(cfg.data, tokenizer if model_name == "hf" else None)
     return bundle, apply_adapter(cfg.get("adapter"), model)
 
 

@@ -167,6 +167,10 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
                **pruning.run_shares(int(cfg.epochs))})
     if trainer.is_global_zero:
         write_final_scores(run_dir / "scores.npz", pruning)
+        from qtune.models.final_export import export_final
+
+        export_final(module.model, bundle.tokenizer, run_dir / "final",
+                     merge=bool((cfg.get("adapter") or {}).get("merge", True)))
         atomic_write_json(run_dir / "summary.json", summary)
         from qtune.engine.metrics_log import adopt_csv_header
 

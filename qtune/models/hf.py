@@ -36,8 +36,22 @@ def _dtype_kwargs(dtype) -> dict[str, Any]:
     return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": dtype}
 
 
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute activations in the backward pass (less memory, about one more forward).
+
+    Non-reentrant checkpointing, so it also works when the inputs of a checkpointed block need
+    no gradient (frozen embeddings under LoRA); the KV cache is off while training."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+
+
 def load_hf_causal_lm(name_or_path: str, trust_remote_code: bool = False,
-                      torch_dtype: str | torch.dtype | None = "float32"):
+                      torch_dtype: str | torch.dtype | None = "float32",
+                      attn_implementation: str | None = None, **from_pretrained_kwargs):
     """``(model, tokenizer)`` via AutoModelForCausalLM / AutoTokenizer.
 
     A tokenizer without a pad token gets its eos token as pad (batches are right-padded and
@@ -48,10 +62,15 @@ def load_hf_causal_lm(name_or_path: str, trust_remote_code: bool = False,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name_or_path = str(name_or_path)
+    if attn_implementation is not None:
+        if attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"model.attn_implementation={attn_implementation!r}; expected one of "
+                             f"{list(ATTN_IMPLEMENTATIONS)}")
+        from_pretrained_kwargs["attn_implementation"] = attn_implementation
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path, trust_remote_code=trust_remote_code,
-        **_dtype_kwargs(resolve_dtype(torch_dtype)))
+        **_dtype_kwargs(resolve_dtype(torch_dtype)), **from_pretrained_kwargs)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"{name_or_path}: tokenizer has neither a pad nor an eos token")
@@ -66,13 +85,27 @@ def load_hf_causal_lm(name_or_path: str, trust_remote_code: bool = False,
 
 
 def build_hf_model(cfg: Any):
-    """``(model, tokenizer)`` from a ``conf/model/hf.yaml`` node."""
+    """``(model, tokenizer)`` from a ``conf/model/hf.yaml`` node: ``path`` a hub name or a
+    directory, or the directory of an installed ``package``; with ``gguf_file`` the GGUF file
+    there, converted once into the qtune cache (:mod:`qtune.models.gguf`)."""
     path = cfg.get("path")
+    if cfg.get("package") and not path:
+        from qtune.models.packaged import package_dir
+
+        path = package_dir(cfg.package)
     if not path:
         raise ValueError("model.path must name a hub model or a local directory (model=hf "
                          "model.path=...)")
     local = str(path).startswith(("/", "./", "../", "~"))  # a path, not a hub id
     if local and not Path(str(path)).expanduser().is_dir():
         raise FileNotFoundError(f"model.path={path}: no such directory")
-    return load_hf_causal_lm(path, trust_remote_code=bool(cfg.get("trust_remote_code", False)),
-                             torch_dtype=cfg.get("dtype", "float32"))
+    if cfg.get("gguf_file"):
+        from qtune.models.gguf import converted_dir
+
+        path = converted_dir(path, cfg.gguf_file, cfg.get("cache_dir"))
+    model, tokenizer = load_hf_causal_lm(
+        path, trust_remote_code=bool(cfg.get("trust_remote_code", False)),
+        torch_dtype=cfg.get("dtype", "float32"), attn_implementation=cfg.get("attn_implementation"))
+    if cfg.get("gradient_checkpointing", False):
+        enable_gradient_checkpointing(model)
+    return model, tokenizer
