@@ -110,7 +110,7 @@ def test_loading_refuses_a_missing_trainable_key(make_cfg, setup):
     from qtune.engine.trainable_state import drop_frozen
 
     state = drop_frozen(module, module.state_dict())
-    module.load_state_dict(state, strict=False)  # frozen weights absent: fine
+    assert not module.load_state_dict(state, strict=False).missing_keys  # frozen: not missing
     lora_key = next(k for k in state if "lora_A" in k)
     del state[lora_key]
     with pytest.raises(RuntimeError, match="missing trainable key"):
@@ -138,3 +138,15 @@ def test_every_strategy_trains_lora_with_the_fused_head(make_cfg, setup, strateg
                      strategy))
     assert s["samples_trained"] > 0 and s["eval"]["loss"] > 0
     assert s["trainable_params"] < s["num_params"]
+
+
+def test_qtune_score_reads_a_lora_checkpoint(make_cfg, tmp_path, setup):
+    from conftest import FAST, compose
+
+    from qtune.score import score
+
+    run(make_cfg(_args(setup, "epochs=1"), "s"))
+    ckpt = tmp_path / "s" / "checkpoints" / "last.ckpt"
+    cols = score(compose(FAST + _args(setup) + [f"ckpt_path={ckpt}", f"out={tmp_path / 'x.npz'}"],
+                         config_name="score"))
+    assert len(cols["sample_id"]) == 32 and (cols["loss"] > 0).all()

@@ -198,7 +198,10 @@ class QTuneModule(L.LightningModule):
         if not frozen_keys(self):
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
         check_loadable(self, state_dict)
-        return super().load_state_dict(state_dict, strict=False, assign=assign)
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        frozen = frozen_keys(self)  # absent by design: not reported as missing
+        result.missing_keys[:] = [k for k in result.missing_keys if k not in frozen]
+        return result
 
     # -- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self):
