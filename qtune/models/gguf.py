@@ -53,17 +53,12 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def gguf_architecture(path: Path) -> str:
-    """``general.architecture`` of the file; one transformers cannot convert is a named error."""
+def gguf_architecture(path: Path) -> str | None:
+    """``general.architecture`` of the file (read from its header only)."""
     from gguf import GGUFReader
-    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
     field = GGUFReader(str(path)).fields.get("general.architecture")
-    arch = field.contents() if field is not None else None
-    if arch not in GGUF_SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"{path}: GGUF architecture {arch!r} cannot be converted by this "
-                         f"transformers; supported: {sorted(GGUF_SUPPORTED_ARCHITECTURES)}")
-    return arch
+    return field.contents() if field is not None else None
 
 
 def converted_dir(directory: str | os.PathLike, gguf_file: str,
@@ -86,7 +81,15 @@ def converted_dir(directory: str | os.PathLike, gguf_file: str,
             return final
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp"))
         try:
-            _convert(path, tmp)
+            try:
+                _convert(path, tmp)
+            except ValueError as exc:  # transformers: "GGUF model with architecture X is not supported"
+                if "architecture" not in str(exc):
+                    raise
+                import transformers
+
+                raise ValueError(f"{path}: GGUF architecture {arch!r} cannot be converted by "
+                                 f"transformers {transformers.__version__} ({exc})") from None
             (tmp / META_FILE).write_text(json.dumps(
                 {"source": str(path), "sha256": digest, "architecture": arch}, indent=2) + "\n")
             if final.is_dir():  # a leftover without meta file: incomplete, replace it
