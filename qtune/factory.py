@@ -43,8 +43,10 @@ def build_task_and_model(cfg: Any) -> tuple[TaskBundle, Any]:
     else:
         from qtune.models.base_cache import load_base, load_or_build_base
 
+        from qtune.models.hf import configure_loaded
+
         model, tokenizer = load_base(load_or_build_base(cfg.model))
-        model.train()  # from_pretrained returns eval mode; Lightning would keep it
+        model = configure_loaded(model.train(), cfg.model)  # train: from_pretrained gives eval
     if data_name == "jsonl":
         from qtune.data.jsonl import build_jsonl_task
 

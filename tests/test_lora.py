@@ -150,3 +150,15 @@ def test_qtune_score_reads_a_lora_checkpoint(make_cfg, tmp_path, setup):
     cols = score(compose(FAST + _args(setup) + [f"ckpt_path={ckpt}", f"out={tmp_path / 'x.npz'}"],
                          config_name="score"))
     assert len(cols["sample_id"]) == 32 and (cols["loss"] > 0).all()
+
+
+def test_lora_with_gradient_checkpointing_gets_adapter_gradients(make_cfg, setup):
+    from qtune.factory import build_task_and_model
+
+    bundle, model = build_task_and_model(make_cfg(_args(setup, "model.gradient_checkpointing=true")))
+    batch = bundle.collate([bundle.train[i] for i in range(4)])
+    model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+          labels=batch["labels"]).loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert grads and all(g is not None for g in grads.values())
+    assert any(bool(g.abs().sum() > 0) for n, g in grads.items() if "lora_B" in n)  # A: 0, B starts at 0

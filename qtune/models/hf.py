@@ -49,6 +49,20 @@ def enable_gradient_checkpointing(model) -> None:
         model.config.use_cache = False
 
 
+def configure_loaded(model, cfg: Any):
+    """``model.attn_implementation`` and ``model.gradient_checkpointing`` on a model that is
+    already loaded (the built-in tiny Llama; ``model=hf`` passes the first to from_pretrained)."""
+    impl = cfg.get("attn_implementation")
+    if impl is not None:
+        if impl not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"model.attn_implementation={impl!r}; expected one of "
+                             f"{list(ATTN_IMPLEMENTATIONS)}")
+        model.set_attn_implementation(impl)
+    if cfg.get("gradient_checkpointing", False):
+        enable_gradient_checkpointing(model)
+    return model
+
+
 def load_hf_causal_lm(name_or_path: str, trust_remote_code: bool = False,
                       torch_dtype: str | torch.dtype | None = "float32",
                       attn_implementation: str | None = None, **from_pretrained_kwargs):
