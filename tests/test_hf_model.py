@@ -62,3 +62,16 @@ def test_conf_defaults_and_missing_path():
     assert cfg.fused_head is False and OmegaConf.is_missing(cfg, "path")
     with pytest.raises(ValueError, match="model.path"):
         build_hf_model({"path": None})
+
+
+def test_gradient_checkpointing_and_attention_backend(llama_dir):
+    cfg = OmegaConf.merge(OmegaConf.load(CONF), {"path": str(llama_dir),
+                                                 "gradient_checkpointing": True,
+                                                 "attn_implementation": "eager"})
+    model, _ = build_hf_model(cfg)
+    assert model.is_gradient_checkpointing and model.config._attn_implementation == "eager"
+    ids = torch.tensor([[1, 5, 6, 7]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="model.attn_implementation"):
+        build_hf_model(OmegaConf.merge(cfg, {"attn_implementation": "magic"}))

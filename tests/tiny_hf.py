@@ -48,3 +48,34 @@ def save_tiny_llama(path: Path, chat_template: bool = False) -> Path:
                       max_position_embeddings=128, bos_token_id=1, eos_token_id=2)
     LlamaForCausalLM(cfg).save_pretrained(str(path))
     return path
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def save_tiny_chat_llama(path: Path) -> Path:
+    """A random Llama with a byte-level BPE tokenizer (any text encodes, as in SmolLM2) and a
+    ChatML template whose end-of-turn token ``<|im_end|>`` is the eos token."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {t: i for i, t in enumerate(specials + list(bytes_to_unicode().values()))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>",
+                                   eos_token="<|im_end|>", pad_token="<|im_end|>",
+                                   unk_token="<|endoftext|>", additional_special_tokens=specials)
+    fast.chat_template = CHATML
+    fast.save_pretrained(str(path))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
+                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                      max_position_embeddings=128, bos_token_id=1, eos_token_id=2,
+                      pad_token_id=2, tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(str(path))
+    return path

@@ -167,7 +167,11 @@ def generate(cfg: EmbeddedConfig) -> tuple[list[dict], list[dict]]:
     return train, evals
 
 
-def _encode(records: list[dict], tok: CharTokenizer) -> tuple[list[TokenizedExample], list[dict]]:
+def _encode(records: list[dict], tok) -> tuple[list[TokenizedExample], list[dict]]:
+    if not isinstance(tok, CharTokenizer):  # a real (HF) tokenizer: chat form
+        from .embedded_chat import chat_encode
+
+        return chat_encode(records, tok)
     examples, meta = [], []
     for rec in records:
         prompt_ids = tok.encode(rec["prompt"], add_bos=True)
@@ -182,7 +186,8 @@ def _encode(records: list[dict], tok: CharTokenizer) -> tuple[list[TokenizedExam
 def build_embedded_task(cfg: Any = None, tokenizer: CharTokenizer | None = None) -> TaskBundle:
     """The default SFT task as a ``TaskBundle``. ``cfg`` is the ``data`` config group (or a
     mapping / ``EmbeddedConfig``); the tokenizer defaults to the built-in character one, which
-    is the one the cached base model was saved with."""
+    is the one the cached base model was saved with. A Hugging Face tokenizer renders every
+    item in chat form instead (:mod:`qtune.data.embedded_chat`)."""
     c = config_from(cfg)
     tok = tokenizer or CharTokenizer()
     train_records, eval_records = generate(c)
@@ -212,6 +217,13 @@ def build_embedded_task(cfg: Any = None, tokenizer: CharTokenizer | None = None)
         "train_skills": dict(Counter(m["skill"] for m in train_meta)),
         "wrong_response_tokens": sum(len(m["wrong_positions"]) for m in train_meta),
     }
-    return TaskBundle(task="sft", train=train, eval=evals, collate=partial(collate_sft, pad_id=tok.pad_id),
+    if isinstance(tok, CharTokenizer):
+        eos_id, pad_id = tok.eos_id, tok.pad_id
+    else:
+        from .embedded_chat import special_ids
+
+        eos_id, pad_id = special_ids(tok)
+        info["chat_form"] = True
+    return TaskBundle(task="sft", train=train, eval=evals, collate=partial(collate_sft, pad_id=pad_id),
                       train_meta=train_meta, generation=generation, tokenizer=tok,
-                      eos_id=tok.eos_id, pad_id=tok.pad_id, info=info)
+                      eos_id=eos_id, pad_id=pad_id, info=info)

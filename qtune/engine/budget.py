@@ -133,12 +133,12 @@ class ComputeBudget(Callback):
 
 
 def build_budget(fraction: float, epochs: int, strategy, dataset, batch_size: int,
-                 num_params: int) -> ComputeBudget:
+                 num_params: int, trainable_params: int | None = None) -> ComputeBudget:
     """The budget callback of a run, after checking that the budget buys at least one step
     and, past the strategy's mandatory warm-up (``warmup_cost``), one step of pruning."""
     from qtune.summary import token_costs
 
-    grad, forward = token_costs(num_params)
+    grad, forward = token_costs(num_params, trainable_params)
     tokens = dataset_tokens(dataset)
     epoch_flops = grad * tokens
     full = epochs * epoch_flops
@@ -155,11 +155,13 @@ def build_budget(fraction: float, epochs: int, strategy, dataset, batch_size: in
     return ComputeBudget(fraction, full, grad, forward, epochs)
 
 
-def full_run_flops(epochs: int, dataset, num_params: int) -> float:
-    """Training FLOPs of the matching full run: every sample, ``epochs`` times, no scoring."""
+def full_run_flops(epochs: int, dataset, num_params: int,
+                   trainable_params: int | None = None) -> float:
+    """Training FLOPs of the matching full run (same model and adapter): every sample,
+    ``epochs`` times, no scoring."""
     from qtune.summary import token_costs
 
-    return epochs * token_costs(num_params)[0] * dataset_tokens(dataset)
+    return epochs * token_costs(num_params, trainable_params)[0] * dataset_tokens(dataset)
 
 
 def find_budget(trainer) -> ComputeBudget | None:

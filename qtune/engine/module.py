@@ -185,6 +185,25 @@ class QTuneModule(L.LightningModule):
             self.val_acc.update(stats.correct.sum() / n.clamp(min=1), weight=n)
             self.log("eval/accuracy", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
 
+    # -- checkpoint state ---------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Frozen weights (a LoRA base) stay out of the checkpoint; they come from the base."""
+        from qtune.engine.trainable_state import drop_frozen
+
+        checkpoint["state_dict"] = drop_frozen(self, checkpoint["state_dict"])
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Frozen weights may be absent; a missing trainable weight is still an error."""
+        from qtune.engine.trainable_state import check_loadable, frozen_keys
+
+        if not frozen_keys(self):
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        check_loadable(self, state_dict)
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        frozen = frozen_keys(self)  # absent by design: not reported as missing
+        result.missing_keys[:] = [k for k in result.missing_keys if k not in frozen]
+        return result
+
     # -- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self):
         decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.dim() >= 2]

@@ -36,6 +36,9 @@ def _dtype_kwargs(dtype) -> dict[str, Any]:
     return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": dtype}
 
 
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     """The tokenizer alone (cheap next to the weights: the data is built with it first). One
     without a pad token gets its eos token as pad (batches are right-padded and padding is
@@ -50,8 +53,33 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute activations in the backward pass (less memory, about one more forward).
+
+    Non-reentrant checkpointing, so it also works when the inputs of a checkpointed block need
+    no gradient (frozen embeddings under LoRA); the KV cache is off while training."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+
+
+def configure_loaded(model, cfg: Any):
+    """``model.attn_implementation`` and ``model.gradient_checkpointing`` on a model that is
+    already loaded (the built-in tiny Llama; ``model=hf`` passes the first to from_pretrained)."""
+    impl = cfg.get("attn_implementation")
+    if impl is not None:
+        if impl not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"model.attn_implementation={impl!r}; expected one of "
+                             f"{list(ATTN_IMPLEMENTATIONS)}")
+        model.set_attn_implementation(impl)
+    if cfg.get("gradient_checkpointing", False):
+        enable_gradient_checkpointing(model)
+    return model
+
+
 def load_hf_causal_lm(name_or_path: str, trust_remote_code: bool = False,
-                      torch_dtype: str | torch.dtype | None = "float32"):
+                      torch_dtype: str | torch.dtype | None = "float32",
+                      attn_implementation: str | None = None, **from_pretrained_kwargs):
     """``(model, tokenizer)`` via AutoModelForCausalLM / AutoTokenizer.
 
     The model config takes the tokenizer's pad token (see ``load_tokenizer``).
@@ -61,10 +89,15 @@ def load_hf_causal_lm(name_or_path: str, trust_remote_code: bool = False,
     from transformers import AutoModelForCausalLM
 
     name_or_path = str(name_or_path)
+    if attn_implementation is not None:
+        if attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"model.attn_implementation={attn_implementation!r}; expected one of "
+                             f"{list(ATTN_IMPLEMENTATIONS)}")
+        from_pretrained_kwargs["attn_implementation"] = attn_implementation
     tokenizer = load_tokenizer(name_or_path, trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path, trust_remote_code=trust_remote_code,
-        **_dtype_kwargs(resolve_dtype(torch_dtype)))
+        **_dtype_kwargs(resolve_dtype(torch_dtype)), **from_pretrained_kwargs)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     gen = getattr(model, "generation_config", None)
@@ -75,8 +108,13 @@ def load_hf_causal_lm(name_or_path: str, trust_remote_code: bool = False,
 
 
 def checked_path(cfg: Any) -> str:
-    """``model.path``: a hub id, or a local directory that exists."""
+    """``model.path`` (or the directory of an installed ``model.package``): a hub id, or a
+    local directory that exists. Cheap: the validation pass runs it before any work."""
     path = cfg.get("path")
+    if cfg.get("package") and not path:
+        from qtune.models.packaged import package_dir
+
+        path = package_dir(cfg.package)
     if not path:
         raise ValueError("model.path must name a hub model or a local directory (model=hf "
                          "model.path=...)")
@@ -86,13 +124,31 @@ def checked_path(cfg: Any) -> str:
     return str(path)
 
 
+def model_dir(cfg: Any) -> str:
+    """The directory (or hub id) the weights and tokenizer load from: with ``gguf_file`` the
+    GGUF file in ``model.path``, converted once into the qtune cache (:mod:`qtune.models.gguf`)."""
+    path = checked_path(cfg)
+    if cfg.get("gguf_file"):
+        from qtune.models.gguf import converted_dir
+
+        path = converted_dir(path, cfg.gguf_file, cfg.get("cache_dir"))
+    return str(path)
+
+
 def load_hf_tokenizer(cfg: Any):
-    """The tokenizer of a ``conf/model/hf.yaml`` node."""
-    return load_tokenizer(checked_path(cfg), bool(cfg.get("trust_remote_code", False)))
+    """The tokenizer of a ``conf/model/hf.yaml`` node (loaded before the weights, so the data
+    is built and checked first)."""
+    return load_tokenizer(model_dir(cfg), bool(cfg.get("trust_remote_code", False)))
 
 
 def build_hf_model(cfg: Any):
-    """``(model, tokenizer)`` from a ``conf/model/hf.yaml`` node."""
-    path = checked_path(cfg)
-    return load_hf_causal_lm(path, trust_remote_code=bool(cfg.get("trust_remote_code", False)),
-                             torch_dtype=cfg.get("dtype", "float32"))
+    """``(model, tokenizer)`` from a ``conf/model/hf.yaml`` node: ``path`` a hub name or a
+    directory, or the directory of an installed ``package``; with ``gguf_file`` the GGUF file
+    there, converted once into the qtune cache."""
+    path = model_dir(cfg)
+    model, tokenizer = load_hf_causal_lm(
+        path, trust_remote_code=bool(cfg.get("trust_remote_code", False)),
+        torch_dtype=cfg.get("dtype", "float32"), attn_implementation=cfg.get("attn_implementation"))
+    if cfg.get("gradient_checkpointing", False):
+        enable_gradient_checkpointing(model)
+    return model, tokenizer
