@@ -42,6 +42,12 @@ BAD = [  # (overrides, what the error must say), at least one per config group
     ("task=classify", r"task=classify but data=embedded is a sft task"),
     ("+foo=1", r"foo is not a known key"),
     ("model=mlp", r"model=mlp is a classifier; data=embedded needs a causal LM"),
+    ("adapter=lora adapter.r=0", r"adapter.r=0 must be at least 1"),
+    ("adapter=lora adapter.dropout=1.5", r"adapter.dropout=1.5 is out of range"),
+    ("experiment=digits adapter=lora", r"adapter=lora needs a causal LM .* peft cannot wrap model=mlp"),
+    ("model.attn_implementation=fast", r"model.attn_implementation='fast' must be one of 'sdpa'"),
+    ("model=hf model.path=/tmp model.gguf_file=nope.gguf", r"model.gguf_file=nope.gguf"),
+    ("model=smollm2_135m model.package=no_such_pkg", r"model.package=no_such_pkg is not installed; install it with: pip install no-such-pkg"),
     ("data=jsonl data.path=/nonexistent.jsonl model=hf model.path=/tmp",
      r"data.path=/nonexistent.jsonl: no such JSONL file"),
 ]
@@ -67,7 +73,7 @@ def empty_cache(tmp_path, monkeypatch):
 def test_bad_values_are_refused_before_the_base_is_built(make_cfg, tmp_path, empty_cache,
                                                          overrides, message):
     cfg = make_cfg(overrides.split(), "run")
-    with pytest.raises((ValueError, FileNotFoundError), match=message):
+    with pytest.raises((ValueError, FileNotFoundError, ImportError), match=message):
         run(cfg)
     assert list(empty_cache.iterdir()) == []  # no base, no lock, no temporary directory
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
