@@ -125,3 +125,17 @@ def test_the_report_puts_budgeted_runs_on_the_full_runs_flops_axis(make_cfg, tmp
         assert by[key]["rel_flops"] == pytest.approx(summaries[name]["flops_vs_full"])
     assert by[("full", None)]["rel_flops"] == pytest.approx(1.0)
     assert "| budget |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_denoise_under_a_budget_on_the_embedded_sft_task(make_cfg):
+    """Both new parts end to end on the SFT task: the budget is spent to within one step, the
+    warm-up epoch trains everything, later epochs leave the suspects out."""
+    log = StepLog()
+    s = run(make_cfg(["data.num_train=240", "data.num_eval=20", "eval.max_items=20",
+                      "epochs=3", "batch_size=16", "budget=0.5", "strategy=denoise",
+                      "strategy.keep_ratio=0.1"]), extra_callbacks=[log])
+    assert 0.5 - max(log.cost) <= s["flops_vs_full"] <= 0.5
+    first, *later = s["epochs_detail"]
+    assert first["samples_trained"] == 240 and first["suspects"] == 0
+    assert later and all(e["suspects"] == 48 and e["samples_trained"] <= 24 for e in later)
+    assert s["epochs_run"] == len(s["epochs_detail"]) > 3  # tenth epochs: more of them

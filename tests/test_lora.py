@@ -9,17 +9,10 @@ import lightning as L
 import pytest
 import torch
 from conftest import crash
-from tiny_hf import save_tiny_llama
+from tiny_hf import ROWS, save_tiny_llama
 
 from qtune.train import run
 
-ROWS = [
-    {"instruction": "add two and three", "input": "", "output": "five"},
-    {"instruction": "reverse the words", "input": "red green blue", "output": "blue green red"},
-    {"messages": [{"role": "user", "content": "what colour is the sky"},
-                  {"role": "assistant", "content": "it is blue"}]},
-    {"instruction": "sort these numbers", "input": "three one two", "output": "one two three"},
-]
 
 
 @pytest.fixture(scope="module")

@@ -2,17 +2,10 @@
 
 import json
 
-from tiny_hf import save_tiny_llama
+from tiny_hf import ROWS, save_tiny_llama
 
 from qtune.train import run
 
-ROWS = [
-    {"instruction": "add two and three", "input": "", "output": "five"},
-    {"instruction": "reverse the words", "input": "red green blue", "output": "blue green red"},
-    {"messages": [{"role": "user", "content": "what colour is the sky"},
-                  {"role": "assistant", "content": "it is blue"}]},
-    {"instruction": "sort these numbers", "input": "three one two", "output": "one two three"},
-]
 
 
 def test_hf_model_trains_on_local_jsonl(make_cfg, tmp_path):

@@ -10,6 +10,14 @@ CHAT_TEMPLATE = (
     "{{ eos_token }} {% endfor %}{% if add_generation_prompt %}<|assistant|> {% endif %}"
 )
 SPECIALS = ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
+# JSONL records in both forms, every word in CORPUS
+ROWS = [
+    {"instruction": "add two and three", "input": "", "output": "five"},
+    {"instruction": "reverse the words", "input": "red green blue", "output": "blue green red"},
+    {"messages": [{"role": "user", "content": "what colour is the sky"},
+                  {"role": "assistant", "content": "it is blue"}]},
+    {"instruction": "sort these numbers", "input": "three one two", "output": "one two three"},
+]
 CORPUS = [
     "### Instruction : Response System Input",
     "add two and three five reverse the words red green blue sort these numbers",
