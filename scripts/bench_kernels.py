@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Side-by-side benchmark of the per-token statistics implementations (issue 5).
+"""Side-by-side benchmark of the per-token statistics implementations.
 
 impls: cross_entropy (F.cross_entropy, loss only), eager (naive formula, all stats),
 torch_chunked, compiled, triton (CUDA), liger (loss only, if installed), fused_linear

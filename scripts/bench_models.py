@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Cost of one model's three kinds of step, side by side (issue 13): a full fine-tuning step,
+"""Cost of one model's three kinds of step, side by side: a full fine-tuning step,
 a LoRA step (peft, base frozen) and a no-grad scoring forward (what Q-Tuning's separate
 scoring pass and the scoring strategies pay).
 

@@ -19,7 +19,7 @@ import torch
 from .base import BatchPlan, BatchStats, EpochContext, EpochPlan, PruningStrategy, check_ratio
 from .contract import ENTROPY_SCOPES, LOSS_DENOMINATORS, SCORING
 from .counting import check_fraction
-from .qtuning_rules import (  # noqa: F401  (re-exported: the issue names them qtuning.*)
+from .qtuning_rules import (  # noqa: F401  (re-exported: public as qtuning.*)
     NORMALIZE,
     like_quadrant,
     normalize_scores,
