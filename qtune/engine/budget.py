@@ -167,4 +167,4 @@ def full_run_flops(epochs: int, dataset, num_params: int,
 def find_budget(trainer) -> ComputeBudget | None:
     if trainer is None:
         return None
-    return next((c for c in trainer.callbacks if isinstance(c, ComputeBudget)), None)
+    return next((c for c in getattr(trainer, "callbacks", ()) if isinstance(c, ComputeBudget)), None)
