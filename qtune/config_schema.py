@@ -18,7 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from qtune.config_types import ConfigError, check_section, close_matches, knob
 from qtune.data.embedded import EmbeddedConfig
-from qtune.data.skills import SKILLS
 from qtune.models.base_recipe import BaseRecipe
 from qtune.models.hf import ATTN_IMPLEMENTATIONS
 
@@ -237,8 +236,8 @@ def try_trainer(trainer_cfg: DictConfig) -> None:
 
 
 def check_pairing(cfg: Any) -> None:
-    """Which model goes with which data and task: the rules of ``qtune.factory``, checked
-    before anything is built."""
+    """Which model goes with which data, task and adapter: the rules of ``qtune.factory``,
+    checked before anything is built."""
     model, data, task = cfg.model.name, cfg.data.name, OmegaConf.select(cfg, "task", default=None)
     if data == "digits" and model != "mlp":
         raise ConfigError("data=digits is a classification task: use model=mlp "
@@ -249,6 +248,11 @@ def check_pairing(cfg: Any) -> None:
         raise ConfigError("data=jsonl needs a model with a real tokenizer: use model=hf "
                           "model.path=DIR (model=tiny_llama only knows the embedded task's "
                           "characters)")
+    adapter = OmegaConf.select(cfg, "adapter.name", default=None)
+    if adapter not in (None, "none") and model == "mlp":
+        raise ConfigError(f"adapter={adapter} needs a causal LM (model=hf, model=smollm2_135m or "
+                          "model=tiny_llama): peft cannot wrap model=mlp, qtune's own "
+                          "classifier; use adapter=none")
     expected = "classify" if data == "digits" else "sft"
     if task not in (None, "pretrain", expected):
         raise ConfigError(f"task={task} but data={data} is a {expected} task (set task={expected})")
@@ -313,9 +317,6 @@ def validate_config(cfg: DictConfig, run_schema: type = RunConfig, trainer: bool
     check_section(cfg.logger, _by_name(cfg, "logger", LOGGERS), "logger")
     if "adapter" in cfg:
         check_section(cfg.adapter, _by_name(cfg, "adapter", ADAPTERS), "adapter")
-        from qtune.models.adapters import check_adapter_config
-
-        check_adapter_config(cfg)  # which models peft can wrap
     check_trainer_keys(cfg.trainer)
     if trainer:
         try_trainer(cfg.trainer)

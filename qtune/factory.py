@@ -13,7 +13,7 @@ def build_task_and_model(cfg: Any) -> tuple[TaskBundle, Any]:
     Only an HF model's tokenizer is needed before its data, and it is cheap to load (a GGUF
     file is converted first, once, since its tokenizer lives in it)."""
     from qtune.config_schema import DATASETS, MODELS, check_pairing
-    from qtune.models.adapters import apply_adapter, check_adapter_config
+    from qtune.models.adapters import apply_adapter
 
     model_name, data_name = cfg.model.name, cfg.data.name
     if model_name not in MODELS:
@@ -21,7 +21,6 @@ def build_task_and_model(cfg: Any) -> tuple[TaskBundle, Any]:
     if data_name not in DATASETS:
         raise ValueError(f"unknown data.name {data_name!r}; known: {', '.join(DATASETS)}")
     check_pairing(cfg)
-    check_adapter_config(cfg)
     if data_name == "digits":
         from qtune.data.digits import build_digits_task
         from qtune.models.classifier import build_mlp

@@ -30,8 +30,9 @@ def check_resumed_budget(cfg: DictConfig, ckpt: dict) -> int | None:
         raise ValueError(f"ckpt_path={cfg.ckpt_path} was written with budget={saved}; this run "
                          f"asks for budget={wanted} (config key budget): resume with the same "
                          "budget, or start a new run")
-    if state is None or float(state["spent"]) + float(state["last_step"]) <= \
-            float(state["fraction"]) * float(state["full_run_flops"]):
+    from qtune.engine.budget import ComputeBudget
+
+    if state is None or not ComputeBudget.state_exhausted(state):
         return None
     return len((ckpt["callbacks"].get("PruningCallback") or {}).get("history") or []) or None
 

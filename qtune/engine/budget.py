@@ -66,6 +66,12 @@ class ComputeBudget(Callback):
         """True when one more step of the last step's cost would overrun the budget."""
         return self.spent + self.last_step > self.budget_flops
 
+    @staticmethod
+    def state_exhausted(state: dict[str, Any]) -> bool:
+        """``exhausted`` of the budget a checkpoint's ``state_dict`` describes."""
+        return (float(state["spent"]) + float(state["last_step"])
+                > float(state["fraction"]) * float(state["full_run_flops"]))
+
     def planned_epochs(self, epoch: int) -> int:
         """The epochs the budget buys, as far as the epochs so far tell: before the first has
         run, the full run's count scaled by the budget (at least 1); afterwards, the epochs

@@ -11,39 +11,6 @@ from typing import Any
 
 import torch
 
-ADAPTERS = ("none", "lora")
-LORA_KEYS = {"name", "r", "alpha", "dropout", "target_modules", "merge"}
-
-
-def adapter_name(cfg: Any) -> str:
-    """``adapter.name`` of a run config (``none`` when the group is absent)."""
-    node = cfg.get("adapter") if hasattr(cfg, "get") else None
-    name = (node.get("name") if node is not None else None) or "none"
-    if name not in ADAPTERS:
-        raise ValueError(f"unknown adapter.name {name!r}; known: {', '.join(ADAPTERS)}")
-    return name
-
-
-def check_adapter_config(cfg: Any) -> None:
-    """Refuse what peft cannot do before any model is built: named keys, named model."""
-    name = adapter_name(cfg)
-    if name == "none":
-        return
-    unknown = sorted(set(cfg.adapter) - LORA_KEYS)
-    if unknown:
-        raise ValueError(f"unknown adapter option(s) {unknown}; known: {sorted(LORA_KEYS)}")
-    if cfg.model.name == "mlp":
-        raise ValueError("adapter=lora needs a causal LM (model=hf, model=smollm2_135m or "
-                         "model=tiny_llama): peft cannot wrap model=mlp, qtune's own classifier; "
-                         "use adapter=none")
-    r = cfg.adapter.get("r")
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise ValueError(f"adapter.r={r!r} must be a positive integer")
-    dropout = cfg.adapter.get("dropout", 0.0)
-    if not isinstance(dropout, (int, float)) or not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"adapter.dropout={dropout!r} must be a number in [0, 1)")
-
-
 def linear_module_names(model: torch.nn.Module) -> list[str]:
     """The distinct last name components of the model's linear layers (what peft matches)."""
     return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()

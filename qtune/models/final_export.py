@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from .atomic_dir import replaced_dir
 
 
 def is_exportable(model) -> bool:
@@ -24,9 +24,7 @@ def export_final(model, tokenizer, out: str | os.PathLike, merge: bool = True) -
     if not is_exportable(model):
         return None
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
-    try:
+    with replaced_dir(out) as tmp:
         to_save = model
         if merge and hasattr(model, "merge_and_unload"):
             to_save = copy.deepcopy(model).merge_and_unload()
@@ -38,10 +36,4 @@ def export_final(model, tokenizer, out: str | os.PathLike, merge: bool = True) -
             tokenizer.save_pretrained(str(tmp))
         elif hasattr(tokenizer, "save"):  # the built-in character tokenizer
             tokenizer.save(str(tmp))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -14,10 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from .atomic_dir import replaced_dir
 from .base_cache import cache_root
 
 META_FILE = "qtune_gguf.json"
@@ -79,8 +78,8 @@ def converted_dir(directory: str | os.PathLike, gguf_file: str,
     with FileLock(str(final) + ".lock"):
         if (final / META_FILE).is_file():  # another process converted it meanwhile
             return final
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp"))
-        try:
+        # a leftover directory without the meta file is incomplete: it is replaced
+        with replaced_dir(final) as tmp:
             try:
                 _convert(path, tmp)
             except ValueError as exc:  # transformers: "GGUF model with architecture X is not supported"
@@ -92,12 +91,6 @@ def converted_dir(directory: str | os.PathLike, gguf_file: str,
                                  f"transformers {transformers.__version__} ({exc})") from None
             (tmp / META_FILE).write_text(json.dumps(
                 {"source": str(path), "sha256": digest, "architecture": arch}, indent=2) + "\n")
-            if final.is_dir():  # a leftover without meta file: incomplete, replace it
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
