@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -80,10 +80,26 @@ class Kernels:
 
 
 @dataclasses.dataclass
+class LmEval:
+    tasks: Union[list[str], str] = knob([], doc="harness task names (qtune_embedded ships with qtune)")
+    include_path: Optional[str] = None
+    limit: Optional[float] = knob(None, gt=0.0, doc="items per task (>= 1) or a fraction (< 1)")
+    num_fewshot: Optional[int] = knob(None, ge=0)
+    batch_size: int = knob(8, ge=1)
+    max_length: Optional[int] = knob(None, ge=1)
+    apply_chat_template: bool = False
+    log_samples: bool = False
+
+
+@dataclasses.dataclass
 class Eval:
-    exact_match: bool = True
+    exact_match: bool = True  # the generation eval (exact match and token F1)
     max_items: Optional[int] = knob(None, ge=1)
-    batch_size: int = knob(64, ge=1, doc="prompts per generate() call (HF models)")
+    max_new_tokens: Optional[int] = knob(None, ge=1)
+    batch_size: int = knob(64, ge=1, doc="prompts per generate() call")
+    samples: bool = True
+    before: bool = False
+    lm_eval: LmEval = dataclasses.field(default_factory=LmEval)
 
 
 @dataclasses.dataclass
@@ -323,6 +339,9 @@ def validate_config(cfg: DictConfig, run_schema: type = RunConfig, trainer: bool
     if cfg.get("task") != "pretrain":
         check_pairing(cfg)
         _check_paths(cfg)
+        from qtune.lm_eval_harness import check_lm_eval
+
+        check_lm_eval(cfg)
     if cfg.get("ckpt_path"):
         from qtune.config_checks import load_checkpoint
 

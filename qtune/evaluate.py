@@ -1,46 +1,75 @@
-"""End-of-training evaluation: eval loss (and accuracy) from the last validation, plus greedy
-exact match for SFT tasks that carry references."""
+"""End-of-training evaluation: eval loss (and accuracy) from the last validation; for SFT data
+with references, the generation eval; and lm-evaluation-harness tasks when asked for.
+
+``evaluate_model`` is the part that needs only a model and the task: ``qtune-train`` calls it
+after training (and before, with ``eval.before=true``), ``qtune-eval`` on a finished run's
+``final/`` model or any model.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-
-def uses_hf_generate(bundle) -> bool:
-    """A Hugging Face tokenizer means an HF model (``model=hf``): decode with ``generate``; the
-    built-in character model keeps qtune's own KV-cached greedy loop."""
-    from qtune.data.tokenizer import CharTokenizer
-
-    return bundle.tokenizer is not None and not isinstance(bundle.tokenizer, CharTokenizer)
+SAMPLES = "eval_samples.jsonl"
+LM_EVAL_RESULTS = "lm_eval_results.json"
 
 
-def final_evaluation(trainer, module, bundle, eval_cfg) -> dict[str, Any]:
+def evaluate_model(model, bundle, eval_cfg, out_dir: str | Path | None,
+                   suffix: str = "") -> dict[str, Any]:
+    """Generation metrics and harness results of ``model`` on ``bundle``; per-item samples and
+    the harness's JSON go to ``out_dir`` (file names end in ``suffix``, e.g. ``_before``)."""
+    out: dict[str, Any] = {}
+    out_dir = Path(out_dir) if out_dir is not None else None
+
+    def where(name: str) -> Path | None:
+        if out_dir is None:
+            return None
+        stem, dot, ext = name.partition(".")
+        return out_dir / f"{stem}{suffix}{dot}{ext}"
+
+    if bundle.task == "sft" and bundle.generation is not None and eval_cfg.get("exact_match", True):
+        from qtune.generation_eval import evaluate_generation
+
+        result = evaluate_generation(model, bundle.tokenizer, bundle.generation, bundle.eos_id,
+                                     bundle.pad_id, eval_cfg,
+                                     where(SAMPLES) if eval_cfg.get("samples", True) else None)
+        per_group = result.pop("per_group", None)
+        out.update(result)
+        if per_group:
+            out["per_group"] = per_group
+            if bundle.info.get("train_skills") is not None:  # the embedded task: groups are skills
+                out["exact_match_per_skill"] = {g: v["exact_match"] for g, v in per_group.items()}
+    lm_cfg = eval_cfg.get("lm_eval")
+    from qtune.lm_eval_harness import run_lm_eval, task_names
+
+    if task_names(lm_cfg):
+        out["lm_eval"] = run_lm_eval(model, bundle.tokenizer, lm_cfg, where(LM_EVAL_RESULTS))
+    return out
+
+
+def final_evaluation(trainer, module, bundle, eval_cfg, out_dir: str | Path | None) -> dict[str, Any]:
     metrics = trainer.callback_metrics
     out: dict[str, Any] = {}
     if "eval/loss" in metrics:
         out["loss"] = float(metrics["eval/loss"])
     if bundle.task == "classify" and "eval/accuracy" in metrics:
         out["accuracy"] = float(metrics["eval/accuracy"])
-    if (bundle.task == "sft" and bundle.generation is not None and eval_cfg.get("exact_match", True)
-            and trainer.is_global_zero):
-        from qtune.evaluation import greedy_exact_match
-
-        gen = bundle.generation
-        limit = eval_cfg.get("max_items")
-        if limit:
-            gen = type(gen)(gen.prompt_ids[:limit], gen.target_ids[:limit],
-                            gen.groups[:limit] if gen.groups else None, gen.max_new_tokens)
-        was_training = module.training
-        module.eval()
-        if uses_hf_generate(bundle):
-            from qtune.evaluation_hf import hf_exact_match
-
-            result = hf_exact_match(module.model, gen, eos_id=bundle.eos_id, pad_id=bundle.pad_id,
-                                    batch_size=int(eval_cfg.get("batch_size") or 64))
-        else:
-            result = greedy_exact_match(module.model, gen, eos_id=bundle.eos_id,
-                                        pad_id=bundle.pad_id)
-        module.train(was_training)
-        out["exact_match"] = float(result["exact_match"])
-        out["exact_match_per_skill"] = {k: float(v) for k, v in result.get("per_group", {}).items()}
+    if trainer.is_global_zero:
+        out.update(evaluate_model(module.model, bundle, eval_cfg, out_dir))
     return out
+
+
+def eval_delta(before: dict, after: dict) -> dict[str, float]:
+    """After minus before, for every number both have (harness metrics as ``task/metric``)."""
+    def flat(ev: dict) -> dict[str, float]:
+        rows = {k: float(v) for k, v in ev.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for task, metrics in (ev.get("lm_eval") or {}).items():
+            rows.update({f"{task}/{m}": float(v) for m, v in metrics.items()})
+        return rows
+
+    a, b = flat(after), flat(before)
+    skip = {"num_items", "max_new_tokens"}
+    return {k: a[k] - b[k] for k in sorted(a.keys() & b.keys()) if k not in skip
+            and not k.endswith("_stderr")}

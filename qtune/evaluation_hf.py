@@ -1,23 +1,14 @@
-"""Exact match for Hugging Face models through transformers' own ``generate``.
+"""Greedy decoding for Hugging Face models through transformers' own ``generate``.
 
-Batched and greedy: prompts sorted by length, left-padded (the tokenizer-independent way a
-decoder-only model batches prompts), each row stopped at eos. A prediction matches when its
-tokens up to eos equal the reference answer's up to eos, per group (skill) as well.
+Batched: prompts sorted by length, left-padded (the tokenizer-independent way a decoder-only
+model batches prompts), each row stopped at eos. :mod:`qtune.generation_eval` scores the text.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Sequence
 
 import torch
-
-from .data.bundle import GenerationEval
-
-
-def _until_eos(ids: Sequence[int], eos_id: int | None) -> list[int]:
-    ids = [int(i) for i in ids]
-    return ids[: ids.index(eos_id)] if eos_id in ids else ids
 
 
 @torch.no_grad()
@@ -49,20 +40,3 @@ def hf_generate(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: in
     finally:
         model.train(was_training)
     return out
-
-
-def hf_exact_match(model, generation: GenerationEval, eos_id: int, pad_id: int,
-                   batch_size: int = 64, return_predictions: bool = False) -> dict:
-    """``{"exact_match": float, "per_group": {group: float}}`` through ``model.generate``."""
-    preds = hf_generate(model, generation.prompt_ids, eos_id, pad_id,
-                        generation.max_new_tokens, batch_size)
-    hits = [_until_eos(p, eos_id) == _until_eos(t, eos_id)
-            for p, t in zip(preds, generation.target_ids)]
-    per: dict[str, list[bool]] = defaultdict(list)
-    for g, h in zip(generation.groups or ["all"] * len(hits), hits):
-        per[str(g)].append(h)
-    result = {"exact_match": sum(hits) / max(len(hits), 1),
-              "per_group": {g: sum(v) / len(v) for g, v in sorted(per.items())}}
-    if return_predictions:
-        result["predictions"], result["hits"] = preds, hits
-    return result

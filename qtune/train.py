@@ -81,6 +81,31 @@ def write_final_scores(path: Path, pruning) -> None:
     write_scores(path, cols)
 
 
+def evaluate_before(model, bundle, eval_cfg, run_dir: Path) -> dict[str, Any] | None:
+    """The eval of the model as loaded (``eval.before=true``), on rank zero only; files end in
+    ``_before``."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from qtune.evaluate import evaluate_model
+
+    if rank_zero_only.rank != 0:
+        return None
+    return evaluate_model(model, bundle, eval_cfg, run_dir, suffix="_before")
+
+
+RUN_CONFIG = "config.yaml"
+
+
+def write_run_config(cfg: DictConfig, run_dir: Path) -> None:
+    """``<run_dir>/config.yaml``: the resolved config of the run, which ``qtune-eval RUN_DIR``
+    reads back (Hydra's ``.hydra/`` exists only for command-line runs)."""
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / (RUN_CONFIG + ".tmp")
+    OmegaConf.save(resolved, tmp)
+    tmp.replace(run_dir / RUN_CONFIG)
+
+
 def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     """The whole job; ``extra_callbacks`` are added to the Trainer's (library use, tests)."""
     t_start = time.perf_counter()
@@ -146,6 +171,9 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
         max_epochs = epochs_done_at_budget or UPPER_EPOCHS  # the budget stops the run
     if trainer_kwargs.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())
+    evaluation_before = None
+    if cfg.eval.get("before") and not cfg.ckpt_path:
+        evaluation_before = evaluate_before(model, bundle, cfg.eval, run_dir)
     trainer = L.Trainer(max_epochs=max_epochs, reload_dataloaders_every_n_epochs=1,
                         use_distributed_sampler=False, num_sanity_val_steps=0,
                         logger=build_loggers(cfg, run_dir, resume), callbacks=callbacks,
@@ -163,7 +191,19 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
         final_step = int(ckpt["global_step"])
     if "eval/loss" not in trainer.callback_metrics:  # a finished run resumed: nothing was fit
         trainer.validate(module, datamodule=datamodule, verbose=False)
-    evaluation = final_evaluation(trainer, module, bundle, cfg.eval)
+    if trainer.is_global_zero:  # the model is saved before it is evaluated: a failing eval loses nothing
+        from qtune.models.final_export import export_final
+
+        write_run_config(cfg, run_dir)
+        export_final(module.model, bundle.tokenizer, run_dir / "final",
+                     merge=bool((cfg.get("adapter") or {}).get("merge", True)))
+    try:
+        evaluation = final_evaluation(trainer, module, bundle, cfg.eval, run_dir)
+    except Exception as exc:
+        raise RuntimeError(
+            f"the evaluation after training failed ({type(exc).__name__}: {exc}); the trained "
+            f"model is in {run_dir / 'final'} and the checkpoint in {last}. Rerun only the "
+            f"evaluation with: qtune-eval {run_dir}") from exc
     summary = build_summary(
         strategy=strategy.name, seed=int(cfg.seed), epochs=int(cfg.epochs),
         train_samples_total=len(bundle.train), totals=pruning.totals,
@@ -172,15 +212,16 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
         history=pruning.history, epochs_run=len(pruning.history) or int(cfg.epochs),
         extra={"task": bundle.task, "data_info": bundle.info, "kernel_warmup_s": module.kernel_warmup_s,
                **pruning.run_shares(len(pruning.history) or int(cfg.epochs))})
+    if evaluation_before is not None:
+        from qtune.evaluate import eval_delta
+
+        summary["eval_before"] = evaluation_before
+        summary["eval_delta"] = eval_delta(evaluation_before, evaluation)
     summary["budget"] = cfg.get("budget")
     summary["flops_vs_full"] = summary["flops_estimate"] / full_run_flops(
         int(cfg.epochs), bundle.train, num_params, trainable_params)
     if trainer.is_global_zero:
         write_final_scores(run_dir / "scores.npz", pruning)
-        from qtune.models.final_export import export_final
-
-        export_final(module.model, bundle.tokenizer, run_dir / "final",
-                     merge=bool((cfg.get("adapter") or {}).get("merge", True)))
         atomic_write_json(run_dir / "summary.json", summary)
         from qtune.engine.metrics_log import adopt_csv_header
 

@@ -6,6 +6,9 @@ Line formats, detected per line (``format: auto``) or forced (``alpaca`` / ``cha
 * chat: ``{"messages": [{"role": ..., "content": ...}, ...]}``. The *last* assistant message
   is the response; every message before it is the prompt; messages after it are ignored.
 
+Either form may carry a ``"group"`` string (a category, a source): the generation eval then
+reports its metrics per group as well.
+
 Prompts use the tokenizer's chat template when it has one (rendered with
 ``add_generation_prompt=True``, Alpaca lines become one user message), else a plain
 Alpaca-style template preceded by the tokenizer's bos token. The tokenizer's eos token is
@@ -32,7 +35,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
-from qtune.data.bundle import TaskBundle
+from qtune.data.bundle import GenerationEval, TaskBundle
 from qtune.data.sft import SFTDataset, TokenizedExample, collate_sft
 
 FORMATS = ("auto", "alpaca", "chat")
@@ -51,6 +54,7 @@ class Record:
     response: str
     line: int
     form: str  # "alpaca" or "chat"
+    group: str | None = None  # optional "group" field: per-group eval metrics
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -79,7 +83,8 @@ def _parse_alpaca(obj: dict, where: str, line: int) -> Record:
     extra = _field(obj, "input", where, required=False)
     output = _field(obj, "output", where)
     content = instruction if not extra else f"{instruction}\n\n{extra}"
-    return Record([{"role": "user", "content": content}], output, line, "alpaca")
+    return Record([{"role": "user", "content": content}], output, line, "alpaca",
+                  _field(obj, "group", where, required=False))
 
 
 def _parse_chat(obj: dict, where: str, line: int) -> Record:
@@ -99,7 +104,8 @@ def _parse_chat(obj: dict, where: str, line: int) -> Record:
     if last is None:
         raise DataError(f"{where}: field 'messages' has no message with role 'assistant' "
                         "(the last assistant message is the response)")
-    return Record(clean[:last], clean[last]["content"], line, "chat")
+    return Record(clean[:last], clean[last]["content"], line, "chat",
+                  _field(obj, "group", where, required=False))
 
 
 def parse_line(text: str, path: str | Path, line: int, fmt: str = "auto") -> Record:
@@ -204,17 +210,36 @@ def tokenize_records(records: Sequence[Record], tokenizer, max_length: int | Non
             info["dropped_truncated"] += 1
             continue
         examples.append(TokenizedExample(p, r + suffix))
-        meta.append({"line": rec.line, "format": rec.form})
+        meta.append({"line": rec.line, "format": rec.form}
+                    | ({"group": rec.group} if rec.group is not None else {}))
+    return examples, meta, info
+
+
+def load_jsonl_examples(path: str | Path, tokenizer, fmt: str = "auto",
+                        max_length: int | None = None
+                        ) -> tuple[list[TokenizedExample], list[dict], dict[str, int]]:
+    """Read and tokenise one file: ``(examples, meta, info)``; no usable item is an error."""
+    records = read_jsonl(path, fmt)
+    examples, meta, info = tokenize_records(records, tokenizer, max_length, path)
+    _require_items(path, len(records), examples, info)
     return examples, meta, info
 
 
 def load_jsonl_dataset(path: str | Path, tokenizer, fmt: str = "auto",
                        max_length: int | None = None) -> tuple[SFTDataset, dict[str, int]]:
     """Read, tokenise and truncate one file into an :class:`SFTDataset`; empty is an error."""
-    records = read_jsonl(path, fmt)
-    examples, meta, info = tokenize_records(records, tokenizer, max_length, path)
-    _require_items(path, len(records), examples, info)
+    examples, meta, info = load_jsonl_examples(path, tokenizer, fmt, max_length)
     return SFTDataset(examples, max_length=max_length, meta=meta), info
+
+
+def generation_eval(examples: Sequence[TokenizedExample], meta: Sequence[dict]) -> GenerationEval:
+    """The eval split's prompts and full reference responses (never truncated: a reference is
+    what the answer should be), grouped when every item carries a ``group``."""
+    groups = [m.get("group") for m in meta]
+    return GenerationEval(prompt_ids=[ex.prompt_ids for ex in examples],
+                          target_ids=[ex.response_ids for ex in examples],
+                          groups=groups if groups and all(g is not None for g in groups) else None,
+                          max_new_tokens=max(len(ex.response_ids) for ex in examples))
 
 
 def _require_items(path, n_records: int, examples: Sequence, info: dict) -> None:
@@ -254,7 +279,8 @@ def build_jsonl_task(cfg: Any, tokenizer) -> TaskBundle:
     eval_path = cfg.get("eval_path")
     if eval_path:
         train, train_info = load_jsonl_dataset(path, tokenizer, fmt, max_length)
-        evalset, eval_info = load_jsonl_dataset(eval_path, tokenizer, fmt, max_length)
+        eval_ex, eval_meta, eval_info = load_jsonl_examples(eval_path, tokenizer, fmt, max_length)
+        evalset = SFTDataset(eval_ex, max_length, meta=eval_meta)
     else:
         fraction = float(cfg.get("eval_fraction", 0.1))
         if not 0.0 < fraction < 1.0:
@@ -268,7 +294,8 @@ def build_jsonl_task(cfg: Any, tokenizer) -> TaskBundle:
                             "split needs at least 2 (or set data.eval_path)")
         tr, ev = _split(len(examples), fraction, int(cfg.get("seed", 0)))
         train = SFTDataset([examples[i] for i in tr], max_length, meta=[meta[i] for i in tr])
-        evalset = SFTDataset([examples[i] for i in ev], max_length, meta=[meta[i] for i in ev])
+        eval_ex, eval_meta = [examples[i] for i in ev], [meta[i] for i in ev]
+        evalset = SFTDataset(eval_ex, max_length, meta=eval_meta)
         # drops happen before the split, so they are reported once, on the training side
         train_info, eval_info = info, {"dropped_empty": 0, "dropped_truncated": 0}
     pad_id = tokenizer.pad_token_id
@@ -278,6 +305,6 @@ def build_jsonl_task(cfg: Any, tokenizer) -> TaskBundle:
     info.update(train=train_info, eval=eval_info, train_size=len(train), eval_size=len(evalset))
     return TaskBundle(
         task="sft", train=train, eval=evalset, collate=partial(collate_sft, pad_id=pad_id),
-        train_meta=train.meta, generation=None, tokenizer=tokenizer,
+        train_meta=train.meta, generation=generation_eval(eval_ex, eval_meta), tokenizer=tokenizer,
         eos_id=tokenizer.eos_token_id, pad_id=pad_id, info=info,
     )
