@@ -48,15 +48,14 @@ def evaluate_model(model, bundle, eval_cfg, out_dir: str | Path | None,
     return out
 
 
-def final_evaluation(trainer, module, bundle, eval_cfg, out_dir: str | Path | None) -> dict[str, Any]:
+def validation_metrics(trainer, bundle) -> dict[str, float]:
+    """Eval loss (and accuracy for classifiers) of the last validation run."""
     metrics = trainer.callback_metrics
     out: dict[str, Any] = {}
     if "eval/loss" in metrics:
         out["loss"] = float(metrics["eval/loss"])
     if bundle.task == "classify" and "eval/accuracy" in metrics:
         out["accuracy"] = float(metrics["eval/accuracy"])
-    if trainer.is_global_zero:
-        out.update(evaluate_model(module.model, bundle, eval_cfg, out_dir))
     return out
 
 

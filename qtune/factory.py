@@ -75,3 +75,21 @@ def check_context_length(cfg: Any, model: Any, bundle: TaskBundle) -> None:
         raise ValueError(f"data.path={cfg.data.get('path')}: a sequence of {longest} tokens "
                          f"exceeds the model's {limit} learned positions (model.path="
                          f"{cfg.model.get('path')}): set data.max_length<={limit}")
+
+
+def build_task_with_tokenizer(cfg: Any, tokenizer: Any) -> TaskBundle:
+    """The SFT data of ``cfg`` through a given tokenizer (a finished run's ``final/`` one):
+    the character tokenizer gives the embedded task in its characters, an HF one in chat form."""
+    from qtune.data.tokenizer import CharTokenizer
+
+    if cfg.data.name == "jsonl":
+        from qtune.data.jsonl import build_jsonl_task
+
+        return build_jsonl_task(cfg.data, tokenizer)
+    if cfg.data.name != "embedded":
+        raise ValueError(f"data={cfg.data.name} has no generation eval; qtune-eval evaluates SFT "
+                         "runs (data=embedded or data=jsonl)")
+    from qtune.data.embedded import build_embedded_task
+
+    return build_embedded_task(cfg.data, None if isinstance(tokenizer, CharTokenizer) else tokenizer)
+

@@ -93,6 +93,17 @@ def evaluate_before(model, bundle, eval_cfg, run_dir: Path) -> dict[str, Any] | 
     return evaluate_model(model, bundle, eval_cfg, run_dir, suffix="_before")
 
 
+def compose_config(overrides: list[str], config_name: str = "train") -> DictConfig:
+    """The config ``qtune-train`` would build from ``overrides``, through Hydra's compose API
+    (no command line, no output directory: give ``run_dir=...``)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="qtune.conf", version_base="1.3"):
+        return compose(config_name, overrides=list(overrides))
+
+
 RUN_CONFIG = "config.yaml"
 
 
@@ -125,7 +136,7 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     from qtune.engine.budget import full_run_flops
     from qtune.engine.datamodule import QTuneDataModule
     from qtune.engine.module import QTuneModule
-    from qtune.evaluate import final_evaluation
+    from qtune.evaluate import evaluate_model, validation_metrics
     from qtune.factory import build_task_and_model
     from qtune.kernels import set_default_backend
     from qtune.models.adapters import parameter_counts
@@ -197,13 +208,12 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
         write_run_config(cfg, run_dir)
         export_final(module.model, bundle.tokenizer, run_dir / "final",
                      merge=bool((cfg.get("adapter") or {}).get("merge", True)))
-    try:
-        evaluation = final_evaluation(trainer, module, bundle, cfg.eval, run_dir)
-    except Exception as exc:
-        raise RuntimeError(
-            f"the evaluation after training failed ({type(exc).__name__}: {exc}); the trained "
-            f"model is in {run_dir / 'final'} and the checkpoint in {last}. Rerun only the "
-            f"evaluation with: qtune-eval {run_dir}") from exc
+    evaluation, eval_error = validation_metrics(trainer, bundle), None
+    if trainer.is_global_zero:
+        try:
+            evaluation.update(evaluate_model(module.model, bundle, cfg.eval, run_dir))
+        except Exception as exc:  # the summary is still written, with what failed
+            eval_error = exc
     summary = build_summary(
         strategy=strategy.name, seed=int(cfg.seed), epochs=int(cfg.epochs),
         train_samples_total=len(bundle.train), totals=pruning.totals,
@@ -217,6 +227,11 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
 
         summary["eval_before"] = evaluation_before
         summary["eval_delta"] = eval_delta(evaluation_before, evaluation)
+    if eval_error is not None:
+        summary["eval_error"] = (
+            f"the evaluation after training failed ({type(eval_error).__name__}: {eval_error}); "
+            f"the trained model is in {run_dir / 'final'} and the checkpoint in {last}. Rerun "
+            f"only the evaluation with: qtune-eval {run_dir}")
     summary["budget"] = cfg.get("budget")
     summary["flops_vs_full"] = summary["flops_estimate"] / full_run_flops(
         int(cfg.epochs), bundle.train, num_params, trainable_params)
@@ -234,6 +249,8 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
         import wandb
 
         wandb.finish()
+    if eval_error is not None:
+        raise RuntimeError(summary["eval_error"]) from eval_error
     return summary
 
 

@@ -1,0 +1,80 @@
+"""The generation eval in real runs: a JSONL run's summary and samples, ``eval.before``, and a
+failing evaluation that leaves the model in place for ``qtune-eval``."""
+
+import json
+
+import pytest
+from tiny_hf import ROWS, save_tiny_llama
+
+from qtune.eval_metrics import normalize_answer
+from qtune.train import run
+
+
+def _jsonl_args(tmp_path, *extra):
+    model_dir = save_tiny_llama(tmp_path / "model", chat_template=True)
+    rows = [dict(r, group="chat" if "messages" in r else "alpaca") for r in ROWS]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(rows[i % 4]) for i in range(40)))
+    (tmp_path / "eval.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    return ["model=hf", f"model.path={model_dir}", "data=jsonl",
+            f"data.path={tmp_path / 'train.jsonl'}", f"data.eval_path={tmp_path / 'eval.jsonl'}",
+            "batch_size=8", "optim.lr=3e-2", *extra]
+
+
+def _plain_f1(pred: str, ref: str) -> float:  # an independent count of shared words
+    p, r = pred.lower().split(), ref.lower().split()
+    shared = sum(min(p.count(w), r.count(w)) for w in set(p))
+    return 0.0 if not shared else 2 * shared / (len(p) + len(r))
+
+
+def test_jsonl_run_reports_exact_match_and_f1_per_group(make_cfg, tmp_path):
+    s = run(make_cfg(_jsonl_args(tmp_path, "epochs=8", "eval.before=true"), "run"))
+    ev = s["eval"]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "eval_samples.jsonl").open()]
+    references = [r.get("output") or r["messages"][-1]["content"] for r in ROWS]
+    assert [r["reference"] for r in rows] == references
+    assert [r["group"] for r in rows] == ["alpaca", "alpaca", "chat", "alpaca"]
+    em = [float(normalize_answer(r["prediction"]) == normalize_answer(r["reference"])) for r in rows]
+    assert ev["exact_match"] == pytest.approx(sum(em) / 4)
+    assert ev["token_f1"] == pytest.approx(sum(_plain_f1(r["prediction"], r["reference"])
+                                               for r in rows) / 4)
+    assert ev["per_group"]["chat"]["n"] == 1 and ev["per_group"]["alpaca"]["n"] == 3
+    assert ev["exact_match"] >= 0.75  # 40 steps over four rows: the model has learned them
+    before = s["eval_before"]
+    assert before["exact_match"] <= 0.25  # a random model
+    assert (tmp_path / "run" / "eval_samples_before.jsonl").is_file()
+    assert s["eval_delta"]["exact_match"] == pytest.approx(ev["exact_match"] - before["exact_match"])
+    assert set(s["eval_delta"]) == {"exact_match", "token_f1"}
+
+
+def test_failing_eval_keeps_the_model_and_qtune_eval_completes_the_run(make_cfg, tmp_path,
+                                                                    monkeypatch):
+    import qtune.generation_eval as ge
+    from qtune.eval_cli import evaluate
+
+    def broken(*a, **k):
+        raise MemoryError("out of memory while decoding")
+
+    monkeypatch.setattr(ge, "evaluate_generation", broken)
+    with pytest.raises(RuntimeError, match=r"qtune-eval .*run") as err:
+        run(make_cfg(_jsonl_args(tmp_path, "epochs=8"), "run"))
+    run_dir = tmp_path / "run"
+    assert "out of memory" in str(err.value)
+    assert (run_dir / "final" / "model.safetensors").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "qtune-eval" in summary["eval_error"] and "exact_match" not in summary["eval"]
+    monkeypatch.undo()
+    result = evaluate(run_dir, ["eval.max_items=3"])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "eval_error" not in summary and summary["eval"]["num_items"] == 3
+    assert summary["eval"]["exact_match"] == result["exact_match"] >= 2 / 3
+    assert summary["eval"]["loss"] > 0  # the validation loss of training is kept
+    assert json.loads((run_dir / "eval.json").read_text())["eval"] == result
+
+
+def test_qtune_eval_refuses_a_directory_without_final(tmp_path):
+    from qtune.eval_cli import main
+
+    (tmp_path / "half").mkdir()
+    with pytest.raises(SystemExit, match="no final/ model"):
+        main([str(tmp_path / "half")])
