@@ -54,3 +54,19 @@ def score_predictions(predictions: Sequence[str], references: Sequence[str],
                 "token_f1": sum(r["token_f1"] for r in rs) / len(rs), "n": len(rs)}
             for g, rs in sorted(by.items())}
     return metrics, rows
+
+
+BOOKKEEPING = frozenset({"num_items", "max_new_tokens"})
+
+
+def flatten_eval(ev: dict | None) -> dict[str, float]:
+    """Every metric of a summary's ``eval`` section as one flat mapping: the top-level numbers
+    (``exact_match``, ``token_f1``, ``loss``, ...) and harness results as ``task/metric``;
+    counts and standard errors are left out."""
+    ev = ev or {}
+    out = {k: float(v) for k, v in ev.items() if k not in BOOKKEEPING
+           and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for task, metrics in sorted((ev.get("lm_eval") or {}).items()):
+        out.update({f"{task}/{m}": float(v) for m, v in metrics.items()
+                    if not m.endswith("_stderr")})
+    return out

@@ -60,15 +60,8 @@ def validation_metrics(trainer, bundle) -> dict[str, float]:
 
 
 def eval_delta(before: dict, after: dict) -> dict[str, float]:
-    """After minus before, for every number both have (harness metrics as ``task/metric``)."""
-    def flat(ev: dict) -> dict[str, float]:
-        rows = {k: float(v) for k, v in ev.items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        for task, metrics in (ev.get("lm_eval") or {}).items():
-            rows.update({f"{task}/{m}": float(v) for m, v in metrics.items()})
-        return rows
+    """After minus before, for every metric both have (harness metrics as ``task/metric``)."""
+    from qtune.eval_metrics import flatten_eval
 
-    a, b = flat(after), flat(before)
-    skip = {"num_items", "max_new_tokens"}
-    return {k: a[k] - b[k] for k in sorted(a.keys() & b.keys()) if k not in skip
-            and not k.endswith("_stderr")}
+    a, b = flatten_eval(after), flatten_eval(before)
+    return {k: a[k] - b[k] for k in sorted(a.keys() & b.keys())}

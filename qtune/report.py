@@ -19,14 +19,21 @@ from .report_tables import markdown_table, point_rows
 from .report_tokens import write_tokens_html
 
 
-def build_report(paths: list[str | Path], out: str | Path, tokens_rows: int = 80) -> dict:
-    """Write the report into ``out``; returns {"rows": [...], "files": [...]} for callers."""
+def build_report(paths: list[str | Path], out: str | Path, tokens_rows: int = 80,
+                 metric: str | None = None) -> dict:
+    """Write the report into ``out``; returns {"rows": [...], "files": [...]} for callers.
+    ``metric`` picks the headline eval metric (table's Δ column, Pareto y axis)."""
     out = Path(out)
     runs = find_runs(paths)
     if not runs:
         raise SystemExit(f"no summary.json found under {', '.join(map(str, paths))}")
-    out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     by_task = group_points(runs)
+    if metric is not None:
+        have = sorted({m for r in runs for m in r.eval_metrics})
+        if metric not in have:
+            raise SystemExit(f"--metric={metric}: no run has it; the runs' eval metrics: "
+                             f"{', '.join(have) or 'none'}")
+    out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     runs_by_task = {task: [r for p in pts for r in p.runs] for task, pts in by_task.items()}
     md = ["# qtune report", "",
           f"{len(runs)} runs. Eval: mean ± sample std over seeds. Compute: mean FLOPs estimate "
@@ -39,7 +46,8 @@ def build_report(paths: list[str | Path], out: str | Path, tokens_rows: int = 80
           "epochs.", ""]
     all_rows, files = [], []
     for task, points in sorted(by_task.items()):
-        rows = point_rows(points)
+        rows = point_rows(points, metric if any(
+            metric in r.eval_metrics for p in points for r in p.runs) else None)
         all_rows += rows
         md += [f"## {task}", "", markdown_table(rows), ""]
         figures = [plot_pareto(task, rows, out), plot_keep_ratio(task, points, out)]
@@ -78,9 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("runs", nargs="+", help="run directories or directories above them")
     ap.add_argument("--out", required=True, help="output directory for report.md and figures")
     ap.add_argument("--tokens-rows", type=int, default=80, help="rows per task in tokens.html")
+    ap.add_argument("--metric", default=None,
+                    help="headline eval metric (Δ vs full, Pareto y axis), e.g. token_f1 or "
+                         "qtune_embedded_chat/exact_match; default exact match, else accuracy")
     args = ap.parse_args(argv)
     check_report_args(ap, args)
-    result = build_report(args.runs, args.out, tokens_rows=args.tokens_rows)
+    result = build_report(args.runs, args.out, tokens_rows=args.tokens_rows, metric=args.metric)
     print(f"wrote {len(result['files'])} files to {args.out}: "
           + ", ".join(p.name for p in result["files"]))
 

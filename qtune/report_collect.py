@@ -57,8 +57,15 @@ class Run:
         ev = self.summary.get("eval") or {}
         return "exact_match" if "exact_match" in ev else "accuracy"
 
-    def eval_value(self) -> float:
-        return float((self.summary.get("eval") or {}).get(self.metric, math.nan))
+    @property
+    def eval_metrics(self) -> dict[str, float]:
+        """Every eval number of the run (harness results as ``task/metric``)."""
+        from qtune.eval_metrics import flatten_eval
+
+        return flatten_eval(self.summary.get("eval"))
+
+    def eval_value(self, metric: str | None = None) -> float:
+        return self.eval_metrics.get(metric or self.metric, math.nan)
 
     def epoch_keep_ratios(self) -> list[float]:
         """Realised keep ratio per epoch: the summary's record, else metrics.csv's prune rows."""
@@ -91,8 +98,9 @@ def load_run(run_dir: Path) -> Run:
         raise ValueError(f"{path}: not a qtune summary (expected a JSON object with an integer "
                          "'epochs')")
     config: dict = {}
-    cfg_file = run_dir / ".hydra" / "config.yaml"
-    if cfg_file.is_file():
+    cfg_file = next((f for f in (run_dir / ".hydra" / "config.yaml", run_dir / "config.yaml")
+                     if f.is_file()), None)  # Hydra's record, else the one qtune-train writes
+    if cfg_file is not None:
         from omegaconf import OmegaConf
 
         config = OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=False)
@@ -136,8 +144,11 @@ class Point:
     def mean(self, key: str) -> float:
         return self.mean_std([float(r.summary.get(key, math.nan)) for r in self.runs])[0]
 
-    def eval_stats(self) -> tuple[float, float]:
-        return self.mean_std([r.eval_value() for r in self.runs])
+    def eval_stats(self, metric: str | None = None) -> tuple[float, float]:
+        return self.mean_std([r.eval_value(metric) for r in self.runs])
+
+    def metric_names(self) -> list[str]:
+        return sorted({k for r in self.runs for k in r.eval_metrics})
 
     def seeds(self) -> list[int]:
         return sorted({int(r.summary.get("seed", -1)) for r in self.runs})

@@ -79,7 +79,7 @@ def plot_pareto(task: str, rows: list[dict], out: Path) -> Path | None:
         ax.axvline(1.0, color="grey", lw=0.8, ls=":")
         ax.set(title=f"{task}: {metric} vs compute, full = {ref} epochs (mean ± std over seeds)",
                xlabel=f"training FLOPs relative to full at {ref} epochs (estimate)",
-               ylabel=f"eval {metric} (fraction)")
+               ylabel=f"eval {metric}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     return _save(fig, out / f"pareto_{slug(task)}.png")

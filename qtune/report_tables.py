@@ -17,17 +17,21 @@ SHARE_KEYS = (("trained_share_noisy", "noisy kept"), ("trained_share_duplicate",
               ("wrong_token_share", "wrong tok. kept"))
 
 
-def point_rows(points: list[Point]) -> list[dict]:
-    """Plain-number rows (also written to report.json) for one task's points."""
+def point_rows(points: list[Point], metric: str | None = None) -> list[dict]:
+    """Plain-number rows (also written to report.json) for one task's points; ``metric`` is
+    the headline (Δ vs full, the Pareto plot's y axis), by default exact match or accuracy.
+    Every other eval metric of the runs is under ``metrics`` (mean and std over seeds)."""
     rows = []
     for pt in points:
         ref = reference_full(pt, points)
-        mean, std = pt.eval_stats()
+        headline = metric or pt.metric
+        mean, std = pt.eval_stats(headline)
         row = {
             "task": pt.task, "strategy": pt.strategy, "ratios": pt.label, "variant": pt.variant,
             "knobs": pt.knobs,
             "epochs": pt.epochs, "seeds": len(pt.runs), "seed_ids": pt.seeds(),
-            "metric": pt.metric, "eval_mean": mean, "eval_std": std,
+            "metric": headline, "eval_mean": mean, "eval_std": std,
+            "metrics": {m: dict(zip(("mean", "std"), pt.eval_stats(m))) for m in pt.metric_names()},
             "eval_loss": pt.mean_std([float((r.summary.get("eval") or {}).get("loss", math.nan))
                                       for r in pt.runs])[0],
             "flops": pt.mean("flops_estimate"), "train_time_s": pt.mean("train_time_s"),
@@ -41,7 +45,8 @@ def point_rows(points: list[Point]) -> list[dict]:
             row["ref_epochs"] = ref.epochs
             if ref is not pt:
                 row["delta_vs_full"], row["p_vs_full"] = welch(
-                    [r.eval_value() for r in pt.runs], [r.eval_value() for r in ref.runs])
+                    [r.eval_value(headline) for r in pt.runs],
+                    [r.eval_value(headline) for r in ref.runs])
             row["rel_flops"] = _ratio(row["flops"], ref.mean("flops_estimate"))
             row["rel_time"] = _ratio(row["train_time_s"], ref.mean("train_time_s"))
         for key, _ in SHARE_KEYS:
@@ -56,10 +61,11 @@ def markdown_table(rows: list[dict]) -> str:
     shares = [(k, title) for k, title in SHARE_KEYS if any(k in r for r in rows)]
     budgets = any(r.get("budget") is not None for r in rows)
     metric = rows[0]["metric"] if rows else "eval"
+    others = sorted({m for r in rows for m in r.get("metrics", {})} - {metric})
     head = (["strategy", "ratios", "epochs", "seeds", f"{metric} (mean ± std)", "Δ vs full",
              "FLOPs vs full",
              "train time vs full", "full ref. epochs", "realised keep"] + [t for _, t in shares]
-            + (["budget"] if budgets else []))
+            + (["budget"] if budgets else []) + others)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["strategy"], r["ratios"] or "—", str(r["epochs"]), str(r["seeds"]),
@@ -68,6 +74,7 @@ def markdown_table(rows: list[dict]) -> str:
                  _num(r["realised_keep_ratio"])]
         cells += [_num(r.get(k, math.nan)) for k, _ in shares]
         cells += [str(r["budget"]) if r.get("budget") is not None else "—"] if budgets else []
+        cells += [_mean_std(r.get("metrics", {}).get(m)) for m in others]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -94,6 +101,10 @@ def _delta(r: dict) -> str:
     if math.isnan(p):
         return f"{d:+.4f}"
     return f"{d:+.4f} (p={p:.2g}){' *' if p < 0.05 else ''}"
+
+
+def _mean_std(stats: dict | None) -> str:
+    return "—" if not stats else f"{_num(stats['mean'])} ± {_num(stats['std'])}"
 
 
 def _ratio(a: float, b: float) -> float:
