@@ -88,6 +88,12 @@ def evaluate(run_dir: Path | None, overrides: list[str]) -> dict[str, Any]:
 
     if run_dir is not None:
         cfg = run_config(run_dir, overrides)
+        from qtune.data.tokenizer import FILENAME
+        from qtune.lm_eval_harness import task_names
+
+        if task_names(cfg.eval.get("lm_eval")) and (run_dir / "final" / FILENAME).is_file():
+            raise ValueError(f"eval.lm_eval.tasks needs a Hugging Face tokenizer; {run_dir}/final "
+                             "holds qtune's character tokenizer (a model=tiny_llama run)")
         check_lm_eval(OmegaConf.merge(cfg, {"model": {"name": "hf"}}))  # final/ is an HF model
         from qtune.factory import build_task_with_tokenizer
 
