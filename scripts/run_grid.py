@@ -14,7 +14,9 @@ skipped by strategies with fewer. A strategy with no such knob (``full``) runs o
 Directory tags read ``keep<r>``, or for a strategy with several knobs each knob's initial and
 value (``s0.5xt0.7``). Budgets: ``same_epochs`` trains every point for the base epochs (a
 pruned run does fewer steps); ``same_steps`` gives a pruned run round(epochs / r) epochs with r
-the nominal keep ratio (the first knob's), so it does about as many steps as full.
+the nominal keep ratio (the first knob's), so it does about as many steps as full; a number F
+in (0, 1] runs the point under ``budget=F`` (F of the FLOPs of full at the base epochs, see the
+README's compute budgets), ``full`` included, in directories named ``budgetF``.
 
 ``--tag NAME`` with ``--set KEY=VALUE ...`` names a variant of a strategy (its directory is
 ``<strategy>-<tag>-...``), e.g. ``--strategies random --tag static --set strategy.static=true``.
@@ -30,6 +32,7 @@ start-up or kernel build per point), writing each point's ``.hydra/config.yaml``
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -85,6 +88,26 @@ def strategy_overrides(strategy: str, ratio: str | None) -> tuple[list[str], flo
     return ov, values[0], "x".join(f"{key[0]}{r:g}" for key, r in zip(knobs, values))
 
 
+def budget_overrides(budget: str, base: int, keep: float) -> tuple[int, list[str]]:
+    """(epochs, extra overrides) of one grid budget: same_epochs, same_steps or a fraction."""
+    if budget == "same_epochs":
+        return base, []
+    if budget == "same_steps":
+        return max(1, round(base / keep)), []
+    try:
+        fraction = float(budget)
+    except ValueError:
+        fraction = math.nan
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"unknown budget {budget!r}; expected one of {BUDGETS} or a FLOPs "
+                         "fraction in (0, 1]")
+    return base, [f"budget={fraction:g}"]
+
+
+def budget_name(budget: str) -> str:
+    return budget if budget in BUDGETS else f"budget{float(budget):g}"
+
+
 def plan_grid(task: str, strategies: list[str], ratios: list[str], seeds: list[int],
               budgets: list[str], out: Path, epochs: int | None = None,
               extra: list[str] | None = None, tag: str = "") -> list[GridPoint]:
@@ -99,16 +122,16 @@ def plan_grid(task: str, strategies: list[str], ratios: list[str], seeds: list[i
                 continue  # e.g. an SxT ratio: a pair for strategies with two knobs only
             ov, keep, tag_ = strategy_overrides(strategy, ratio)
             variant = tag
-            for budget in (budgets if knobs else ["same_epochs"]):
-                if budget not in BUDGETS:
-                    raise ValueError(f"unknown budget {budget!r}; expected one of {BUDGETS}")
-                ep = base if budget == "same_epochs" else max(1, round(base / keep))
-                name = "-".join(x for x in (strategy, variant, tag_, budget, f"e{ep}") if x)
+            # full has no ratio: it runs once at the base epochs, and under each FLOPs budget
+            runs_at = budgets if knobs else ["same_epochs", *(b for b in budgets if b not in BUDGETS)]
+            for budget in runs_at:
+                ep, budget_ov = budget_overrides(budget, base, keep)
+                name = "-".join(x for x in (strategy, variant, tag_, budget_name(budget), f"e{ep}") if x)
                 for seed in seeds:
                     points.append(GridPoint(
                         out / task / name / f"seed{seed}",
-                        [*task_ov, f"strategy={strategy}", *ov, f"epochs={ep}", f"seed={seed}",
-                         "trainer.enable_progress_bar=false", *(extra or [])]))
+                        [*task_ov, f"strategy={strategy}", *ov, f"epochs={ep}", *budget_ov,
+                         f"seed={seed}", "trainer.enable_progress_bar=false", *(extra or [])]))
     return points
 
 
@@ -219,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strategies", nargs="+", default=["full", "random"])
     ap.add_argument("--ratios", nargs="+", default=["0.5"], help="keep ratios (qtuning: S or SxT)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
-    ap.add_argument("--budgets", nargs="+", default=["same_epochs"], choices=BUDGETS)
+    ap.add_argument("--budgets", nargs="+", default=["same_epochs"],
+                    help="same_epochs, same_steps, or FLOPs fractions F in (0, 1] (budget=F)")
     ap.add_argument("--epochs", type=int, default=None, help="base epochs (default: the task's)")
     ap.add_argument("--out", type=Path, required=True, help="grid output root")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",

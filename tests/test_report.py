@@ -168,6 +168,23 @@ def test_run_grid_plans_deterministic_points_and_budgets(tmp_path):
     assert "strategy.prune_ratio=0.75" in ib.overrides and "experiment=digits" in ib.overrides
 
 
+def test_run_grid_runs_every_strategy_full_included_under_a_flops_budget(tmp_path):
+    rg = _load_run_grid()
+    pts = rg.plan_grid("sft", ["full", "random", "denoise"], ["0.5"], [0], ["0.25", "0.5"], tmp_path,
+                       epochs=9)
+    names = sorted(p.run_dir.relative_to(tmp_path).as_posix() for p in pts)
+    assert names == ["sft/denoise-keep0.5-budget0.25-e9/seed0", "sft/denoise-keep0.5-budget0.5-e9/seed0",
+                     "sft/full-budget0.25-e9/seed0", "sft/full-budget0.5-e9/seed0",
+                     "sft/full-same_epochs-e9/seed0",  # the reference every budget is a share of
+                     "sft/random-keep0.5-budget0.25-e9/seed0", "sft/random-keep0.5-budget0.5-e9/seed0"]
+    full_half = next(p for p in pts if p.run_dir.parent.name == "full-budget0.5-e9")
+    assert "budget=0.5" in full_half.overrides and "epochs=9" in full_half.overrides
+    with pytest.raises(ValueError, match="unknown budget '1.5'"):
+        rg.plan_grid("sft", ["random"], ["0.5"], [0], ["1.5"], tmp_path)
+    with pytest.raises(SystemExit):  # the command line refuses it before anything runs
+        rg.main(["--task", "sft", "--strategies", "random", "--budgets", "cheap", "--out", str(tmp_path)])
+
+
 def test_run_grid_skips_finished_points_and_resumes_from_checkpoints(tmp_path):
     rg = _load_run_grid()
     pts = rg.plan_grid("digits", ["full", "random"], ["0.5"], [0, 1], ["same_epochs"], tmp_path)
