@@ -11,19 +11,10 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from qtune.engine.batch_stats import classifier_stats, lm_stats, next_token_labels, sample_scores
+from qtune.engine.batch_stats import classifier_stats, lm_stats, sample_scores
 from qtune.engine.loss import masked_token_mean
+from qtune.engine.planned_step import forward_tokens, planned_step, response_mask
 from qtune.engine.schedule import lr_factor, training_progress
-from qtune.strategies.base import BatchStats
-
-
-def select_rows(batch: dict, rows: torch.Tensor) -> dict:
-    """Sub-batch of the given rows, trimmed to the longest kept sequence (less compute)."""
-    out = {k: v[rows] for k, v in batch.items()}
-    if "attention_mask" in out and out["attention_mask"].numel():
-        length = int(out["attention_mask"].sum(-1).max())
-        out = {k: (v[:, :length] if v.dim() == 2 and k != "sample_id" else v) for k, v in out.items()}
-    return out
 
 
 class QTuneModule(L.LightningModule):
@@ -53,8 +44,7 @@ class QTuneModule(L.LightningModule):
         return lm_stats(self.model, batch, labels, self.fused_head, self.kernel_backend)
 
     def response_mask(self, batch: dict) -> torch.Tensor:
-        labels = batch["labels"].view(-1, 1) if self.task == "classify" else batch["labels"][:, 1:]
-        return labels != -100
+        return response_mask(batch, self.task)
 
     @torch.no_grad()
     def score_batch(self, batch: dict):
@@ -63,9 +53,7 @@ class QTuneModule(L.LightningModule):
         return batch["sample_id"], sample_scores(stats, stats.valid), self._forward_tokens(batch)
 
     def _forward_tokens(self, batch: dict) -> torch.Tensor:
-        if "attention_mask" in batch:
-            return batch["attention_mask"].sum()
-        return torch.tensor(batch["sample_id"].numel(), device=batch["sample_id"].device)
+        return forward_tokens(batch)
 
     # -- training -------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
@@ -89,65 +77,20 @@ class QTuneModule(L.LightningModule):
         return {} if wrong is None else {"wrong_tokens_trained": (mask & wrong).sum()}
 
     def _batch_planned_step(self, batch: dict, strategy) -> dict[str, Any]:
-        """Score the micro-batch, let the strategy choose rows and tokens, train on those.
-
-        Reads the strategy's declared contract (``PruningStrategy.scoring``, ``entropy_scope``,
-        ``loss_denominator``): "separate" scores without gradients, then forwards and backwards
-        the kept rows only (the compute saving); "reuse" forwards once with gradients and masks.
-        """
-        reuse = strategy.scoring == "reuse"
-        response = self.response_mask(batch)
-        full_labels = None if self.task == "classify" else next_token_labels(batch)
-        with torch.set_grad_enabled(reuse):
-            scored = self.stats(batch, full_labels)
-        attended = scored.valid
-        scores = sample_scores(scored, response)
-        all_tokens = strategy.entropy_scope == "all"
-        plan = strategy.batch_plan(BatchStats(
-            sample_ids=batch["sample_id"], sample_loss=scores["loss"],
-            sample_ppl=scores["loss"].exp(),
-            sample_entropy=sample_scores(scored, attended)["entropy"] if all_tokens else scores["entropy"],
-            token_loss=scored.loss.detach(), token_entropy=scored.entropy,
-            response_mask=response, attention_mask=attended,
-            epoch=self.current_epoch, step=self.global_step))
-        self.pruning.record_batch_info(plan.info)
-        keep = plan.keep.to(self.device).bool()
-        token_mask = plan.token_mask.to(self.device).bool() if plan.token_mask is not None else None
-        weights = self.pruning.sample_weights(batch["sample_id"])
-        denominator = attended.sum() if strategy.loss_denominator == "all_attended" else None
-        if reuse:
-            mask = response & keep.unsqueeze(-1)
-            if token_mask is not None:
-                mask = mask & token_mask
-            loss = masked_token_mean(scored.loss, mask, weights, denominator)
-            fwd, scoring = self._forward_tokens(batch), torch.zeros((), device=self.device)
-            wrong = self._wrong_tokens(batch["sample_id"], mask)
-        else:
-            rows = keep.nonzero().flatten()
-            nothing_kept = rows.numel() == 0
-            if nothing_kept:  # still run one row with an empty mask: every rank must backward
-                rows = rows.new_zeros(1)
-            sub = select_rows(batch, rows)
-            stats = self.stats(sub)
-            mask = stats.valid & (not nothing_kept)
-            if token_mask is not None:
-                mask = mask & token_mask[rows][:, : mask.shape[1]]
-            w = weights[rows] if weights is not None else None
-            loss = masked_token_mean(stats.loss, mask, w, denominator)
-            fwd, scoring = self._forward_tokens(sub), self._forward_tokens(batch)
-            wrong = self._wrong_tokens(sub["sample_id"], mask)
+        """Score the micro-batch, let the strategy choose rows and tokens, train on those
+        (:func:`qtune.engine.planned_step.planned_step`)."""
+        step = planned_step(self.stats, batch, strategy, self.pruning.sample_weights(batch["sample_id"]),
+                            self.current_epoch, self.global_step, self.task)
+        self.pruning.record_batch_info(step.info)
+        wrong = self._wrong_tokens(step.trained_ids, step.mask)
         # weighted by the micro-batch size: the kept count would cost a host sync every step
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["sample_id"].numel())
+        self.log("train/loss", step.loss, prog_bar=True, batch_size=batch["sample_id"].numel())
         if getattr(self.pruning, "export_dir", None) is not None:  # token masks, on request only
-            token_keep = torch.zeros_like(response)
-            if reuse:
-                token_keep = mask
-            elif not nothing_kept:
-                token_keep[rows, : mask.shape[1]] = mask
-            wrong["token_keep"], wrong["response_mask"] = token_keep, response
-        return {"sample_ids": batch["sample_id"], "scores": scores, "loss": loss,
-                "tokens_trained": mask.sum(), "forward_tokens": fwd, "scoring_tokens": scoring,
-                "samples_trained": keep.sum(), "trained_mask": keep, **wrong}
+            wrong["token_keep"], wrong["response_mask"] = step.token_keep, step.response
+        return {"sample_ids": batch["sample_id"], "scores": step.scores, "loss": step.loss,
+                "tokens_trained": step.mask.sum(), "forward_tokens": step.forward_tokens,
+                "scoring_tokens": step.scoring_tokens, "samples_trained": step.keep.sum(),
+                "trained_mask": step.keep, **wrong}
 
     def on_train_epoch_start(self) -> None:
         self._steps_in_epoch = 0
