@@ -1,0 +1,326 @@
+"""qtune's pruning inside Hugging Face ``Trainer`` (and its subclasses, e.g. TRL's ``SFTTrainer``).
+
+    from qtune.hf import PruningMixin
+
+    class PrunedTrainer(PruningMixin, Trainer):
+        pass
+
+    trainer = PrunedTrainer(model=model, args=args, train_dataset=ds, pruning="qtuning",
+                            pruning_options={"sample_ratio": 0.25, "token_ratio": 0.5})
+
+What the mixin changes, and why:
+
+* **Sampler**: one per run whose ids are the current epoch's plan (made when the epoch's
+  iterator starts, after the previous epoch's scores are merged; a scoring pass first when the
+  strategy asks for one). Trainer sizes its loop from the full dataset, so a pruned epoch ends
+  early; the plan is padded (ids repeated from its start) to whole optimiser steps, so gradient
+  accumulation never straddles two epochs.
+* **Loss** (``compute_loss``): token statistics through ``qtune.kernels``, the mean over kept
+  response tokens with the plan's per-sample weights (InfoBatch), and batch plans (Q-Tuning)
+  through :func:`qtune.engine.planned_step.planned_step`, exactly as ``qtune-train`` does.
+  The per-sample scores of the training forward feed the score store.
+* **LR schedule**: Trainer fixes ``max_steps`` from full epochs; the mixin's schedule reads
+  progress instead (epoch + share of this epoch's steps, over ``num_train_epochs``), so warm-up
+  and decay span the steps actually run and the LR reaches the schedule's end at the last one.
+  ``lr_scheduler_type`` linear, cosine or constant; warm-up from ``warmup_steps``.
+* **sample_id**: added to the dataset when missing, kept through Trainer's column removal and
+  through the collator (whatever collator the Trainer uses, e.g. TRL's).
+* **Resume**: the pruning state is saved beside each Trainer checkpoint (``qtune_pruning.pt``);
+  ``train(resume_from_checkpoint=...)`` restores it and replaces Trainer's assumption of equal
+  epochs with the real position (epoch and batches done), so the run continues exactly.
+
+Not supported: several processes (DDP/FSDP/DeepSpeed launches raise; ``qtune-train`` runs
+those), ``IterableDataset`` training sets, and ``resume_from_checkpoint`` of a checkpoint
+written without the mixin.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+from transformers import TrainerCallback
+
+from qtune.engine.batch_stats import lm_stats, sample_scores
+from qtune.engine.loss import masked_token_mean
+from qtune.engine.planned_step import planned_step
+from qtune.engine.sampler import shard_plan
+from qtune.engine.schedule import lr_factor
+from qtune.engine.score_store import ScoreStore
+from qtune.strategies import build_strategy
+from qtune.strategies.base import EpochContext, PruningStrategy
+
+STATE_FILE = "qtune_pruning.pt"
+SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant",
+             "constant_with_warmup": "constant"}
+
+
+class WithSampleId(torch.utils.data.Dataset):
+    """``{"sample_id": i, **item}`` for a dataset of dict items that lack it."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, idx: int) -> dict:
+        return {**self.dataset[idx], "sample_id": int(idx)}
+
+
+def with_sample_id(dataset):
+    first = dataset[0]
+    if not isinstance(first, dict):
+        raise TypeError("PruningMixin needs dataset items that are dicts (input_ids, labels, ...)")
+    if "sample_id" in first:
+        return dataset
+    if hasattr(dataset, "add_column"):  # a datasets.Dataset: a real column
+        return dataset.add_column("sample_id", list(range(len(dataset))))
+    return WithSampleId(dataset)
+
+
+class KeepSampleId:
+    """Wraps a collator that builds its batch from known keys only (TRL's drops the rest): the
+    inner collator sees the items without ``sample_id``, which is added back as a tensor."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __call__(self, features: list[dict]) -> dict:
+        ids = [int(f["sample_id"]) for f in features]
+        batch = self.inner([{k: v for k, v in f.items() if k != "sample_id"} for f in features])
+        batch["sample_id"] = torch.tensor(ids, dtype=torch.long)
+        return batch
+
+
+class EpochPlanSampler(Sampler[int]):
+    """The ids of the owner's current epoch plan; ``len`` is the dataset's (Trainer's upper
+    bound for an epoch)."""
+
+    def __init__(self, owner: "PruningMixin") -> None:
+        self.owner, self.epoch = owner, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        return iter(self.owner._epoch_ids(self.epoch).tolist())
+
+    def __len__(self) -> int:
+        return self.owner._pruning_store.num_samples
+
+
+class _BookEpochs(TrainerCallback):
+    def __init__(self, owner: "PruningMixin") -> None:
+        self.owner = owner
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.owner._finish_epoch()
+
+
+class PruningMixin:
+    """Put before a ``transformers.Trainer`` subclass: ``class T(PruningMixin, Trainer)``.
+    ``pruning`` is a strategy name (options in ``pruning_options``) or a built strategy."""
+
+    def __init__(self, *args, pruning: str | PruningStrategy | None = "full",
+                 pruning_options: dict[str, Any] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.args.world_size > 1:
+            raise NotImplementedError("PruningMixin runs in one process; for DDP/FSDP use "
+                                      "qtune-train trainer=ddp (the Lightning engine)")
+        if self.train_dataset is None:
+            raise ValueError("PruningMixin needs a train_dataset")
+        if isinstance(pruning, PruningStrategy):
+            self.pruning = pruning
+        else:
+            self.pruning = build_strategy(pruning or "full", seed=self.args.seed,
+                                          **(pruning_options or {}))
+        self.train_dataset = with_sample_id(self.train_dataset)
+        self.data_collator = KeepSampleId(self.data_collator)
+        self.model_accepts_loss_kwargs = False  # our loss is a token mean: Trainer scales by GA
+        self._pruning_store = ScoreStore(len(self.train_dataset))
+        self.pruning_plans: dict[int, Any] = {}
+        self.pruning_history: list[dict[str, Any]] = []
+        self._epoch, self._batches_done, self._rows, self._counts = 0, 0, [], {}
+        self._weights: torch.Tensor | None = None
+        self.add_callback(_BookEpochs(self))
+
+    # -- data ------------------------------------------------------------------------------
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if "sample_id" not in self._signature_columns:
+            self._signature_columns.append("sample_id")
+
+    def _get_train_sampler(self, train_dataset=None):
+        return EpochPlanSampler(self)
+
+    def _steps_multiple(self) -> int:
+        return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+
+    def _epoch_ids(self, epoch: int) -> torch.Tensor:
+        """This epoch's shuffled plan, padded to whole optimiser steps."""
+        plan = self.plan_epoch(epoch)
+        ids = shard_plan(plan.sample_ids, seed=self.args.seed, epoch=epoch, rank=0, world_size=1)
+        step = self._steps_multiple()
+        total = -(-ids.numel() // step) * step
+        return ids.repeat(-(-total // ids.numel()))[:total]
+
+    # -- plans -----------------------------------------------------------------------------
+    def _num_epochs(self) -> int:
+        return max(1, int(-(-float(self.args.num_train_epochs) // 1)))
+
+    def plan_epoch(self, epoch: int):
+        """The epoch's plan (made once; a scoring pass first when the strategy asks)."""
+        if epoch not in self.pruning_plans:
+            ctx = EpochContext(epoch=epoch, max_epochs=self._num_epochs(),
+                               num_samples=self._pruning_store.num_samples, seed=self.args.seed,
+                               scores=self._pruning_store)
+            if self.pruning.needs_scoring_pass(ctx):
+                self._scoring_pass(epoch)
+            plan = self.pruning.epoch_plan(ctx)
+            if plan.sample_ids.numel() == 0:
+                raise ValueError(f"strategy {self.pruning.name!r} returned an empty plan for "
+                                 f"epoch {epoch}; check its ratios")
+            self.pruning_plans[epoch] = plan
+        plan = self.pruning_plans[epoch]
+        self._epoch, self._weights = epoch, None
+        if plan.weights is not None:
+            self._weights = torch.ones(self._pruning_store.num_samples)
+            self._weights[plan.sample_ids] = plan.weights
+        return plan
+
+    @torch.no_grad()
+    def _scoring_pass(self, epoch: int) -> None:
+        model = self.model
+        was_training = model.training
+        model.eval()
+        loader = DataLoader(self.train_dataset, batch_size=self.args.per_device_train_batch_size,
+                            collate_fn=self.data_collator)
+        for batch in loader:
+            batch = self._prepare_inputs(batch)
+            stats = lm_stats(model, batch)
+            scores = sample_scores(stats, stats.valid)
+            self._pruning_store.update(batch["sample_id"], epoch, track_dynamics=False, **scores)
+            self._counts["scoring_tokens"] = self._counts.get("scoring_tokens", 0.0) + float(
+                batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel())
+        model.train(was_training)
+
+    # -- loss ------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not model.training or "sample_id" not in inputs:  # evaluation: the model's own loss
+            inputs = {k: v for k, v in inputs.items() if k != "sample_id"}
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        batch = {k: inputs[k] for k in ("input_ids", "attention_mask", "labels", "sample_id")
+                 if k in inputs}
+        ids = batch["sample_id"]
+        weights = None if self._weights is None else self._weights.to(ids.device)[ids]
+
+        def stats_fn(b, labels=None):
+            return lm_stats(model, b, labels)
+
+        if self.pruning.uses_batch_plan:
+            step = planned_step(stats_fn, batch, self.pruning, weights, self._epoch,
+                                self.state.global_step)
+            loss, scores, trained, tokens = step.loss, step.scores, step.keep.sum(), step.mask.sum()
+            for k, v in step.info.items():
+                self._counts[f"info/{k}"] = self._counts.get(f"info/{k}", 0.0) + float(v)
+        else:
+            stats = stats_fn(batch)
+            loss = masked_token_mean(stats.loss, stats.valid, weights)
+            scores, trained, tokens = sample_scores(stats, stats.valid), ids.numel(), stats.valid.sum()
+        self._rows.append({"sample_ids": ids.detach().cpu(),
+                           **{k: v.detach().cpu() for k, v in scores.items()}})
+        for key, value in (("samples_trained", trained), ("tokens_trained", tokens)):
+            self._counts[key] = self._counts.get(key, 0.0) + float(value)
+        self._batches_done += 1
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+    def _finish_epoch(self) -> None:
+        """Merge the epoch's scores into the store and book what it trained."""
+        epoch = self._epoch
+        if self._rows:
+            rows = {k: torch.cat([r[k].flatten() for r in self._rows]) for k in self._rows[0]}
+            self._pruning_store.merge_updates(rows.pop("sample_ids"), epoch, **rows)
+        plan = self.pruning_plans.get(epoch)
+        self.pruning_history.append({"epoch": epoch, "planned_samples":
+                                     int(plan.sample_ids.numel()) if plan else 0,
+                                     "batches": self._batches_done, **self._counts})
+        self._rows, self._counts, self._batches_done = [], {}, 0
+        self._epoch = epoch + 1
+
+    # -- LR schedule -----------------------------------------------------------------------
+    def training_progress(self) -> float:
+        """(epoch + batches done / batches of this epoch's plan) / epochs."""
+        plan = self.pruning_plans.get(self._epoch)
+        if plan is None:
+            return self._epoch / self._num_epochs()
+        step = self._steps_multiple()
+        batches = -(-plan.sample_ids.numel() // step) * step // self.args.per_device_train_batch_size
+        return (self._epoch + min(self._batches_done / max(batches, 1), 1.0)) / self._num_epochs()
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:
+            kind = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
+            if kind not in SCHEDULES:
+                raise ValueError(f"PruningMixin supports lr_scheduler_type {sorted(SCHEDULES)}; "
+                                 f"got {kind!r}")
+            warmup = float(self.args.warmup_steps or 0)
+            warmup = warmup if warmup < 1 else warmup / max(num_training_steps, 1)
+            name = SCHEDULES[kind]
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer or self.optimizer,
+                lambda _: lr_factor(self.training_progress(), name, warmup, 0.0))
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def pruning_state_dict(self) -> dict[str, Any]:
+        return {"store": self._pruning_store.state_dict(), "strategy": self.pruning.state_dict(),
+                "plans": {e: (p.sample_ids, p.weights, p.info) for e, p in self.pruning_plans.items()},
+                "history": self.pruning_history, "epoch": self._epoch,
+                "batches_done": self._batches_done, "rows": self._rows, "counts": self._counts,
+                "strategy_name": self.pruning.name}
+
+    def load_pruning_state_dict(self, state: dict[str, Any]) -> None:
+        from qtune.strategies.base import EpochPlan
+
+        if state["strategy_name"] != self.pruning.name:
+            raise ValueError(f"the checkpoint was written with strategy {state['strategy_name']!r}; "
+                             f"this trainer uses {self.pruning.name!r}")
+        self._pruning_store.load_state_dict(state["store"])
+        self.pruning.load_state_dict(state["strategy"])
+        self.pruning_plans = {int(e): EpochPlan(ids, w, dict(info))
+                              for e, (ids, w, info) in state["plans"].items()}
+        self.pruning_history = list(state["history"])
+        self._epoch, self._batches_done = int(state["epoch"]), int(state["batches_done"])
+        self._rows, self._counts = list(state["rows"]), dict(state["counts"])
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        folder = os.path.join(self._get_output_dir(trial=trial),
+                              f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if os.path.isdir(folder) and self.args.should_save:
+            torch.save(self.pruning_state_dict(), os.path.join(folder, STATE_FILE))
+
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs,
+                             resume_from_checkpoint, trial):
+        """Trainer assumes equal epochs; the saved pruning state knows the real position."""
+        epochs, steps = super()._init_training_state(max_steps, num_update_steps_per_epoch,
+                                                     num_train_epochs, resume_from_checkpoint, trial)
+        if resume_from_checkpoint is None:
+            return epochs, steps
+        path = os.path.join(resume_from_checkpoint, STATE_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{resume_from_checkpoint}: no {STATE_FILE}; this checkpoint "
+                                    "was not written by a PruningMixin trainer")
+        self.load_pruning_state_dict(torch.load(path, weights_only=True))
+        epoch = self._epoch
+        self.plan_epoch(epoch)
+        if self._batches_done * self.args.per_device_train_batch_size >= len(self._epoch_ids(epoch)):
+            self._finish_epoch()  # saved at an epoch's last step, before the epoch was booked
+            return self._epoch, 0
+        return epoch, self._batches_done
