@@ -78,3 +78,17 @@ def test_qtune_eval_refuses_a_directory_without_final(tmp_path):
     (tmp_path / "half").mkdir()
     with pytest.raises(SystemExit, match="no final/ model"):
         main([str(tmp_path / "half")])
+
+
+def test_qtune_eval_refuses_harness_tasks_for_a_character_model_run(make_cfg, tmp_path):
+    from omegaconf import OmegaConf
+
+    from qtune.data.tokenizer import CharTokenizer
+    from qtune.eval_cli import main
+
+    run_dir = tmp_path / "tiny"
+    (run_dir / "final").mkdir(parents=True)
+    CharTokenizer().save(str(run_dir / "final"))
+    OmegaConf.save(make_cfg([], "tiny"), run_dir / "config.yaml")
+    with pytest.raises(SystemExit, match="character tokenizer"):
+        main([str(run_dir), "eval.lm_eval.tasks=[qtune_embedded]"])
