@@ -139,7 +139,7 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     from qtune.evaluate import evaluate_model, validation_metrics
     from qtune.factory import build_task_and_model
     from qtune.kernels import set_default_backend
-    from qtune.models.adapters import parameter_counts
+    from qtune.models.adapters import base_weights_digest, parameter_counts
     from qtune.summary import atomic_write_json, build_summary
 
     run_dir = Path(cfg.run_dir)
@@ -170,6 +170,7 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     datamodule = QTuneDataModule(bundle, cfg.batch_size, cfg.eval_batch_size, cfg.num_workers)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     num_params, trainable_params = parameter_counts(model)
+    base_digest = base_weights_digest(model)
     callbacks = [pruning, *(extra_callbacks or []),
                  LastCheckpoint(str(run_dir / "checkpoints"), cfg.checkpoint.every_n_train_steps)]
     max_epochs = int(cfg.epochs)
@@ -232,6 +233,7 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
             f"the evaluation after training failed ({type(eval_error).__name__}: {eval_error}); "
             f"the trained model is in {run_dir / 'final'} and the checkpoint in {last}. Rerun "
             f"only the evaluation with: qtune-eval {run_dir}")
+    summary["base_weights_sha256"] = base_digest
     summary["budget"] = cfg.get("budget")
     summary["flops_vs_full"] = summary["flops_estimate"] / full_run_flops(
         int(cfg.epochs), bundle.train, num_params, trainable_params)

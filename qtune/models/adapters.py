@@ -61,3 +61,19 @@ def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
         seen[id(p)] = p
     total = sum(p.numel() for p in seen.values())
     return total, sum(p.numel() for p in seen.values() if p.requires_grad)
+
+
+def base_weights_digest(model: torch.nn.Module) -> str:
+    """sha256 (first 16 hex digits) of the model's weights before fine-tuning, adapters left
+    out: two runs with equal digests started from the same base, whatever their seeds."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if "lora_" in name:
+            continue
+        name = name.replace("base_model.model.", "").replace(".base_layer", "")  # peft's wrapping
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
