@@ -17,9 +17,9 @@ import torch
 from .data.bundle import GenerationEval
 
 
-def _until_eos(ids: Sequence[int], eos_id: int) -> list[int]:
+def _until_eos(ids: Sequence[int], eos_id: int | None) -> list[int]:
     ids = [int(i) for i in ids]
-    return ids[: ids.index(eos_id)] if eos_id in ids else ids
+    return ids[: ids.index(eos_id)] if eos_id is not None and eos_id in ids else ids
 
 
 @torch.no_grad()

@@ -17,11 +17,7 @@ from typing import Any, Sequence
 
 from .data.bundle import GenerationEval
 from .eval_metrics import score_predictions
-
-
-def _until_eos(ids: Sequence[int], eos_id: int | None) -> list[int]:
-    ids = [int(i) for i in ids]
-    return ids[: ids.index(eos_id)] if eos_id is not None and eos_id in ids else ids
+from .evaluation import _until_eos
 
 
 def decode(tokenizer, ids: Sequence[int], eos_id: int | None) -> str:
@@ -89,10 +85,6 @@ def evaluate_generation(model, tokenizer, generation: GenerationEval, eos_id: in
 
 def write_samples(path: str | Path, rows: list[dict]) -> None:
     """One JSON object per line, written to a temporary file and renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    from .summary import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

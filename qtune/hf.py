@@ -44,8 +44,9 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import TrainerCallback
 
 from qtune.engine.batch_stats import lm_stats, sample_scores
+from qtune.engine.indexed import IndexedDataset
 from qtune.engine.loss import masked_token_mean
-from qtune.engine.planned_step import planned_step
+from qtune.engine.planned_step import forward_tokens, planned_step
 from qtune.engine.sampler import shard_plan
 from qtune.engine.schedule import lr_factor
 from qtune.engine.score_store import ScoreStore
@@ -57,19 +58,6 @@ SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant",
              "constant_with_warmup": "constant"}
 
 
-class WithSampleId(torch.utils.data.Dataset):
-    """``{"sample_id": i, **item}`` for a dataset of dict items that lack it."""
-
-    def __init__(self, dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, idx: int) -> dict:
-        return {**self.dataset[idx], "sample_id": int(idx)}
-
-
 def with_sample_id(dataset):
     first = dataset[0]
     if not isinstance(first, dict):
@@ -78,7 +66,7 @@ def with_sample_id(dataset):
         return dataset
     if hasattr(dataset, "add_column"):  # a datasets.Dataset: a real column
         return dataset.add_column("sample_id", list(range(len(dataset))))
-    return WithSampleId(dataset)
+    return IndexedDataset(dataset)
 
 
 class KeepSampleId:
@@ -203,8 +191,7 @@ class PruningMixin:
             stats = lm_stats(model, batch)
             scores = sample_scores(stats, stats.valid)
             self._pruning_store.update(batch["sample_id"], epoch, track_dynamics=False, **scores)
-            self._counts["scoring_tokens"] = self._counts.get("scoring_tokens", 0.0) + float(
-                batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel())
+            self._count("scoring_tokens", forward_tokens(batch))
         model.train(was_training)
 
     # -- loss ------------------------------------------------------------------------------
@@ -225,28 +212,33 @@ class PruningMixin:
                                 self.state.global_step)
             loss, scores, trained, tokens = step.loss, step.scores, step.keep.sum(), step.mask.sum()
             for k, v in step.info.items():
-                self._counts[f"info/{k}"] = self._counts.get(f"info/{k}", 0.0) + float(v)
+                self._count(f"info/{k}", v)
         else:
             stats = stats_fn(batch)
             loss = masked_token_mean(stats.loss, stats.valid, weights)
             scores, trained, tokens = sample_scores(stats, stats.valid), ids.numel(), stats.valid.sum()
-        self._rows.append({"sample_ids": ids.detach().cpu(),
-                           **{k: v.detach().cpu() for k, v in scores.items()}})
-        for key, value in (("samples_trained", trained), ("tokens_trained", tokens)):
-            self._counts[key] = self._counts.get(key, 0.0) + float(value)
+        # rows and counters stay on the device (no host sync per step) until the epoch ends
+        self._rows.append({"sample_ids": ids.detach(), **{k: v.detach() for k, v in scores.items()}})
+        self._count("samples_trained", trained)
+        self._count("tokens_trained", tokens)
         self._batches_done += 1
         return (loss, {"loss": loss}) if return_outputs else loss
+
+    def _count(self, key: str, value) -> None:
+        value = value.detach() if torch.is_tensor(value) else torch.tensor(float(value))
+        self._counts[key] = self._counts.get(key, 0.0) + value
 
     def _finish_epoch(self) -> None:
         """Merge the epoch's scores into the store and book what it trained."""
         epoch = self._epoch
         if self._rows:
-            rows = {k: torch.cat([r[k].flatten() for r in self._rows]) for k in self._rows[0]}
+            rows = {k: torch.cat([r[k].flatten().cpu() for r in self._rows]) for k in self._rows[0]}
             self._pruning_store.merge_updates(rows.pop("sample_ids"), epoch, **rows)
         plan = self.pruning_plans.get(epoch)
         self.pruning_history.append({"epoch": epoch, "planned_samples":
                                      int(plan.sample_ids.numel()) if plan else 0,
-                                     "batches": self._batches_done, **self._counts})
+                                     "batches": self._batches_done,
+                                     **{k: float(v) for k, v in self._counts.items()}})
         self._rows, self._counts, self._batches_done = [], {}, 0
         self._epoch = epoch + 1
 

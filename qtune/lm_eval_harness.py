@@ -117,8 +117,7 @@ def run_lm_eval(model, tokenizer, lm_cfg: Any, out_path: str | Path | None) -> d
     finally:
         base.train(was_training)
     if out_path is not None:
-        out_path = Path(out_path)
-        tmp = out_path.with_name(out_path.name + ".tmp")
-        tmp.write_text(json.dumps(results, indent=2, default=handle_non_serializable))
-        tmp.replace(out_path)
+        from qtune.summary import atomic_write_text
+
+        atomic_write_text(out_path, json.dumps(results, indent=2, default=handle_non_serializable))
     return {task: _flat_metrics(res) for task, res in sorted(results["results"].items())}

@@ -110,11 +110,9 @@ RUN_CONFIG = "config.yaml"
 def write_run_config(cfg: DictConfig, run_dir: Path) -> None:
     """``<run_dir>/config.yaml``: the resolved config of the run, which ``qtune-eval RUN_DIR``
     reads back (Hydra's ``.hydra/`` exists only for command-line runs)."""
-    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (RUN_CONFIG + ".tmp")
-    OmegaConf.save(resolved, tmp)
-    tmp.replace(run_dir / RUN_CONFIG)
+    from qtune.summary import atomic_write_text
+
+    atomic_write_text(run_dir / RUN_CONFIG, OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True)))
 
 
 def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
