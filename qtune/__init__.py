@@ -1,10 +1,24 @@
-"""qtune: Lightning training with pluggable data-pruning strategies."""
+"""qtune: Lightning training with pluggable data-pruning strategies.
+
+``PruningCallback`` (the Lightning adapter) is imported on first use, so that the pruning core
+(``qtune.engine.core``) and the Hugging Face adapter (``qtune.hf``) load without Lightning."""
 
 __version__ = "0.1.0"
 
-from qtune.engine.callback import PruningCallback  # noqa: E402
 from qtune.engine.indexed import IndexedDataset  # noqa: E402
 from qtune.strategies import build_strategy, register_strategy, registered_names  # noqa: E402
 
-__all__ = ["IndexedDataset", "PruningCallback", "build_strategy", "register_strategy",
-           "registered_names"]
+__all__ = ["IndexedDataset", "PruningCallback", "PruningCore", "build_strategy",
+           "register_strategy", "registered_names"]
+
+
+def __getattr__(name: str):
+    if name == "PruningCallback":
+        from qtune.engine.callback import PruningCallback
+
+        return PruningCallback
+    if name == "PruningCore":
+        from qtune.engine.core import PruningCore
+
+        return PruningCore
+    raise AttributeError(f"module 'qtune' has no attribute {name!r}")

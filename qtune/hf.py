@@ -37,6 +37,7 @@ written without the mixin.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import torch
@@ -44,14 +45,14 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import TrainerCallback
 
 from qtune.engine.batch_stats import lm_stats, sample_scores
+from qtune.engine.core import PruningCore
 from qtune.engine.indexed import IndexedDataset
 from qtune.engine.loss import masked_token_mean
 from qtune.engine.planned_step import forward_tokens, planned_step
 from qtune.engine.sampler import shard_plan
 from qtune.engine.schedule import lr_factor
-from qtune.engine.score_store import ScoreStore
 from qtune.strategies import build_strategy
-from qtune.strategies.base import EpochContext, PruningStrategy
+from qtune.strategies.base import PruningStrategy
 
 STATE_FILE = "qtune_pruning.pt"
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant",
@@ -97,7 +98,7 @@ class EpochPlanSampler(Sampler[int]):
         return iter(self.owner._epoch_ids(self.epoch).tolist())
 
     def __len__(self) -> int:
-        return self.owner._pruning_store.num_samples
+        return self.owner._pruning_core.store.num_samples
 
 
 class _BookEpochs(TrainerCallback):
@@ -110,7 +111,9 @@ class _BookEpochs(TrainerCallback):
 
 class PruningMixin:
     """Put before a ``transformers.Trainer`` subclass: ``class T(PruningMixin, Trainer)``.
-    ``pruning`` is a strategy name (options in ``pruning_options``) or a built strategy."""
+    ``pruning`` is a strategy name (options in ``pruning_options``) or a built strategy. The
+    plans, scores, history and resumable state are a :class:`qtune.engine.core.PruningCore`,
+    the same one ``qtune-train``'s Lightning callback drives."""
 
     def __init__(self, *args, pruning: str | PruningStrategy | None = "full",
                  pruning_options: dict[str, Any] | None = None, **kwargs) -> None:
@@ -120,20 +123,24 @@ class PruningMixin:
                                       "qtune-train trainer=ddp (the Lightning engine)")
         if self.train_dataset is None:
             raise ValueError("PruningMixin needs a train_dataset")
-        if isinstance(pruning, PruningStrategy):
-            self.pruning = pruning
-        else:
-            self.pruning = build_strategy(pruning or "full", seed=self.args.seed,
-                                          **(pruning_options or {}))
+        if not isinstance(pruning, PruningStrategy):
+            pruning = build_strategy(pruning or "full", seed=self.args.seed, **(pruning_options or {}))
         self.train_dataset = with_sample_id(self.train_dataset)
         self.data_collator = KeepSampleId(self.data_collator)
         self.model_accepts_loss_kwargs = False  # our loss is a token mean: Trainer scales by GA
-        self._pruning_store = ScoreStore(len(self.train_dataset))
-        self.pruning_plans: dict[int, Any] = {}
-        self.pruning_history: list[dict[str, Any]] = []
-        self._epoch, self._batches_done, self._rows, self._counts = 0, 0, [], {}
-        self._weights: torch.Tensor | None = None
+        self._pruning_core = PruningCore(pruning, seed=self.args.seed,
+                                         num_samples=len(self.train_dataset),
+                                         strategy_config=dict(pruning_options or {}),
+                                         keep_past_plans=True)
+        self._epoch = 0
         self.add_callback(_BookEpochs(self))
+
+    # the core's state, under the names a Trainer user reads
+    pruning = property(lambda self: self._pruning_core.strategy)
+    pruning_plans = property(lambda self: self._pruning_core.plans)
+    pruning_history = property(lambda self: self._pruning_core.history)
+    pruning_totals = property(lambda self: self._pruning_core.totals)
+    _pruning_store = property(lambda self: self._pruning_core.store)
 
     # -- data ------------------------------------------------------------------------------
     def _set_signature_columns_if_needed(self) -> None:
@@ -160,23 +167,13 @@ class PruningMixin:
         return max(1, int(-(-float(self.args.num_train_epochs) // 1)))
 
     def plan_epoch(self, epoch: int):
-        """The epoch's plan (made once; a scoring pass first when the strategy asks)."""
-        if epoch not in self.pruning_plans:
-            ctx = EpochContext(epoch=epoch, max_epochs=self._num_epochs(),
-                               num_samples=self._pruning_store.num_samples, seed=self.args.seed,
-                               scores=self._pruning_store)
-            if self.pruning.needs_scoring_pass(ctx):
-                self._scoring_pass(epoch)
-            plan = self.pruning.epoch_plan(ctx)
-            if plan.sample_ids.numel() == 0:
-                raise ValueError(f"strategy {self.pruning.name!r} returned an empty plan for "
-                                 f"epoch {epoch}; check its ratios")
-            self.pruning_plans[epoch] = plan
-        plan = self.pruning_plans[epoch]
-        self._epoch, self._weights = epoch, None
-        if plan.weights is not None:
-            self._weights = torch.ones(self._pruning_store.num_samples)
-            self._weights[plan.sample_ids] = plan.weights
+        """The epoch's plan (made once; a scoring pass first when the strategy asks); its
+        weights are in force from here."""
+        core = self._pruning_core
+        plan = core.plan_epoch(epoch, self._num_epochs(), self._scoring_pass)
+        if self._epoch != epoch or not core._epoch_t0:
+            core._epoch_t0 = time.perf_counter()
+        self._epoch = epoch
         return plan
 
     @torch.no_grad()
@@ -184,15 +181,17 @@ class PruningMixin:
         model = self.model
         was_training = model.training
         model.eval()
+        t0 = time.perf_counter()
         loader = DataLoader(self.train_dataset, batch_size=self.args.per_device_train_batch_size,
                             collate_fn=self.data_collator)
+        rows, tokens = [], torch.zeros((), dtype=torch.float64)
         for batch in loader:
             batch = self._prepare_inputs(batch)
             stats = lm_stats(model, batch)
-            scores = sample_scores(stats, stats.valid)
-            self._pruning_store.update(batch["sample_id"], epoch, track_dynamics=False, **scores)
-            self._count("scoring_tokens", forward_tokens(batch))
+            rows.append({"sample_ids": batch["sample_id"], **sample_scores(stats, stats.valid)})
+            tokens += forward_tokens(batch).double().cpu()
         model.train(was_training)
+        self._pruning_core.book_scoring_pass(epoch, rows, tokens, time.perf_counter() - t0)
 
     # -- loss ------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -202,7 +201,7 @@ class PruningMixin:
         batch = {k: inputs[k] for k in ("input_ids", "attention_mask", "labels", "sample_id")
                  if k in inputs}
         ids = batch["sample_id"]
-        weights = None if self._weights is None else self._weights.to(ids.device)[ids]
+        weights = self._pruning_core.sample_weights(ids)
 
         def stats_fn(b, labels=None):
             return lm_stats(model, b, labels)
@@ -210,37 +209,25 @@ class PruningMixin:
         if self.pruning.uses_batch_plan:
             step = planned_step(stats_fn, batch, self.pruning, weights, self._epoch,
                                 self.state.global_step)
-            loss, scores, trained, tokens = step.loss, step.scores, step.keep.sum(), step.mask.sum()
-            for k, v in step.info.items():
-                self._count(f"info/{k}", v)
+            loss = step.loss
+            out = {"scores": step.scores, "samples_trained": step.keep.sum(),
+                   "tokens_trained": step.mask.sum(), "forward_tokens": step.forward_tokens,
+                   "scoring_tokens": step.scoring_tokens, "batch_info": step.info}
         else:
             stats = stats_fn(batch)
             loss = masked_token_mean(stats.loss, stats.valid, weights)
-            scores, trained, tokens = sample_scores(stats, stats.valid), ids.numel(), stats.valid.sum()
+            out = {"scores": sample_scores(stats, stats.valid), "tokens_trained": stats.valid.sum(),
+                   "forward_tokens": forward_tokens(batch)}
         # rows and counters stay on the device (no host sync per step) until the epoch ends
-        self._rows.append({"sample_ids": ids.detach(), **{k: v.detach() for k, v in scores.items()}})
-        self._count("samples_trained", trained)
-        self._count("tokens_trained", tokens)
-        self._batches_done += 1
+        self._pruning_core.record_batch({"loss": loss.detach(), "sample_ids": ids, **out})
         return (loss, {"loss": loss}) if return_outputs else loss
-
-    def _count(self, key: str, value) -> None:
-        value = value.detach() if torch.is_tensor(value) else torch.tensor(float(value))
-        self._counts[key] = self._counts.get(key, 0.0) + value
 
     def _finish_epoch(self) -> None:
         """Merge the epoch's scores into the store and book what it trained."""
-        epoch = self._epoch
-        if self._rows:
-            rows = {k: torch.cat([r[k].flatten().cpu() for r in self._rows]) for k in self._rows[0]}
-            self._pruning_store.merge_updates(rows.pop("sample_ids"), epoch, **rows)
-        plan = self.pruning_plans.get(epoch)
-        self.pruning_history.append({"epoch": epoch, "planned_samples":
-                                     int(plan.sample_ids.numel()) if plan else 0,
-                                     "batches": self._batches_done,
-                                     **{k: float(v) for k, v in self._counts.items()}})
-        self._rows, self._counts, self._batches_done = [], {}, 0
-        self._epoch = epoch + 1
+        core = self._pruning_core
+        core.finish_epoch(self._epoch, time.perf_counter() - core._epoch_t0 if core._epoch_t0 else 0.0)
+        core._epoch_t0 = 0.0
+        self._epoch += 1
 
     # -- LR schedule -----------------------------------------------------------------------
     def training_progress(self) -> float:
@@ -250,7 +237,8 @@ class PruningMixin:
             return self._epoch / self._num_epochs()
         step = self._steps_multiple()
         batches = -(-plan.sample_ids.numel() // step) * step // self.args.per_device_train_batch_size
-        return (self._epoch + min(self._batches_done / max(batches, 1), 1.0)) / self._num_epochs()
+        done = self._pruning_core._batches_done
+        return (self._epoch + min(done / max(batches, 1), 1.0)) / self._num_epochs()
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None:
@@ -269,25 +257,12 @@ class PruningMixin:
 
     # -- checkpoints -----------------------------------------------------------------------
     def pruning_state_dict(self) -> dict[str, Any]:
-        return {"store": self._pruning_store.state_dict(), "strategy": self.pruning.state_dict(),
-                "plans": {e: (p.sample_ids, p.weights, p.info) for e, p in self.pruning_plans.items()},
-                "history": self.pruning_history, "epoch": self._epoch,
-                "batches_done": self._batches_done, "rows": self._rows, "counts": self._counts,
-                "strategy_name": self.pruning.name}
+        return {"core": self._pruning_core.state_dict(self._epoch), "epoch": self._epoch}
 
     def load_pruning_state_dict(self, state: dict[str, Any]) -> None:
-        from qtune.strategies.base import EpochPlan
-
-        if state["strategy_name"] != self.pruning.name:
-            raise ValueError(f"the checkpoint was written with strategy {state['strategy_name']!r}; "
-                             f"this trainer uses {self.pruning.name!r}")
-        self._pruning_store.load_state_dict(state["store"])
-        self.pruning.load_state_dict(state["strategy"])
-        self.pruning_plans = {int(e): EpochPlan(ids, w, dict(info))
-                              for e, (ids, w, info) in state["plans"].items()}
-        self.pruning_history = list(state["history"])
-        self._epoch, self._batches_done = int(state["epoch"]), int(state["batches_done"])
-        self._rows, self._counts = list(state["rows"]), dict(state["counts"])
+        """Refused, naming the difference, when the strategy or its options differ."""
+        self._pruning_core.load_state_dict(state["core"])
+        self._epoch = int(state["epoch"])
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
@@ -310,9 +285,11 @@ class PruningMixin:
             raise FileNotFoundError(f"{resume_from_checkpoint}: no {STATE_FILE}; this checkpoint "
                                     "was not written by a PruningMixin trainer")
         self.load_pruning_state_dict(torch.load(path, weights_only=True))
-        epoch = self._epoch
+        core, epoch = self._pruning_core, self._epoch
+        done = core._batches_done
         self.plan_epoch(epoch)
-        if self._batches_done * self.args.per_device_train_batch_size >= len(self._epoch_ids(epoch)):
+        core._epoch_t0 = time.perf_counter() - core._resume_elapsed
+        if done * self.args.per_device_train_batch_size >= len(self._epoch_ids(epoch)):
             self._finish_epoch()  # saved at an epoch's last step, before the epoch was booked
             return self._epoch, 0
-        return epoch, self._batches_done
+        return epoch, done

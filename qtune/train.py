@@ -164,7 +164,8 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     module = QTuneModule(model, task=bundle.task, lr=cfg.optim.lr,
                          weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas),
                          scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
-                         fused_head=bool(cfg.model.get("fused_head", False)))
+                         fused_head=bool(cfg.model.get("fused_head", False)),
+                         pruning_strategy=strategy)
     datamodule = QTuneDataModule(bundle, cfg.batch_size, cfg.eval_batch_size, cfg.num_workers)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     num_params, trainable_params = parameter_counts(model)

@@ -28,20 +28,6 @@ class KeepEvenIds(PruningStrategy):
         return BatchPlan(keep=keep, token_mask=tm, info={"kept": keep.sum()})
 
 
-class FakePruning:
-    def __init__(self, strategy):
-        self.strategy, self.info = strategy, {}
-
-    def sample_weights(self, ids):
-        return None
-
-    def wrong_tokens(self, ids, length):
-        return None
-
-    def record_batch_info(self, info):
-        self.info.update(info)
-
-
 def _batch():
     g = torch.Generator().manual_seed(0)
     items = []
@@ -69,9 +55,7 @@ def _reference_loss(model, batch, denominator="response"):
 def _module(tmp_path, strategy):
     model, _ = load_hf_causal_lm(str(save_tiny_llama(tmp_path / "m")))
     model.config.attention_dropout = 0.0
-    module = QTuneModule(model, task="sft", kernel_backend="torch")
-    module.pruning = FakePruning(strategy)
-    return module
+    return QTuneModule(model, task="sft", kernel_backend="torch", pruning_strategy=strategy)
 
 
 def test_separate_and_reuse_scoring_give_the_plain_loss(tmp_path):
@@ -85,7 +69,7 @@ def test_separate_and_reuse_scoring_give_the_plain_loss(tmp_path):
         assert int(out["tokens_trained"]) == int(n_tokens)
         assert int(out["samples_trained"]) == 2
         assert out["loss"].requires_grad
-        seen = module.pruning.strategy.seen
+        seen = module.pruning_strategy.seen
         # the strategy saw every row, with response-only sample losses
         assert seen.sample_ids.tolist() == [10, 11, 12, 13]
         assert torch.isfinite(seen.sample_ppl).all() and (seen.sample_ppl >= 1).all()

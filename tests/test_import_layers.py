@@ -107,3 +107,25 @@ def test_each_part_imports_only_what_it_may(part):
             if outside or (part in NO_LIGHTNING and top in ("lightning", "pytorch_lightning")):
                 bad.setdefault(path.relative_to(ROOT).as_posix(), set()).add(name)
     assert not bad, f"{part} may import only {sorted(may)} of qtune (and no Lightning): {bad}"
+
+
+def _loaded_after(imports_: str) -> set[str]:
+    import subprocess
+    import sys
+
+    code = f"import sys; {imports_}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_the_pruning_core_loads_without_any_trainer():
+    """The core (plans, scores, history, state) is the part both trainer adapters sit on."""
+    loaded = _loaded_after("import qtune.engine.core")
+    assert "torch" in loaded  # the probe sees what was imported
+    assert not loaded & {"lightning", "pytorch_lightning", "lightning_fabric", "transformers"}
+
+
+def test_the_hf_adapter_loads_without_lightning():
+    loaded = _loaded_after("import qtune.hf")
+    assert "transformers" in loaded
+    assert not loaded & {"lightning", "pytorch_lightning", "lightning_fabric"}

@@ -1,6 +1,7 @@
 """qtune as a plain Lightning callback: a user's own module, dataset and Trainer."""
 
 import lightning as L
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
@@ -84,3 +85,33 @@ def test_nan_loss_is_an_error_naming_the_samples(tmp_path):
     with pytest.raises(FloatingPointError, match=r"non-finite loss: \[(\d+, )*5\b"):
         trainer.fit(TinyRegressor(ds))
     assert not list(tmp_path.rglob("*.ckpt"))  # nothing written as if it succeeded
+
+
+def test_batches_carry_the_plan_weights(tmp_path):
+    """InfoBatch weights reach the step on the batch, equal to the core's plan for the epoch."""
+
+    class Recording(TinyRegressor):
+        def training_step(self, batch, batch_idx):
+            self.got.append((self.current_epoch, batch["sample_id"].clone(),
+                             batch.get("sample_weight")))
+            return super().training_step(batch, batch_idx)
+
+    g = torch.Generator().manual_seed(0)
+    ds = IndexedDataset(TensorDataset(torch.randn(40, 4, generator=g), torch.randint(0, 3, (40,), generator=g)))
+    pruning = PruningCallback(build_strategy("infobatch", seed=0, prune_ratio=0.5), seed=0,
+                              num_samples=40)
+    module = Recording(ds)
+    module.got = []
+    trainer = L.Trainer(max_epochs=4, callbacks=[pruning], reload_dataloaders_every_n_epochs=1,
+                        use_distributed_sampler=False, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, default_root_dir=tmp_path)
+    pruning.core.keep_past_plans = True
+    trainer.fit(module)
+    plan = pruning.plans[1]  # epoch 1 plans from epoch 0's losses: some samples boosted
+    assert plan.weights is not None and (plan.weights > 1).any()
+    expected = dict(zip(plan.sample_ids.tolist(), plan.weights.tolist()))
+    seen = [(ids, w) for e, ids, w in module.got if e == 1]
+    assert seen and all(w is not None for _, w in seen)
+    for ids, w in seen:
+        assert w.tolist() == pytest.approx([expected[i] for i in ids.tolist()])
+    assert all(w is None or (w == 1).all() for e, _, w in module.got if e == 0)  # no scores yet

@@ -56,3 +56,33 @@ def ranks_agree(trainer, value: int) -> bool:
     strategy = trainer.strategy
     got = strategy.all_gather(torch.tensor([value], dtype=torch.long, device=strategy.root_device))
     return bool((got.flatten() == got.flatten()[0]).all())
+
+
+class Collective:
+    """The cross-rank operations the pruning core needs, behind one object each trainer adapter
+    provides. ``backend`` is anything with ``world_size``, ``global_rank`` and
+    ``strategy.{all_gather, reduce, root_device}`` (Lightning's Trainer is one); None is one
+    process, where every operation is the identity."""
+
+    def __init__(self, backend=None) -> None:
+        self.backend = backend
+
+    @property
+    def world_size(self) -> int:
+        return int(getattr(self.backend, "world_size", 1) or 1)
+
+    @property
+    def rank(self) -> int:
+        return int(getattr(self.backend, "global_rank", 0) or 0)
+
+    def gather_rows(self, rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return gather_rows(self.backend, rows)
+
+    def sum(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        return sum_over_ranks(self.backend, values)
+
+    def agree(self, value: int) -> bool:
+        return ranks_agree(self.backend, value)
+
+    def per_rank(self, t: torch.Tensor) -> list[torch.Tensor]:
+        return gather_per_rank(self.backend, t)

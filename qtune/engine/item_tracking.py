@@ -34,19 +34,19 @@ class ItemTracker:
         return cls(item_meta)
 
     def to(self, device) -> "ItemTracker":
+        """Kind codes go to the training device (counted per step there); the wrong-token
+        flags stay on the host, where the loader adds them to each batch."""
         self.kind_code = self.kind_code.to(device)
-        if self.wrong_by_id is not None:
-            self.wrong_by_id = self.wrong_by_id.to(device)
         return self
 
     def wrong_tokens(self, sample_ids: torch.Tensor, length: int) -> torch.Tensor | None:
         """[B, length] bool in label coordinates (label j predicts input token j + 1)."""
         if self.wrong_by_id is None:
             return None
-        w = self.wrong_by_id[sample_ids, 1:1 + length]
+        w = self.wrong_by_id[sample_ids.cpu(), 1:1 + length]
         if w.shape[1] < length:
             w = torch.nn.functional.pad(w, (0, length - w.shape[1]))
-        return w
+        return w.to(sample_ids.device)
 
     def step_counts(self, sample_ids: torch.Tensor, trained: torch.Tensor | None) -> dict[str, torch.Tensor]:
         codes = self.kind_code[sample_ids]

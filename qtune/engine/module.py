@@ -1,7 +1,9 @@
 """QTuneModule: hosts a causal LM (SFT, response-only loss) or a classifier, and runs each
 training step the way the strategy's plans say: only planned samples arrive, a batch plan may
 drop rows and mask tokens, plan weights rescale samples; the loss is the mean over kept,
-unmasked response tokens."""
+unmasked response tokens. Everything the epoch plan adds travels on the batch
+(``sample_weight``, ``wrong_tokens``); the module never calls the pruning callback, whose
+hooks book what ``training_step`` returns."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from torchmetrics import MeanMetric
 
 from qtune.engine.batch_stats import classifier_stats, lm_stats, sample_scores
 from qtune.engine.loss import masked_token_mean
-from qtune.engine.planned_step import forward_tokens, planned_step, response_mask
+from qtune.engine.planned_step import (forward_tokens, planned_step, response_mask,
+                                       wrong_tokens_trained)
 from qtune.engine.schedule import lr_factor, training_progress
 
 
@@ -21,7 +24,7 @@ class QTuneModule(L.LightningModule):
     def __init__(self, model: torch.nn.Module, task: str = "sft", lr: float = 5e-4,
                  weight_decay: float = 0.0, betas: tuple = (0.9, 0.95),
                  scheduler: dict | None = None, fused_head: bool = False,
-                 kernel_backend: str | None = None) -> None:
+                 kernel_backend: str | None = None, pruning_strategy=None) -> None:
         super().__init__()
         if task not in ("sft", "classify"):
             raise ValueError(f"unknown task {task!r}; expected sft or classify")
@@ -31,7 +34,8 @@ class QTuneModule(L.LightningModule):
         self.scheduler_cfg = dict(scheduler or {"name": "cosine", "warmup": 0.0, "min_ratio": 0.1})
         self.fused_head = bool(fused_head) and task == "sft"
         self.kernel_backend = kernel_backend
-        self.pruning = None  # set by PruningCallback.setup
+        # batch-level strategies plan inside training_step (PruningCallback fills it when None)
+        self.pruning_strategy = pruning_strategy
         self.val_loss = MeanMetric()
         self.val_acc = MeanMetric()
         self._steps_in_epoch = 0
@@ -58,39 +62,33 @@ class QTuneModule(L.LightningModule):
     # -- training -------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
         self._steps_in_epoch = batch_idx + 1  # read by the LR schedule after this step
-        strategy = self.pruning.strategy if self.pruning is not None else None
+        strategy = self.pruning_strategy
         if strategy is not None and strategy.uses_batch_plan:
             return self._batch_planned_step(batch, strategy)
         stats = self.stats(batch)
         mask = stats.valid
-        weights = self.pruning.sample_weights(batch["sample_id"]) if self.pruning else None
-        loss = masked_token_mean(stats.loss, mask, weights)
+        loss = masked_token_mean(stats.loss, mask, batch.get("sample_weight"))
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["sample_id"].numel())
         return {"loss": loss, "sample_ids": batch["sample_id"], "scores": sample_scores(stats, mask),
                 "tokens_trained": mask.sum(), "forward_tokens": self._forward_tokens(batch),
                 "samples_trained": torch.tensor(batch["sample_id"].numel(), device=self.device),
-                **self._wrong_tokens(batch["sample_id"], mask)}
-
-    def _wrong_tokens(self, sample_ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Wrong-answer tokens left in the loss, when the data marks them (embedded task)."""
-        wrong = self.pruning.wrong_tokens(sample_ids, mask.shape[1]) if self.pruning else None
-        return {} if wrong is None else {"wrong_tokens_trained": (mask & wrong).sum()}
+                **wrong_tokens_trained(batch, mask)}
 
     def _batch_planned_step(self, batch: dict, strategy) -> dict[str, Any]:
         """Score the micro-batch, let the strategy choose rows and tokens, train on those
         (:func:`qtune.engine.planned_step.planned_step`)."""
-        step = planned_step(self.stats, batch, strategy, self.pruning.sample_weights(batch["sample_id"]),
+        step = planned_step(self.stats, batch, strategy, batch.get("sample_weight"),
                             self.current_epoch, self.global_step, self.task)
-        self.pruning.record_batch_info(step.info)
-        wrong = self._wrong_tokens(step.trained_ids, step.mask)
         # weighted by the micro-batch size: the kept count would cost a host sync every step
         self.log("train/loss", step.loss, prog_bar=True, batch_size=batch["sample_id"].numel())
-        if getattr(self.pruning, "export_dir", None) is not None:  # token masks, on request only
-            wrong["token_keep"], wrong["response_mask"] = step.token_keep, step.response
-        return {"sample_ids": batch["sample_id"], "scores": step.scores, "loss": step.loss,
-                "tokens_trained": step.mask.sum(), "forward_tokens": step.forward_tokens,
-                "scoring_tokens": step.scoring_tokens, "samples_trained": step.keep.sum(),
-                "trained_mask": step.keep, **wrong}
+        out = {"sample_ids": batch["sample_id"], "scores": step.scores, "loss": step.loss,
+               "tokens_trained": step.mask.sum(), "forward_tokens": step.forward_tokens,
+               "scoring_tokens": step.scoring_tokens, "samples_trained": step.keep.sum(),
+               "trained_mask": step.keep, "batch_info": step.info,
+               "token_keep": step.token_keep, "response_mask": step.response}
+        if step.wrong_tokens_trained is not None:
+            out["wrong_tokens_trained"] = step.wrong_tokens_trained
+        return out
 
     def on_train_epoch_start(self) -> None:
         self._steps_in_epoch = 0

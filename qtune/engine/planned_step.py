@@ -34,6 +34,15 @@ def forward_tokens(batch: dict) -> torch.Tensor:
     return torch.tensor(batch["sample_id"].numel(), device=batch["sample_id"].device)
 
 
+def wrong_tokens_trained(batch: dict, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Wrong-answer tokens left in the loss ``mask`` [B, T], when the batch carries their
+    flags (``wrong_tokens`` [B, >= T], label coordinates; the embedded task marks them)."""
+    wrong = batch.get("wrong_tokens")
+    if wrong is None:
+        return {}
+    return {"wrong_tokens_trained": (mask & wrong[:, : mask.shape[1]].bool()).sum()}
+
+
 def response_mask(batch: dict, task: str = "sft") -> torch.Tensor:
     labels = batch["labels"].view(-1, 1) if task == "classify" else batch["labels"][:, 1:]
     return labels != -100
@@ -51,6 +60,7 @@ class PlannedStep:
     forward_tokens: torch.Tensor
     scoring_tokens: torch.Tensor
     info: dict
+    wrong_tokens_trained: torch.Tensor | None = None  # when the batch carries wrong_tokens
 
 
 def planned_step(stats_fn: Callable, batch: dict, strategy, weights: torch.Tensor | None,
@@ -81,7 +91,8 @@ def planned_step(stats_fn: Callable, batch: dict, strategy, weights: torch.Tenso
             mask = mask & token_mask
         loss = masked_token_mean(scored.loss, mask, weights, denominator)
         return PlannedStep(loss, scores, keep, mask, batch["sample_id"], mask, response,
-                           forward_tokens(batch), torch.zeros((), device=device), plan.info)
+                           forward_tokens(batch), torch.zeros((), device=device), plan.info,
+                           wrong_tokens_trained(batch, mask).get("wrong_tokens_trained"))
     rows = keep.nonzero().flatten()
     nothing_kept = rows.numel() == 0
     if nothing_kept:  # still run one row with an empty mask: every rank must backward
@@ -97,4 +108,5 @@ def planned_step(stats_fn: Callable, batch: dict, strategy, weights: torch.Tenso
     if not nothing_kept:
         token_keep[rows, : mask.shape[1]] = mask
     return PlannedStep(loss, scores, keep, mask, sub["sample_id"], token_keep, response,
-                       forward_tokens(sub), forward_tokens(batch), plan.info)
+                       forward_tokens(sub), forward_tokens(batch), plan.info,
+                       wrong_tokens_trained(sub, mask).get("wrong_tokens_trained"))

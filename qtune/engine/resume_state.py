@@ -1,4 +1,4 @@
-"""What a PruningCallback puts in a checkpoint, and how a resumed run picks it back up.
+"""What the pruning core puts in a checkpoint, and how a resumed run picks it back up.
 
 Split from the callback because resuming has cases of its own: a checkpoint taken in the
 middle of an epoch (each rank's rows, counters and RNG state for the half-done epoch), one
@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from qtune.engine.distributed import gather_per_rank
 from qtune.engine.rng import capture_rng, pack_state, restore_rng, unpack_state
 from qtune.engine.score_store import ScoreStore
 from qtune.strategies.base import EpochPlan
@@ -38,7 +37,8 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 
 
 class ResumeState:
-    """Mixin for PruningCallback: ``state_dict`` / ``load_state_dict`` and resume bookkeeping."""
+    """Mixin for PruningCore: ``state_dict`` / ``load_state_dict`` and resume bookkeeping.
+    Ranks come from ``self.comm``; the adapter passes the epoch in progress."""
 
     def _run_config(self) -> dict[str, Any]:
         """Settings a resumed run must share with the run that wrote the checkpoint."""
@@ -47,13 +47,12 @@ class ResumeState:
             cfg["strategy"] = self.strategy_config
         return cfg
 
-    def _epoch_progress(self) -> dict[str, Any]:
+    def _epoch_progress(self, epoch: int) -> dict[str, Any]:
         """This rank's share of the current epoch (a checkpoint mid-epoch resumes from it)."""
-        trainer = self._trainer
         elapsed = (time.perf_counter() - self._epoch_t0 - self._val_time) if self._epoch_t0 else 0.0
         return {
-            "epoch": trainer.current_epoch if trainer is not None else 0,
-            "world_size": trainer.world_size if trainer is not None else 1,
+            "epoch": int(epoch),
+            "world_size": self.comm.world_size,
             "batches_done": self._batches_done,
             "batch_size": self._batch_size,
             "time_s": elapsed if self._batches_done else 0.0,
@@ -63,10 +62,9 @@ class ResumeState:
             "token_rows": list(self._token_rows),
         }
 
-    def state_dict(self) -> dict[str, Any]:
-        trainer = self._trainer
-        multi = trainer is not None and trainer.world_size > 1
-        progress = self._epoch_progress()
+    def state_dict(self, epoch: int = 0) -> dict[str, Any]:
+        multi = self.comm.world_size > 1
+        progress = self._epoch_progress(epoch)
         rng = capture_rng()
         return {
             "strategy_name": self.strategy.name,
@@ -81,8 +79,8 @@ class ResumeState:
             "rng": rng,
             # every rank's own progress and RNG state: ranks train different samples and draw
             # different dropout masks (collectives: Lightning builds checkpoints on all ranks)
-            "progress_per_rank": gather_per_rank(trainer, pack_state(progress)) if multi else None,
-            "rng_per_rank": gather_per_rank(trainer, pack_state(rng)) if multi else None,
+            "progress_per_rank": self.comm.per_rank(pack_state(progress)) if multi else None,
+            "rng_per_rank": self.comm.per_rank(pack_state(rng)) if multi else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -104,8 +102,7 @@ class ResumeState:
                       for e, p in state["plans"].items()}
         self.history = list(state["history"])
         self.totals = dict(state["totals"])
-        rank = self._trainer.global_rank if self._trainer is not None else 0
-        world = self._trainer.world_size if self._trainer is not None else 1
+        rank, world = self.comm.rank, self.comm.world_size
         progress = state.get("epoch_progress")
         per_rank = state.get("progress_per_rank")
         if per_rank is not None and len(per_rank) == world:
@@ -131,15 +128,18 @@ class ResumeState:
         elif "rng" in state:  # single process, or another world size: rank 0's state
             restore_rng(state["rng"])
 
-    def settle_resume(self, trainer) -> None:
+    def settle_resume(self, current_epoch: int) -> None:
         """Finish an epoch the checkpoint holds complete but unbooked, before the next epoch's
         plan is made (that plan may depend on the epoch's scores); time a half-done epoch
-        from where it stopped. Lightning calls neither epoch hook in these two cases."""
+        from where it stopped. Lightning calls neither epoch hook in these two cases. Returns
+        the history entry of an epoch booked here, if any."""
         if self._resume_at is None:
-            return
+            return None
         epoch = self._resume_at[0]
-        if epoch < trainer.current_epoch:
-            self.finish_epoch(trainer, epoch, self._resume_elapsed)
+        if epoch < current_epoch:
+            entry = self.finish_epoch(epoch, self._resume_elapsed)
             self._epoch_t0, self._val_time = time.perf_counter(), 0.0
-        elif epoch == trainer.current_epoch:
+            return entry
+        if epoch == current_epoch:
             self._epoch_t0, self._val_time = time.perf_counter() - self._resume_elapsed, 0.0
+        return None
