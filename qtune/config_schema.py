@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from qtune.config_types import ConfigError, check_section, close_matches, knob
 from qtune.data.embedded import EmbeddedConfig
@@ -24,8 +24,7 @@ from qtune.models.hf import ATTN_IMPLEMENTATIONS
 TASKS = ("sft", "classify", "pretrain")
 DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "auto")
 # Trainer arguments qtune sets itself (a trainer.<key> for these would collide)
-SET_BY_QTUNE = {"max_epochs": "use the run-level key epochs=N instead",
-                "callbacks": "add callbacks through qtune.train.run(cfg, extra_callbacks=[...])",
+SET_BY_QTUNE = {"callbacks": "add callbacks through qtune.train.run(cfg, extra_callbacks=[...])",
                 "logger": "choose logger=csv or logger=wandb", "default_root_dir": "set run_dir",
                 "use_distributed_sampler": "qtune shards each epoch's plan itself",
                 "reload_dataloaders_every_n_epochs": "qtune builds a loader per epoch plan",
@@ -207,6 +206,48 @@ def _by_name(cfg: DictConfig, group: str, choices: dict[str, type]) -> type:
     return choices[name]
 
 
+EPOCHS_LINK = "${epochs}"  # conf/trainer/cpu.yaml: trainer.max_epochs follows epochs
+
+
+def _epochs_given_on_command_line() -> Optional[str]:
+    """The ``epochs=N`` override of this Hydra run, if any (``None`` outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    for override in HydraConfig.get().overrides.task:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key == "epochs":
+            return value
+    return None
+
+
+def adopt_trainer_max_epochs(cfg: DictConfig) -> None:
+    """``trainer.max_epochs=N``, as a Lightning user writes it, means ``epochs=N``: qtune's
+    plans, schedule and budget count epochs with the run-level key, so the value moves there
+    (and ``trainer.max_epochs`` links back to it). Both given with different values is refused."""
+    trainer = cfg.get("trainer")
+    if not isinstance(trainer, DictConfig) or "max_epochs" not in trainer:
+        return
+    raw = OmegaConf.to_container(trainer, resolve=False)["max_epochs"]
+    if raw == EPOCHS_LINK:
+        return
+    if isinstance(raw, str) and "${" in raw:
+        raw = trainer.max_epochs  # an interpolation such as ${oc.env:EPOCHS}
+    if isinstance(raw, str) and raw.strip().isdigit():
+        raw = int(raw)
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+        raise ConfigError(f"trainer.max_epochs={raw!r} must be an integer, at least 1 (it is the "
+                          "same as epochs=N; an endless run, -1 or null, is not supported)")
+    given = _epochs_given_on_command_line()
+    if given is not None and str(given) != str(raw):
+        raise ConfigError(f"trainer.max_epochs={raw} and epochs={given} disagree: give one of "
+                          "them (qtune counts epochs with the run-level key epochs=N)")
+    with open_dict(cfg), open_dict(trainer):
+        cfg.epochs = raw
+        trainer.max_epochs = EPOCHS_LINK
+
+
 def check_trainer_keys(trainer_cfg: DictConfig) -> None:
     """Every ``trainer.<key>`` is a ``lightning.Trainer`` argument qtune does not set itself."""
     import inspect
@@ -312,6 +353,7 @@ def validate_config(cfg: DictConfig, run_schema: type = RunConfig, trainer: bool
     Raises a ``ConfigError`` (a ``ValueError``) or ``FileNotFoundError`` naming the key;
     ``trainer=False`` where no Trainer is built (``qtune-score``)."""
     groups = ("model", "data", "strategy", "trainer", "logger", "adapter", *GROUPS)
+    adopt_trainer_max_epochs(cfg)
     check_section(cfg, run_schema, "", allow_extra=groups)
     for group, schema in GROUPS.items():
         if group in cfg:

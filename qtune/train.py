@@ -168,6 +168,7 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
                          pruning_strategy=strategy)
     datamodule = QTuneDataModule(bundle, cfg.batch_size, cfg.eval_batch_size, cfg.num_workers)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_kwargs.pop("max_epochs", None)  # epochs (and the budget) decide it below
     num_params, trainable_params = parameter_counts(model)
     base_digest = base_weights_digest(model)
     callbacks = [pruning, *(extra_callbacks or []),

@@ -35,7 +35,9 @@ DIGITS = ["experiment=digits", "epochs=1"]
     ("scheduler.min_ratio=5", r"scheduler.min_ratio=5 is out of range"),
     ("eval.max_items=-1", r"eval.max_items=-1 must be at least 1"),
     ("+trainer.bogus_key=3", r"trainer.bogus_key is not an argument of lightning.Trainer"),
-    ("+trainer.max_epochs=3", r"trainer.max_epochs is set by qtune itself"),
+    ("trainer.max_epochs=0", r"trainer.max_epochs=0 must be an integer, at least 1 \(it is the same as epochs=N"),
+    ("trainer.max_epochs=null", r"trainer.max_epochs=None must be an integer, .*endless run"),
+    ("+trainer.callbacks=[]", r"trainer.callbacks is set by qtune itself"),
     ("strategy=random strategy.keep_ratio=true", r"strategy.keep_ratio=True must be a number"),
     ("strategy=random", None),  # the control: a good config passes
 ])
@@ -46,6 +48,21 @@ def test_config_values_are_checked_before_any_work(make_cfg, override, message):
         return
     with pytest.raises(ValueError, match=message):
         validate(cfg)
+
+
+def test_trainer_max_epochs_is_the_same_as_epochs(make_cfg, monkeypatch):
+    """What a Lightning user types works: the value becomes the run-level epochs (which plans,
+    schedule and budget read) and the trainer key links back to it."""
+    cfg = make_cfg(DIGITS + ["trainer.max_epochs=4"])
+    validate(cfg)
+    assert cfg.epochs == 4 and cfg.trainer.max_epochs == 4
+    monkeypatch.setenv("QTUNE_TEST_EPOCHS", "5")
+    cfg = make_cfg(DIGITS + ["trainer.max_epochs=${oc.env:QTUNE_TEST_EPOCHS}"])
+    validate(cfg)
+    assert cfg.epochs == 5
+    cfg = make_cfg(["experiment=digits", "epochs=2"])  # the default link: epochs decides
+    validate(cfg)
+    assert cfg.trainer.max_epochs == 2
 
 
 def test_numbers_from_environment_interpolations_are_accepted(make_cfg, monkeypatch):

@@ -27,7 +27,8 @@ BAD = [  # (overrides, what the error must say), at least one per config group
     ("optim.lr=-1", r"optim.lr=-1 is out of range"),
     ("kernels.backend=cuda_magic", r"kernels.backend='cuda_magic' must be one of 'auto'"),
     ("checkpoint.every_n_train_steps=-1", r"checkpoint.every_n_train_steps=-1 must be at least 0"),
-    ("+trainer.max_epochs=3", r"trainer.max_epochs is set by qtune itself; use the run-level key epochs=N"),
+    ("trainer.max_epochs=0", r"trainer.max_epochs=0 must be an integer, at least 1"),
+    ("+trainer.callbacks=[]", r"trainer.callbacks is set by qtune itself; add callbacks through"),
     ("+trainer.devise=2", r"trainer.devise is not an argument of lightning.Trainer \(did you mean devices\?\)"),
     ("trainer.devices=abc", r"trainer.devices=abc: lightning.Trainer refuses this .*devices"),
     ("trainer.precision=33", r"trainer.precision=33: lightning.Trainer refuses this .*Precision 33 is invalid"),
@@ -83,7 +84,8 @@ def test_a_good_config_gets_past_validation_to_the_base_build(make_cfg, empty_ca
         run(make_cfg(["strategy=qtuning"]))
 
 
-@pytest.mark.parametrize("overrides", ["data.noise_fraction=1.5", "data.max_length=4"])
+@pytest.mark.parametrize("overrides", ["data.noise_fraction=1.5", "data.max_length=4",
+                                       "trainer.max_epochs=2 epochs=3"])
 def test_the_command_line_refuses_before_the_base_and_writes_only_what_hydra_writes(tmp_path, overrides):
     cache, run_dir = tmp_path / "cache", tmp_path / "run"
     cache.mkdir()
