@@ -36,7 +36,7 @@ class RunConfig:
     """Run-level keys of ``conf/train.yaml`` (the groups are checked on their own)."""
     task: Literal[TASKS] = "sft"
     seed: int = 0
-    epochs: int = knob(3, ge=1)
+    epochs: int = knob(8, ge=1)
     batch_size: int = knob(32, ge=1)
     eval_batch_size: int = knob(256, ge=1)
     num_workers: int = knob(0, ge=0)

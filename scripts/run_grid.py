@@ -42,8 +42,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-TASKS = {"digits": (["experiment=digits"], 30), "sft": ([], 3)}  # overrides, default epochs
+CONF = Path(__file__).resolve().parent.parent / "conf"
+# task -> (its overrides, the yaml whose `epochs:` is the task's default)
+TASKS = {"digits": (["experiment=digits"], CONF / "experiment" / "digits.yaml"),
+         "sft": ([], CONF / "train.yaml")}
 BUDGETS = ("same_epochs", "same_steps")
+
+
+def default_epochs(yaml_path: Path) -> int:
+    """The `epochs:` a task runs when the grid is not given --epochs, read from its config."""
+    for line in yaml_path.read_text().splitlines():
+        if line.startswith("epochs:"):
+            return int(line.split(":", 1)[1].split("#", 1)[0])
+    raise ValueError(f"{yaml_path}: no top-level 'epochs:' key")
 
 
 @dataclass
@@ -112,8 +123,8 @@ def plan_grid(task: str, strategies: list[str], ratios: list[str], seeds: list[i
               budgets: list[str], out: Path, epochs: int | None = None,
               extra: list[str] | None = None, tag: str = "") -> list[GridPoint]:
     """Every point of the grid, in a fixed order (full once per seed, whatever the budgets)."""
-    task_ov, default_epochs = TASKS[task]
-    base = int(epochs or default_epochs)
+    task_ov, epochs_yaml = TASKS[task]
+    base = int(epochs or default_epochs(epochs_yaml))
     points: list[GridPoint] = []
     for strategy in strategies:
         knobs = ratio_knobs(strategy)

@@ -10,7 +10,7 @@ SFT_SEEDS=5
 DIGITS_SEEDS=10
 ALL_PRUNE=(strategy.policy.q1=prune strategy.policy.q2=prune strategy.policy.q3=prune strategy.policy.q4=prune)
 
-# Embedded SFT: the default 3 epochs and 3x that, where full-data SFT has time to fit the noise.
+# Embedded SFT: 3 epochs (the earlier default) and 3x that, where full-data SFT has time to fit the noise.
 for EPOCHS in 3 9; do
   sft=(--task sft --seeds "$SFT_SEEDS" --epochs "$EPOCHS")
   "${GRID[@]}" "${sft[@]}" --strategies full random infobatch seta --ratios 0.5
