@@ -168,6 +168,19 @@ def test_run_grid_plans_deterministic_points_and_budgets(tmp_path):
     assert "strategy.prune_ratio=0.75" in ib.overrides and "experiment=digits" in ib.overrides
 
 
+@pytest.mark.parametrize("task,config", [("sft", "train"), ("digits", "experiment/digits")])
+def test_run_grid_takes_a_tasks_default_epochs_from_its_config(task, config, tmp_path):
+    """Without --epochs a point runs what ``qtune-train`` would: the epochs its yaml sets."""
+    from omegaconf import OmegaConf
+
+    rg = _load_run_grid()
+    conf = Path(__file__).resolve().parents[1] / "conf" / f"{config}.yaml"
+    want = OmegaConf.load(conf).epochs
+    (point,) = rg.plan_grid(task, ["full"], ["0.5"], [0], ["same_epochs"], tmp_path)
+    assert f"epochs={want}" in point.overrides
+    assert point.run_dir.parent.name == f"full-same_epochs-e{want}"
+
+
 def test_run_grid_runs_every_strategy_full_included_under_a_flops_budget(tmp_path):
     rg = _load_run_grid()
     pts = rg.plan_grid("sft", ["full", "random", "denoise"], ["0.5"], [0], ["0.25", "0.5"], tmp_path,
