@@ -2,7 +2,7 @@
 # The compute-budget study on the embedded SFT task: every strategy and denoise at budgets 0.25
 # and 0.5 of a 9-epoch full run, at 0 %, 20 % and 40 % wrong answers, against full (9 epochs)
 # and the clean-only oracle. Resumable (finished points are skipped); then
-#   qtune-report OUT/noise20 --out docs/results/budget_noise20   (and so on per noise level)
+#   qtune-report OUT/noise20 --out OUT/report_noise20   (and so on per noise level)
 #   scripts/run_budget_study.sh [OUT] [WORKERS] [SEEDS]      (defaults: outputs/budget_study, 2, 5)
 set -euo pipefail
 OUT=${1:-outputs/budget_study}

@@ -51,10 +51,9 @@ BUDGETS = ("same_epochs", "same_steps")
 
 def default_epochs(yaml_path: Path) -> int:
     """The `epochs:` a task runs when the grid is not given --epochs, read from its config."""
-    for line in yaml_path.read_text().splitlines():
-        if line.startswith("epochs:"):
-            return int(line.split(":", 1)[1].split("#", 1)[0])
-    raise ValueError(f"{yaml_path}: no top-level 'epochs:' key")
+    from omegaconf import OmegaConf
+
+    return int(OmegaConf.load(yaml_path).epochs)
 
 
 @dataclass
