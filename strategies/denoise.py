@@ -4,8 +4,10 @@ A wrong answer on a skill the model has learned shows as a high perplexity the m
 confident about: high loss, low entropy (Q-Tuning's Q2). On the embedded task the study found
 the wrong answers there, and found that the paper's within-batch min-max normalisation hides
 them behind a few extreme perplexities, while ranks over the whole score store separate them.
-So after ``warmup_epochs`` epochs on all the data (before any fine-tuning neither score says
-anything about noise, so the first epoch must not decide), each epoch:
+So after ``warmup_epochs`` epochs on all the data, each epoch (before any fine-tuning neither
+score says anything about noise, and the first epoch's scores drift with the model as it
+learns the format within that epoch, so only a later epoch's scores decide; a suspect is not
+trained again, so an early wrong call would stick):
 
 1. ranks every sample's last loss and last mean entropy over the store (ranks in [0, 1]);
 2. scores suspicion s = rank(loss) − ``entropy_weight`` · rank(entropy) and leaves out the
@@ -74,7 +76,7 @@ class Denoise(PruningStrategy):
     ratio_keys = {"keep_ratio": "keep", "suspect_fraction": "shift"}
 
     def __init__(self, seed: int = 0, keep_ratio: float = 0.5, suspect_fraction: float = 0.2,
-                 entropy_weight: float = 0.5, warmup_epochs: int = 1) -> None:
+                 entropy_weight: float = 0.5, warmup_epochs: int = 2) -> None:
         super().__init__(seed)
         self.keep_ratio = check_ratio(keep_ratio, "strategy.keep_ratio")
         self.suspect_fraction = check_fraction(suspect_fraction, "strategy.suspect_fraction")

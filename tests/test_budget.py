@@ -133,7 +133,8 @@ def test_denoise_under_a_budget_on_the_embedded_sft_task(make_cfg):
     log = StepLog()
     s = run(make_cfg(["data.num_train=240", "data.num_eval=20", "eval.max_items=20",
                       "epochs=3", "batch_size=16", "budget=0.5", "strategy=denoise",
-                      "strategy.keep_ratio=0.1"]), extra_callbacks=[log])
+                      "strategy.keep_ratio=0.1", "strategy.warmup_epochs=1"]),
+            extra_callbacks=[log])
     assert 0.5 - max(log.cost) <= s["flops_vs_full"] <= 0.5
     first, *later = s["epochs_detail"]
     assert first["samples_trained"] == 240 and first["suspects"] == 0

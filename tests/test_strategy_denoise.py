@@ -69,7 +69,8 @@ def test_planted_noise_is_found_at_any_scale():
 
 
 def test_strategy_warms_up_on_all_data_then_plans_from_the_store():
-    s = build_strategy("denoise", seed=1, keep_ratio=0.25, suspect_fraction=0.1)
+    s = build_strategy("denoise", seed=1, keep_ratio=0.25, suspect_fraction=0.1,
+                       warmup_epochs=1)
     store = ScoreStore(40)
     ctx = EpochContext(epoch=0, max_epochs=3, num_samples=40, seed=1, scores=store)
     assert s.epoch_plan(ctx).sample_ids.tolist() == list(range(40))
@@ -79,6 +80,23 @@ def test_strategy_warms_up_on_all_data_then_plans_from_the_store():
     plan = s.epoch_plan(EpochContext(1, 3, 40, 1, store))
     assert plan.sample_ids.numel() == 10 and plan.info["suspects"] == 4
     assert not set(plan.sample_ids.tolist()) & {36, 37, 38, 39}
+
+
+def test_default_warm_up_is_two_full_epochs_and_the_second_epochs_scores_decide():
+    """The first epoch's scores drift with the model inside that epoch, so by default they
+    never decide: epochs 0 and 1 train everything, epoch 2 plans from epoch 1's scores."""
+    s = build_strategy("denoise", seed=0, keep_ratio=0.5, suspect_fraction=0.25)
+    assert s.warmup_cost() == {"epochs": 2, "scoring_passes": 0}
+    store = ScoreStore(8)
+    # epoch 0: samples 0-1 look worst; epoch 1 (the model has moved): samples 6-7 do
+    store.update(torch.arange(8), 0, loss=torch.tensor([9., 8, 1, 1, 1, 1, 1, 1]),
+                 entropy=torch.zeros(8), num_tokens=torch.full((8,), 2))
+    assert s.epoch_plan(EpochContext(1, 4, 8, 0, store)).sample_ids.tolist() == list(range(8))
+    store.update(torch.arange(8), 1, loss=torch.tensor([1., 1, 1, 1, 1, 1, 8, 9]),
+                 entropy=torch.zeros(8), num_tokens=torch.full((8,), 2))
+    plan = s.epoch_plan(EpochContext(2, 4, 8, 0, store))
+    assert plan.sample_ids.numel() == 4 and plan.info["suspects"] == 2
+    assert not set(plan.sample_ids.tolist()) & {6, 7}
 
 
 @pytest.mark.parametrize("option,value,message", [
