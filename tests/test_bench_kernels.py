@@ -1,21 +1,13 @@
 """scripts/bench_kernels.py takes torch's dtype names (float32, bfloat16, float16) like its
 short ones, and reports the short name, so rows of either spelling compare."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from script_module import load_script
 
 
 def _load_bench():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_kernels.py"
-    spec = importlib.util.spec_from_file_location("bench_kernels", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench_kernels")
 
 
 @pytest.mark.parametrize("given,short", [("float32", "fp32"), ("bfloat16", "bf16"),

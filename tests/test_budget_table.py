@@ -2,22 +2,16 @@
 clean-only oracle by Welch's t-test, and scales wrong-answer tokens by full's: checked on
 hand-made summaries against scipy and hand arithmetic."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from scipy import stats
+from script_module import load_script
 
 
 def _load():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "budget_table.py"
-    spec = importlib.util.spec_from_file_location("budget_table", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("budget_table")
 
 
 def _point(level: Path, name: str, ems, wrong, flops=None):

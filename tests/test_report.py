@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import statistics
-import sys
 from pathlib import Path
 
 import matplotlib.image as mpimg
 import pytest
 from omegaconf import OmegaConf
+from script_module import load_script
 
 from qtune.report import build_report, main
 from qtune.report_collect import find_runs
@@ -146,12 +145,7 @@ def test_tokens_html_decodes_embedded_items(tmp_path):
 
 
 def _load_run_grid():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "run_grid.py"
-    spec = importlib.util.spec_from_file_location("run_grid", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("run_grid")
 
 
 def test_run_grid_plans_deterministic_points_and_budgets(tmp_path):
