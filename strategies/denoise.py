@@ -11,7 +11,12 @@ trained again, so an early wrong call would stick):
 
 1. ranks every sample's last loss and last mean entropy over the store (ranks in [0, 1]);
 2. scores suspicion s = rank(loss) − ``entropy_weight`` · rank(entropy) and leaves out the
-   ``suspect_fraction`` of the scored samples with the highest s;
+   ``suspect_fraction`` of the scored samples with the highest s. ``auto`` (the default)
+   estimates that share each epoch as the share of scored samples whose mean label-token
+   probability is below ``auto_label_prob``: after two epochs the model gives well under half
+   its probability to a wrong answer it has not memorised, and more than half to nearly every
+   clean one, so the count follows the noise (about 0 on clean data) while the ranks choose
+   which samples;
 3. draws ⌊``keep_ratio`` · N⌋ samples uniformly from the rest (all of them when fewer).
 
 The scores come from the training forward of each sample's previous visit (the score store),
@@ -20,6 +25,8 @@ qtune's own policy, not a published method; docs/strategies.md says why it is bu
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 
@@ -54,6 +61,14 @@ def suspicion(loss: torch.Tensor, entropy: torch.Tensor, entropy_weight: float) 
     return unit_ranks(loss) - float(entropy_weight) * unit_ranks(entropy)
 
 
+def estimated_noise_share(p_label: torch.Tensor, below: float) -> float:
+    """Share of the scored samples (finite ``p_label``) whose mean label-token probability is
+    below ``below``; 0 when none is scored."""
+    p = torch.as_tensor(p_label, dtype=torch.float64).flatten()
+    scored = p[~torch.isnan(p)]
+    return float((scored < below).sum()) / scored.numel() if scored.numel() else 0.0
+
+
 def denoise_plan(loss: torch.Tensor, entropy: torch.Tensor, keep_ratio: float,
                  suspect_fraction: float, entropy_weight: float,
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,14 +87,21 @@ def denoise_plan(loss: torch.Tensor, entropy: torch.Tensor, keep_ratio: float,
 
 @register_strategy("denoise")
 class Denoise(PruningStrategy):
-    statistics = ("loss", "entropy")
+    statistics = ("loss", "entropy", "p_label")
     ratio_keys = {"keep_ratio": "keep", "suspect_fraction": "shift"}
 
-    def __init__(self, seed: int = 0, keep_ratio: float = 0.5, suspect_fraction: float = 0.2,
+    def __init__(self, seed: int = 0, keep_ratio: float = 0.5,
+                 suspect_fraction: float | Literal["auto"] = "auto", auto_label_prob: float = 0.5,
                  entropy_weight: float = 0.5, warmup_epochs: int = 2) -> None:
         super().__init__(seed)
         self.keep_ratio = check_ratio(keep_ratio, "strategy.keep_ratio")
-        self.suspect_fraction = check_fraction(suspect_fraction, "strategy.suspect_fraction")
+        if isinstance(suspect_fraction, str) and suspect_fraction != "auto":
+            raise ValueError(f"strategy.suspect_fraction={suspect_fraction!r} must be a fraction "
+                             "in [0, 1) or auto")
+        self.suspect_fraction = (suspect_fraction if suspect_fraction == "auto" else
+                                 check_fraction(suspect_fraction, "strategy.suspect_fraction"))
+        self.auto_label_prob = check_fraction(auto_label_prob, "strategy.auto_label_prob",
+                                              allow_zero=False, allow_one=True)
         if float(entropy_weight) < 0:
             raise ValueError(f"strategy.entropy_weight={entropy_weight} must be >= 0")
         self.entropy_weight = float(entropy_weight)
@@ -92,9 +114,12 @@ class Denoise(PruningStrategy):
         n = ctx.num_samples
         if ctx.epoch < self.warmup_epochs:
             return EpochPlan(torch.arange(n), info={"planned_keep_ratio": 1.0, "warmup": 1,
-                                                    "suspects": 0})
+                                                    "suspects": 0, "suspect_fraction": 0.0})
+        fraction = (estimated_noise_share(ctx.scores.p_label, self.auto_label_prob)
+                    if self.suspect_fraction == "auto" else self.suspect_fraction)
         kept, suspects = denoise_plan(ctx.scores.loss, ctx.scores.entropy, self.keep_ratio,
-                                      self.suspect_fraction, self.entropy_weight,
+                                      fraction, self.entropy_weight,
                                       epoch_generator(self.seed, ctx.epoch, _SALT))
         return EpochPlan(kept, info={"planned_keep_ratio": kept.numel() / max(1, n),
-                                     "warmup": 0, "suspects": int(suspects.numel())})
+                                     "warmup": 0, "suspects": int(suspects.numel()),
+                                     "suspect_fraction": fraction})

@@ -7,7 +7,7 @@ import torch
 
 from qtune.engine.score_store import ScoreStore
 from qtune.strategies import EpochContext, build_strategy
-from qtune.strategies.denoise import denoise_plan, suspicion, unit_ranks
+from qtune.strategies.denoise import denoise_plan, estimated_noise_share, suspicion, unit_ranks
 
 NAN = float("nan")
 
@@ -99,11 +99,39 @@ def test_default_warm_up_is_two_full_epochs_and_the_second_epochs_scores_decide(
     assert not set(plan.sample_ids.tolist()) & {6, 7}
 
 
+def test_estimated_noise_share_counts_scored_samples_below_the_label_probability():
+    p = torch.tensor([0.9, 0.2, float("nan"), 0.49, 0.5, 0.99, float("nan"), 0.1])
+    assert estimated_noise_share(p, 0.5) == pytest.approx(3 / 6)  # 0.2, 0.49, 0.1 of six scored
+    assert estimated_noise_share(p, 0.1) == 0.0  # strictly below
+    assert estimated_noise_share(torch.full((4,), float("nan")), 0.5) == 0.0
+
+
+def test_auto_suspect_fraction_follows_the_label_probability_and_ranks_choose():
+    """auto: the count comes from p_label < auto_label_prob, the choice from the suspicion
+    ranks; on a store where no sample is below it, nobody is left out (clean data)."""
+    s = build_strategy("denoise", seed=0, keep_ratio=1.0, warmup_epochs=1)
+    assert s.suspect_fraction == "auto" and s.auto_label_prob == 0.5
+    store = ScoreStore(10)
+    loss = torch.arange(10, dtype=torch.float32)  # sample 9 has the highest loss
+    p_label = torch.tensor([0.9] * 7 + [0.3, 0.9, 0.2])  # two below 0.5: 7 and 9
+    store.update(torch.arange(10), 0, loss=loss, entropy=torch.ones(10), p_label=p_label,
+                 num_tokens=torch.full((10,), 2))
+    plan = s.epoch_plan(EpochContext(1, 3, 10, 0, store))
+    assert plan.info["suspect_fraction"] == pytest.approx(0.2) and plan.info["suspects"] == 2
+    assert plan.sample_ids.tolist() == list(range(8))  # the two highest-ranked: 8 and 9, not 7
+    store.update(torch.arange(10), 1, loss=loss, entropy=torch.ones(10),
+                 p_label=torch.full((10,), 0.9), num_tokens=torch.full((10,), 2))
+    plan = s.epoch_plan(EpochContext(2, 3, 10, 0, store))
+    assert plan.info["suspects"] == 0 and plan.sample_ids.tolist() == list(range(10))
+
+
 @pytest.mark.parametrize("option,value,message", [
     ("keep_ratio", 0.0, "strategy.keep_ratio=0.0 is out of range"),
     ("suspect_fraction", 1.0, "strategy.suspect_fraction=1.0 is out of range"),
     ("entropy_weight", -1.0, "strategy.entropy_weight=-1.0 must be >= 0"),
     ("warmup_epochs", -1, "strategy.warmup_epochs=-1 must be >= 0"),
+    ("auto_label_prob", 0.0, "strategy.auto_label_prob=0.0 is out of range"),
+    ("suspect_fraction", "most", "strategy.suspect_fraction='most' must be a fraction in"),
 ])
 def test_bad_options_name_their_key(option, value, message):
     with pytest.raises(ValueError, match=message):
