@@ -12,11 +12,13 @@ trained again, so an early wrong call would stick):
 1. ranks every sample's last loss and last mean entropy over the store (ranks in [0, 1]);
 2. scores suspicion s = rank(loss) − ``entropy_weight`` · rank(entropy) and leaves out the
    ``suspect_fraction`` of the scored samples with the highest s. ``auto`` (the default)
-   estimates that share each epoch as the share of scored samples whose mean label-token
-   probability is below ``auto_label_prob``: after two epochs the model gives well under half
-   its probability to a wrong answer it has not memorised, and more than half to nearly every
-   clean one, so the count follows the noise (about 0 on clean data) while the ranks choose
-   which samples;
+   estimates that share once, at the first decision, as the share of samples whose mean
+   label-token probability on the last warm-up epoch was below ``auto_label_prob``: by then
+   the model gives well under half its probability to most wrong answers and more than half
+   to nearly every clean one, so the count follows the noise (a few per cent on clean data)
+   while the ranks choose which samples. It is kept for the run, because a count re-estimated
+   every epoch shrinks as the wrong answers left in are memorised, which releases suspects to
+   be memorised in turn;
 3. draws ⌊``keep_ratio`` · N⌋ samples uniformly from the rest (all of them when fewer).
 
 The scores come from the training forward of each sample's previous visit (the score store),
@@ -106,6 +108,7 @@ class Denoise(PruningStrategy):
             raise ValueError(f"strategy.entropy_weight={entropy_weight} must be >= 0")
         self.entropy_weight = float(entropy_weight)
         self.warmup_epochs = check_warmup(warmup_epochs)
+        self._auto_share: float | None = None  # estimated at the first decision, then kept
 
     def warmup_cost(self) -> dict[str, int]:
         return {"epochs": self.warmup_epochs, "scoring_passes": 0}
@@ -115,11 +118,21 @@ class Denoise(PruningStrategy):
         if ctx.epoch < self.warmup_epochs:
             return EpochPlan(torch.arange(n), info={"planned_keep_ratio": 1.0, "warmup": 1,
                                                     "suspects": 0, "suspect_fraction": 0.0})
-        fraction = (estimated_noise_share(ctx.scores.p_label, self.auto_label_prob)
-                    if self.suspect_fraction == "auto" else self.suspect_fraction)
+        fraction = self.suspect_fraction
+        if fraction == "auto":
+            if self._auto_share is None:
+                self._auto_share = estimated_noise_share(ctx.scores.p_label, self.auto_label_prob)
+            fraction = self._auto_share
         kept, suspects = denoise_plan(ctx.scores.loss, ctx.scores.entropy, self.keep_ratio,
                                       fraction, self.entropy_weight,
                                       epoch_generator(self.seed, ctx.epoch, _SALT))
         return EpochPlan(kept, info={"planned_keep_ratio": kept.numel() / max(1, n),
                                      "warmup": 0, "suspects": int(suspects.numel()),
                                      "suspect_fraction": fraction})
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "auto_share": self._auto_share}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._auto_share = state.get("auto_share")

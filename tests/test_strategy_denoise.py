@@ -106,22 +106,30 @@ def test_estimated_noise_share_counts_scored_samples_below_the_label_probability
     assert estimated_noise_share(torch.full((4,), float("nan")), 0.5) == 0.0
 
 
-def test_auto_suspect_fraction_follows_the_label_probability_and_ranks_choose():
-    """auto: the count comes from p_label < auto_label_prob, the choice from the suspicion
-    ranks; on a store where no sample is below it, nobody is left out (clean data)."""
+def _store(p_label, epoch=0, store=None):
+    store = store or ScoreStore(10)
+    store.update(torch.arange(10), epoch, loss=torch.arange(10, dtype=torch.float32),
+                 entropy=torch.ones(10), p_label=p_label, num_tokens=torch.full((10,), 2))
+    return store
+
+
+def test_auto_suspect_fraction_is_estimated_once_from_the_label_probability():
+    """auto: the count comes from p_label < auto_label_prob at the first decision, the choice
+    from the suspicion ranks (sample 9 has the highest loss); the count is then kept, even
+    when the left-in samples' label probability rises, and travels in the state dict."""
     s = build_strategy("denoise", seed=0, keep_ratio=1.0, warmup_epochs=1)
     assert s.suspect_fraction == "auto" and s.auto_label_prob == 0.5
-    store = ScoreStore(10)
-    loss = torch.arange(10, dtype=torch.float32)  # sample 9 has the highest loss
-    p_label = torch.tensor([0.9] * 7 + [0.3, 0.9, 0.2])  # two below 0.5: 7 and 9
-    store.update(torch.arange(10), 0, loss=loss, entropy=torch.ones(10), p_label=p_label,
-                 num_tokens=torch.full((10,), 2))
-    plan = s.epoch_plan(EpochContext(1, 3, 10, 0, store))
+    store = _store(torch.tensor([0.9] * 7 + [0.3, 0.9, 0.2]))  # two below 0.5: 7 and 9
+    plan = s.epoch_plan(EpochContext(1, 4, 10, 0, store))
     assert plan.info["suspect_fraction"] == pytest.approx(0.2) and plan.info["suspects"] == 2
     assert plan.sample_ids.tolist() == list(range(8))  # the two highest-ranked: 8 and 9, not 7
-    store.update(torch.arange(10), 1, loss=loss, entropy=torch.ones(10),
-                 p_label=torch.full((10,), 0.9), num_tokens=torch.full((10,), 2))
-    plan = s.epoch_plan(EpochContext(2, 3, 10, 0, store))
+    _store(torch.full((10,), 0.9), epoch=1, store=store)  # everything now looks learned
+    assert s.epoch_plan(EpochContext(2, 4, 10, 0, store)).info["suspects"] == 2
+    resumed = build_strategy("denoise", seed=0, keep_ratio=1.0, warmup_epochs=1)
+    resumed.load_state_dict(s.state_dict())
+    assert resumed.epoch_plan(EpochContext(3, 4, 10, 0, store)).info["suspects"] == 2
+    clean = build_strategy("denoise", seed=0, keep_ratio=1.0, warmup_epochs=1)
+    plan = clean.epoch_plan(EpochContext(1, 4, 10, 0, _store(torch.full((10,), 0.9))))
     assert plan.info["suspects"] == 0 and plan.sample_ids.tolist() == list(range(10))
 
 
