@@ -1,10 +1,11 @@
 """The compute-budget study's table for one noise level, as docs/RESULTS.md prints it.
 
 Reads a ``scripts/run_budget_study.sh`` grid level (``OUT/noiseNN``): every
-``sft/<point>/seed*/summary.json``. Each row is a point's mean ± std exact match over seeds, its
-difference to full (the grid's epochs, 9 in the study), to full cut to the same budget and to the clean-only oracle, each
-with the two-sided p of Welch's t-test (``*``: p < 0.05), its realised ``flops_vs_full``, and
-the wrong-answer tokens it trained relative to full's (— where the level has no noise).
+``sft/<point>/seed*/summary.json``. Each row is a point's mean ± std exact match over seeds;
+its difference to full (at the grid's epochs, 9 in the study), to full cut to the same budget
+and to the clean-only oracle, each with the two-sided p of Welch's t-test (``*``: p < 0.05);
+its realised ``flops_vs_full``; and the wrong-answer tokens it trained relative to full's
+(— where the level has no noise).
 
   python scripts/budget_table.py OUT/noise20 [--json table.json]
 """
@@ -22,8 +23,7 @@ from qtune.report_tables import welch
 
 FULL = re.compile(r"^full-same_epochs-e(?P<epochs>\d+)$")
 ORACLE = re.compile(r"^full-clean_only-same_epochs-e\d+$")
-POINT = re.compile(r"^(?P<strategy>[a-z0-9_]+)-(?:(?P<ratio>[a-z]*[0-9.x]+)-)?"
-                   r"budget(?P<budget>[0-9.]+)-e(?P<epochs>\d+)$")
+POINT = re.compile(r"^(?P<strategy>[a-z0-9_]+)-(?:[a-z]*[0-9.x]+-)?budget(?P<budget>[0-9.]+)-e\d+$")
 
 
 def _find(points: dict, pattern: re.Pattern) -> str | None:

@@ -97,11 +97,13 @@ class Denoise(PruningStrategy):
                  entropy_weight: float = 0.5, warmup_epochs: int = 2) -> None:
         super().__init__(seed)
         self.keep_ratio = check_ratio(keep_ratio, "strategy.keep_ratio")
-        if isinstance(suspect_fraction, str) and suspect_fraction != "auto":
+        if suspect_fraction == "auto":
+            self.suspect_fraction = "auto"
+        elif isinstance(suspect_fraction, str):
             raise ValueError(f"strategy.suspect_fraction={suspect_fraction!r} must be a fraction "
                              "in [0, 1) or auto")
-        self.suspect_fraction = (suspect_fraction if suspect_fraction == "auto" else
-                                 check_fraction(suspect_fraction, "strategy.suspect_fraction"))
+        else:
+            self.suspect_fraction = check_fraction(suspect_fraction, "strategy.suspect_fraction")
         self.auto_label_prob = check_fraction(auto_label_prob, "strategy.auto_label_prob",
                                               allow_zero=False, allow_one=True)
         if float(entropy_weight) < 0:

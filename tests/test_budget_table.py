@@ -28,9 +28,11 @@ def test_rows_compare_against_full_the_same_budget_and_the_oracle(tmp_path):
     _point(tmp_path, "full-clean_only-same_epochs-e9", [0.97, 0.98, 0.96], [0, 0, 0])
     _point(tmp_path, "full-budget0.5-e9", [0.88, 0.89, 0.90], [50, 50, 50], 0.5)
     _point(tmp_path, "denoise-keep0.5-budget0.5-e9", [0.93, 0.95, 0.94], [20, 30, 25], 0.499)
-    table = {r["point"]: r for r in bt.rows(bt.load(tmp_path))}
-    assert [r["point"] for r in bt.rows(bt.load(tmp_path))] == [
-        "full-same_epochs-e9", "full-clean_only-same_epochs-e9", "full-budget0.5-e9", "denoise-keep0.5-budget0.5-e9"]
+    ordered = bt.rows(bt.load(tmp_path))
+    table = {r["point"]: r for r in ordered}
+    assert [r["point"] for r in ordered] == [
+        "full-same_epochs-e9", "full-clean_only-same_epochs-e9", "full-budget0.5-e9",
+        "denoise-keep0.5-budget0.5-e9"]
     d = table["denoise-keep0.5-budget0.5-e9"]
     assert d["strategy"] == "denoise" and d["budget"] == 0.5 and d["seeds"] == 3
     assert d["em_mean"] == pytest.approx(0.94) and d["em_std"] == pytest.approx(0.01)
@@ -39,8 +41,9 @@ def test_rows_compare_against_full_the_same_budget_and_the_oracle(tmp_path):
     assert d["vs_full"].startswith("+0.020") and d["vs_oracle"].startswith("-0.030")
     assert d["wrong_tokens_vs_full"] == pytest.approx(0.25)
     assert d["flops_vs_full"] == pytest.approx(0.499)
-    assert table["full-same_epochs-e9"]["vs_full"] == "—" and table["full-same_epochs-e9"]["flops_vs_full"] == 1.0
-    md = bt.markdown(bt.rows(bt.load(tmp_path)))
+    full = table["full-same_epochs-e9"]
+    assert full["vs_full"] == "—" and full["flops_vs_full"] == 1.0
+    md = bt.markdown(ordered)
     assert "| denoise | 0.5 | 3 | 0.940 ± 0.010 |" in md and "| 0.25 |" in md
 
 
