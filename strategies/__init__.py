@@ -6,34 +6,39 @@ Every module of this package is imported here (``pkgutil``), and importing a mod
 packages register through the ``qtune.strategies`` entry-point group instead (``registry``).
 """
 
-import importlib
-import pkgutil
+if __name__ != "qtune.strategies":  # found as the bare `strategies` from the repository root
+    from qtune.bare_names import hand_over
 
-from .base import (
-    BatchPlan,
-    BatchStats,
-    EpochContext,
-    EpochPlan,
-    PruningStrategy,
-    check_ratio,
-    epoch_generator,
-)
-from .registry import build_strategy, get_strategy_class, register_strategy, registered_names
+    hand_over(__name__, __file__)
+else:
+    import importlib
+    import pkgutil
 
-for _mod in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_mod.name}")
-del _mod
+    from .base import (
+        BatchPlan,
+        BatchStats,
+        EpochContext,
+        EpochPlan,
+        PruningStrategy,
+        check_ratio,
+        epoch_generator,
+    )
+    from .registry import build_strategy, get_strategy_class, register_strategy, registered_names
 
-__all__ = [
-    "BatchPlan",
-    "BatchStats",
-    "EpochContext",
-    "EpochPlan",
-    "PruningStrategy",
-    "build_strategy",
-    "check_ratio",
-    "epoch_generator",
-    "get_strategy_class",
-    "register_strategy",
-    "registered_names",
-]
+    for _mod in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{_mod.name}")
+    del _mod
+
+    __all__ = [
+        "BatchPlan",
+        "BatchStats",
+        "EpochContext",
+        "EpochPlan",
+        "PruningStrategy",
+        "build_strategy",
+        "check_ratio",
+        "epoch_generator",
+        "get_strategy_class",
+        "register_strategy",
+        "registered_names",
+    ]

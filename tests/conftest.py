@@ -34,6 +34,21 @@ def make_cfg(tmp_path):
     return _make
 
 
+def tiny_sft_overrides(cache_dir) -> list[str]:
+    """The embedded SFT task in seconds: a two-layer base pretrained for three steps."""
+    return [f"model.cache_dir={cache_dir}", "model.hidden_size=32",
+            "model.intermediate_size=64", "model.num_hidden_layers=2",
+            "model.num_attention_heads=2", "model.num_key_value_heads=2",
+            "model.base.steps=3", "model.base.batch_size=8", "model.base.warmup_steps=1",
+            "model.base.eval_items=10", "data.num_train=120", "data.num_eval=30",
+            "epochs=2", "batch_size=16", "eval_batch_size=64"]
+
+
+@pytest.fixture
+def tiny_sft(tmp_path):
+    return tiny_sft_overrides(tmp_path / "cache")
+
+
 def crash(step: int | None = None, epoch_start: int | None = None, epoch_end: int | None = None):
     """A Lightning callback that simulates a crash: after optimiser step `step`, at the start
     of epoch `epoch_start`, or in on_train_epoch_end of `epoch_end` (after the pruning callback

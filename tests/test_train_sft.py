@@ -2,19 +2,7 @@
 
 import json
 
-import pytest
-
 from qtune.train import run
-
-
-@pytest.fixture
-def tiny_sft(tmp_path):
-    return [f"model.cache_dir={tmp_path / 'cache'}", "model.hidden_size=32",
-            "model.intermediate_size=64", "model.num_hidden_layers=2",
-            "model.num_attention_heads=2", "model.num_key_value_heads=2",
-            "model.base.steps=3", "model.base.batch_size=8", "model.base.warmup_steps=1",
-            "model.base.eval_items=10", "data.num_train=120", "data.num_eval=30",
-            "epochs=2", "batch_size=16", "eval_batch_size=64"]
 
 
 def test_pretrain_experiment_builds_the_base_once(make_cfg, tiny_sft, tmp_path):
