@@ -101,9 +101,17 @@ def test_single_class_and_ignore_index_beyond_the_vocabulary(backend):
 
 @pytest.mark.parametrize("backend", ["torch", "compiled"])
 def test_outputs_can_be_modified_in_place(backend):
-    out = token_stats(torch.randn(4, 30, requires_grad=True), torch.arange(4), backend=backend)
+    """Scaling an output in place must neither fail in backward nor change the gradient."""
+    z = torch.randn(4, 30, requires_grad=True)
+    y = torch.arange(4)
+    out = token_stats(z, y, backend=backend)
+    entropy = out.entropy.detach().clone()
     out.entropy.mul_(2)
-    (out.loss * 2).sum().backward()
+    out.loss.mul_(3)
+    out.loss.sum().backward()
+    p = torch.softmax(z.detach(), dim=-1)
+    assert torch.allclose(out.entropy, 2 * entropy)
+    assert torch.allclose(z.grad, 3 * (p - torch.nn.functional.one_hot(y, 30)), atol=1e-5)
 
 
 @pytest.mark.parametrize("entry", ["token_stats", "linear_token_stats"])

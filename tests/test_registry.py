@@ -70,7 +70,9 @@ def test_entry_point_group_is_read(monkeypatch):
 
 def test_random_plan_size_and_determinism():
     s = build_strategy("random", seed=7, keep_ratio=0.3)
-    ctx = lambda e: EpochContext(epoch=e, max_epochs=3, num_samples=101, seed=7, scores=None)
+    def ctx(e):
+        return EpochContext(epoch=e, max_epochs=3, num_samples=101, seed=7, scores=None)
+
     a, b = s.epoch_plan(ctx(1)).sample_ids, s.epoch_plan(ctx(1)).sample_ids
     assert a.numel() == round(0.3 * 101) and torch.equal(a, b)
     assert a.unique().numel() == a.numel() and int(a.max()) < 101
@@ -80,7 +82,9 @@ def test_random_plan_size_and_determinism():
 def test_static_random_draws_one_subset_for_the_whole_run():
     dynamic = build_strategy("random", seed=7, keep_ratio=0.3)
     static = build_strategy("random", seed=7, keep_ratio=0.3, static=True)
-    ctx = lambda e: EpochContext(epoch=e, max_epochs=5, num_samples=101, seed=7, scores=None)
+    def ctx(e):
+        return EpochContext(epoch=e, max_epochs=5, num_samples=101, seed=7, scores=None)
+
     plans = [static.epoch_plan(ctx(e)).sample_ids for e in range(5)]
     assert all(torch.equal(plans[0], p) for p in plans[1:])
     assert plans[0].numel() == round(0.3 * 101)

@@ -24,8 +24,7 @@ def test_every_module_of_the_package_is_imported():
         assert f"qtune.strategies.{mod.name}" in sys.modules
 
 
-@pytest.mark.parametrize("name", ["full", "random", "rs2", "el2n", "ccs", "infobatch", "seta",
-                                  "qtuning"])
+@pytest.mark.parametrize("name", registered_names())
 def test_builtin_ratio_knobs_are_options_of_their_yaml(name):
     keys = get_strategy_class(name).ratio_keys
     yaml = OmegaConf.load(CONF / f"{name}.yaml")

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..data.skills import SKILLS, SkillSpec, check_skills, raw_corpus, raw_prompt, sample_problem
+from ..data.skills import SkillSpec, check_skills, raw_corpus, raw_prompt, sample_problem
 from ..data.tokenizer import CharTokenizer
 from .base_recipe import BaseRecipe
 from .tiny_llama import arch_from, build_tiny_llama, num_parameters, to_dict
