@@ -171,8 +171,8 @@ class PruningMixin:
         weights are in force from here."""
         core = self._pruning_core
         plan = core.plan_epoch(epoch, self._num_epochs(), self._scoring_pass)
-        if self._epoch != epoch or not core._epoch_t0:
-            core._epoch_t0 = time.perf_counter()
+        if self._epoch != epoch or not core.epoch_clock.running:
+            core.epoch_clock.start()
         self._epoch = epoch
         return plan
 
@@ -225,8 +225,7 @@ class PruningMixin:
     def _finish_epoch(self) -> None:
         """Merge the epoch's scores into the store and book what it trained."""
         core = self._pruning_core
-        core.finish_epoch(self._epoch, time.perf_counter() - core._epoch_t0 if core._epoch_t0 else 0.0)
-        core._epoch_t0 = 0.0
+        core.finish_epoch(self._epoch)
         self._epoch += 1
 
     # -- LR schedule -----------------------------------------------------------------------
@@ -288,7 +287,7 @@ class PruningMixin:
         core, epoch = self._pruning_core, self._epoch
         done = core._batches_done
         self.plan_epoch(epoch)
-        core._epoch_t0 = time.perf_counter() - core._resume_elapsed
+        core.epoch_clock.start(core.resumed_epoch_seconds)
         if done * self.args.per_device_train_batch_size >= len(self._epoch_ids(epoch)):
             self._finish_epoch()  # saved at an epoch's last step, before the epoch was booked
             return self._epoch, 0

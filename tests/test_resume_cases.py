@@ -7,7 +7,6 @@ epoch whose scores are lost or booked twice on resume changes every later plan.
 
 import os
 import shutil
-import time
 
 import pytest
 from conftest import crash
@@ -18,24 +17,43 @@ from qtune.train import run
 INFOBATCH = ["experiment=digits", "epochs=3", "strategy=infobatch"]
 
 
-def assert_same_run(a, b, spent_s: float | None = None):
+GAP_S = 1e6  # what the fake clock jumps between a crash and its resume
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """The epoch clock reads a counter that ticks one second per reading; ``jump(s)`` moves it
+    on by s, standing for the time between a crash and its resume."""
+    from qtune.engine import epoch_clock
+
+    t = [0.0]
+
+    def tick() -> float:
+        t[0] += 1.0
+        return t[0]
+
+    monkeypatch.setattr(epoch_clock, "now", tick)
+    return lambda s: t.__setitem__(0, t[0] + s)
+
+
+def assert_same_run(a, b, resumed_after_a_gap: bool = False):
     for key in ("samples_trained", "tokens_trained", "realised_keep_ratio", "eval"):
         assert a[key] == b[key], key
     for field in ("epoch", "plan_hash", "samples_trained", "planned_samples"):
         assert [e[field] for e in a["epochs_detail"]] == [e[field] for e in b["epochs_detail"]], field
-    if spent_s is not None:  # epoch times are training time, not a clock started elsewhere
-        assert all(0 < e["time_s"] < spent_s for e in b["epochs_detail"])
+    if resumed_after_a_gap:  # epoch times are training time: the gap is in none of them
+        assert all(0 < e["time_s"] < GAP_S for e in b["epochs_detail"])
 
 
-def crash_then_resume(make_cfg, overrides, crash, name):
-    """(summary of the resumed run, seconds spent by both processes together)."""
-    t0 = time.perf_counter()
+def crash_then_resume(make_cfg, overrides, crash, name, jump=None):
+    """The summary of the resumed run; `jump(s)` (``fake_clock``) puts a gap before the resume."""
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(make_cfg(overrides, name), extra_callbacks=[crash])
     ckpt = make_cfg(overrides, name).run_dir + "/checkpoints/last.ckpt"
     assert os.path.isfile(ckpt)
-    summary = run(make_cfg(overrides + [f"ckpt_path={ckpt}"], name))
-    return summary, time.perf_counter() - t0
+    if jump is not None:
+        jump(GAP_S)
+    return run(make_cfg(overrides + [f"ckpt_path={ckpt}"], name))
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +67,11 @@ def uninterrupted(tmp_path_factory):
 
 def test_stopped_between_epochs_resumes_from_the_finished_epoch(make_cfg, uninterrupted):
     """No step checkpoints at all: last.ckpt is written at every epoch end."""
-    assert_same_run(uninterrupted[0], *crash_then_resume(make_cfg, INFOBATCH,
-                                                         crash(epoch_start=1), "b"))
+    assert_same_run(uninterrupted[0], crash_then_resume(make_cfg, INFOBATCH,
+                                                        crash(epoch_start=1), "b"))
 
 
-def test_checkpoint_after_an_epochs_last_batch(make_cfg, uninterrupted, tmp_path):
+def test_checkpoint_after_an_epochs_last_batch(make_cfg, uninterrupted, tmp_path, fake_clock):
     """qtune never saves on an epoch's last batch (the epoch-end save follows), but a user's
     own ModelCheckpoint may: Lightning then resumes at the next epoch without the epoch-end
     hooks, and the restored epoch is booked before the next one is planned."""
@@ -64,12 +82,12 @@ def test_checkpoint_after_an_epochs_last_batch(make_cfg, uninterrupted, tmp_path
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(make_cfg(INFOBATCH, "c"), extra_callbacks=[user, crash(epoch_end=0)])
     (ckpt,) = (tmp_path / "user").glob("*.ckpt")
-    t0 = time.perf_counter()
+    fake_clock(GAP_S)
     resumed = run(make_cfg(INFOBATCH + [f"ckpt_path={ckpt}"], "c"))
-    assert_same_run(uninterrupted[0], resumed, time.perf_counter() - t0 + 60)
+    assert_same_run(uninterrupted[0], resumed, resumed_after_a_gap=True)
 
 
-def test_no_step_save_on_an_epochs_last_batch(make_cfg, tmp_path):
+def test_no_step_save_on_an_epochs_last_batch(make_cfg, tmp_path, fake_clock):
     """SeTa's second epoch is shorter than its third: a step save on the second epoch's last
     batch, restored, made Lightning train only the third epoch's last batches. qtune's
     checkpoint skips that save; the epoch-end one follows at the same step."""
@@ -81,9 +99,9 @@ def test_no_step_save_on_an_epochs_last_batch(make_cfg, tmp_path):
     per_epoch = [-(-n // 64) for n in steps]
     assert per_epoch[1] < per_epoch[2]  # the case that went wrong
     every = per_epoch[0] + per_epoch[1]  # would land on epoch 1's last batch
-    resumed, spent = crash_then_resume(
-        make_cfg, args + [f"checkpoint.every_n_train_steps={every}"], crash(epoch_end=1), "s")
-    assert_same_run(whole, resumed, spent)
+    resumed = crash_then_resume(make_cfg, args + [f"checkpoint.every_n_train_steps={every}"],
+                                crash(epoch_end=1), "s", jump=fake_clock)
+    assert_same_run(whole, resumed, resumed_after_a_gap=True)
 
 
 def test_resuming_a_finished_run_keeps_its_evaluation(make_cfg, uninterrupted, tmp_path):
@@ -169,3 +187,11 @@ def test_progress_counts_micro_batches_under_gradient_accumulation():
                             current_epoch=0)
         assert training_progress(t, 12) == pytest.approx(0.25)
         assert training_progress(t, 24) == pytest.approx(0.5)
+
+
+def test_stopped_mid_epoch_times_the_epoch_from_its_checkpoint(make_cfg, uninterrupted, fake_clock):
+    """The resumed epoch carries the seconds it had trained before the checkpoint and goes on
+    from there: the time between the crash and the resume counts in no epoch."""
+    resumed = crash_then_resume(make_cfg, INFOBATCH + ["checkpoint.every_n_train_steps=5"],
+                                crash(step=30), "m", jump=fake_clock)
+    assert_same_run(uninterrupted[0], resumed, resumed_after_a_gap=True)

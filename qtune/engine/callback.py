@@ -92,19 +92,17 @@ class PruningCallback(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         core = self.core
-        core._val_time = 0.0
         if core._resume_at is not None and core._resume_at[0] == trainer.current_epoch:
             self._settle_resume(trainer)  # resumed mid-epoch: keep this epoch's restored rows
             return
-        core._epoch_t0 = time.perf_counter()
+        core.epoch_clock.start()
         core.begin_epoch()
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        self._val_t0 = time.perf_counter()
+        self.core.epoch_clock.pause()  # validation is not the epoch's training time
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.state.fn == "fit" and getattr(self, "_val_t0", None) is not None:
-            self.core._val_time += time.perf_counter() - self._val_t0
+        self.core.epoch_clock.resume()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.core.record_batch(outputs, batch_idx)
@@ -117,12 +115,8 @@ class PruningCallback(Callback):
         self.core.check_finite(trainer.current_epoch)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        elapsed = time.perf_counter() - self.core._epoch_t0 - self.core._val_time
-        self.finish_epoch(trainer, trainer.current_epoch, elapsed)
-
-    def finish_epoch(self, trainer, epoch: int, elapsed: float) -> None:
         """Book the epoch in the core (all ranks) and log its history entry."""
-        self._log(trainer, self.core.finish_epoch(epoch, elapsed))
+        self._log(trainer, self.core.finish_epoch(trainer.current_epoch))
 
     def _settle_resume(self, trainer) -> None:
         self._log(trainer, self.core.settle_resume(trainer.current_epoch))

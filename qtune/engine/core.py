@@ -8,8 +8,9 @@ the resumable state, behind a small protocol each trainer adapter drives:
 2. ``batch_extras(batch)``: what the plan adds to a collated batch (``sample_weight`` [B] and
    ``wrong_tokens`` [B, L]), so a training step reads them from the batch.
 3. ``record_batch(outputs)`` after each step: per-sample scores, counters, batch-plan info.
-4. ``finish_epoch(epoch, elapsed)``: merge the epoch's rows from every rank into the score
-   store, book counters and one history entry.
+4. ``finish_epoch(epoch)``: merge the epoch's rows from every rank into the score store, book
+   counters and one history entry, timed by ``epoch_clock`` (the adapter starts it when the
+   epoch's training starts and pauses it around validation).
 5. ``state_dict(epoch)`` / ``load_state_dict(state)`` (from :class:`ResumeState`).
 
 Cross-rank gathers go through ``self.comm`` (:class:`qtune.engine.distributed.Collective`),
@@ -24,6 +25,7 @@ from typing import Any, Callable
 import torch
 
 from qtune.engine.distributed import Collective, digest
+from qtune.engine.epoch_clock import EpochClock
 from qtune.engine.item_tracking import ItemTracker
 from qtune.engine.resume_state import ResumeState
 from qtune.engine.score_store import ScoreStore
@@ -89,8 +91,7 @@ class PruningCore(ResumeState):
         self.weights: torch.Tensor | None = None  # dense loss weights of the plan in force
         self._pass_tokens = 0.0  # scoring-pass tokens not yet in a history entry
         self.begin_epoch()
-        self._epoch_t0 = 0.0
-        self._val_time = 0.0
+        self.epoch_clock = EpochClock()
         self._nonfinite: torch.Tensor | None = None  # any non-finite loss since the last check
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) of a mid-epoch resume
         self._resume_batch_size: int | None = None
@@ -234,9 +235,17 @@ class PruningCore(ResumeState):
         self.totals["train_time_s"] += elapsed
 
     # -- epoch end ---------------------------------------------------------------------------------
-    def finish_epoch(self, epoch: int, elapsed: float) -> dict[str, Any]:
-        """Merge the epoch's scores (all ranks), book its counters; returns its history entry."""
+    @property
+    def resumed_epoch_seconds(self) -> float:
+        """Seconds the epoch resumed mid-way had trained before its checkpoint (else 0)."""
+        return self._resume_elapsed
+
+    def finish_epoch(self, epoch: int, elapsed: float | None = None) -> dict[str, Any]:
+        """Merge the epoch's scores (all ranks), book its counters; returns its history entry.
+        `elapsed`: the epoch's training seconds, by default the epoch clock's reading."""
         self.check_finite(epoch)
+        if elapsed is None:
+            elapsed = self.epoch_clock.elapsed()
         if self._rows and self.store is not None:
             rows = {k: torch.cat([r[k].flatten().cpu() for r in self._rows]) for k in self._rows[0]}
             rows = self.comm.gather_rows(rows)
@@ -270,6 +279,7 @@ class PruningCore(ResumeState):
         if not self.keep_past_plans:
             self.plans = {e: p for e, p in self.plans.items() if e >= epoch}
         self.begin_epoch()
+        self.epoch_clock.reset()
         self._pass_tokens, self._resume_at, self._resume_elapsed = 0.0, None, 0.0
         return entry
 

@@ -10,7 +10,6 @@ Everything stored is tensors and plain values, loadable with ``torch.load(weight
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -49,7 +48,7 @@ class ResumeState:
 
     def _epoch_progress(self, epoch: int) -> dict[str, Any]:
         """This rank's share of the current epoch (a checkpoint mid-epoch resumes from it)."""
-        elapsed = (time.perf_counter() - self._epoch_t0 - self._val_time) if self._epoch_t0 else 0.0
+        elapsed = self.epoch_clock.elapsed()
         return {
             "epoch": int(epoch),
             "world_size": self.comm.world_size,
@@ -138,8 +137,8 @@ class ResumeState:
         epoch = self._resume_at[0]
         if epoch < current_epoch:
             entry = self.finish_epoch(epoch, self._resume_elapsed)
-            self._epoch_t0, self._val_time = time.perf_counter(), 0.0
+            self.epoch_clock.start()
             return entry
         if epoch == current_epoch:
-            self._epoch_t0, self._val_time = time.perf_counter() - self._resume_elapsed, 0.0
+            self.epoch_clock.start(self._resume_elapsed)
         return None
