@@ -50,7 +50,7 @@ from qtune.engine.indexed import IndexedDataset
 from qtune.engine.loss import masked_token_mean
 from qtune.engine.planned_step import forward_tokens, planned_step
 from qtune.engine.sampler import shard_plan
-from qtune.engine.schedule import lr_factor
+from qtune.engine.schedule import lr_factor, training_progress
 from qtune.strategies import build_strategy
 from qtune.strategies.base import PruningStrategy
 
@@ -236,8 +236,8 @@ class PruningMixin:
             return self._epoch / self._num_epochs()
         step = self._steps_multiple()
         batches = -(-plan.sample_ids.numel() // step) * step // self.args.per_device_train_batch_size
-        done = self._pruning_core._batches_done
-        return (self._epoch + min(done / max(batches, 1), 1.0)) / self._num_epochs()
+        return training_progress(self._epoch, self._pruning_core.batches_done, batches,
+                                 self._num_epochs())
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None:
@@ -285,7 +285,7 @@ class PruningMixin:
                                     "was not written by a PruningMixin trainer")
         self.load_pruning_state_dict(torch.load(path, weights_only=True))
         core, epoch = self._pruning_core, self._epoch
-        done = core._batches_done
+        done = core.batches_done
         self.plan_epoch(epoch)
         core.epoch_clock.start(core.resumed_epoch_seconds)
         if done * self.args.per_device_train_batch_size >= len(self._epoch_ids(epoch)):

@@ -30,7 +30,7 @@ def check_resumed_budget(cfg: DictConfig, ckpt: dict) -> int | None:
         raise ValueError(f"ckpt_path={cfg.ckpt_path} was written with budget={saved}; this run "
                          f"asks for budget={wanted} (config key budget): resume with the same "
                          "budget, or start a new run")
-    from qtune.engine.budget import ComputeBudget
+    from qtune.engine.compute_budget import ComputeBudget
 
     if state is None or not ComputeBudget.state_exhausted(state):
         return None
@@ -131,7 +131,7 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
 
     from qtune.engine.callback import PruningCallback
     from qtune.engine.checkpointing import LastCheckpoint
-    from qtune.engine.budget import full_run_flops
+    from qtune.engine.compute_budget import full_run_flops
     from qtune.engine.datamodule import QTuneDataModule
     from qtune.engine.module import QTuneModule
     from qtune.evaluate import evaluate_model, validation_metrics
@@ -157,10 +157,18 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     bundle, model = build_task_and_model(cfg)
     if bundle.task != cfg.task:
         raise ValueError(f"task={cfg.task} but data={cfg.data.name} is a {bundle.task} task")
+    num_params, trainable_params = parameter_counts(model)
+    budget = None
+    if cfg.get("budget") is not None:
+        from qtune.engine.compute_budget import build_budget
+
+        budget = build_budget(float(cfg.budget), int(cfg.epochs), strategy, bundle.train,
+                              int(cfg.batch_size), num_params, trainable_params)
     pruning = PruningCallback(strategy, seed=int(cfg.seed), num_samples=len(bundle.train),
                               item_meta=bundle.train_meta,
                               export_dir=run_dir / "plans" if cfg.export_plan else None,
-                              strategy_config=OmegaConf.to_container(cfg.strategy, resolve=True))
+                              strategy_config=OmegaConf.to_container(cfg.strategy, resolve=True),
+                              budget=budget)
     module = QTuneModule(model, task=bundle.task, lr=cfg.optim.lr,
                          weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas),
                          scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
@@ -169,17 +177,15 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     datamodule = QTuneDataModule(bundle, cfg.batch_size, cfg.eval_batch_size, cfg.num_workers)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_kwargs.pop("max_epochs", None)  # epochs (and the budget) decide it below
-    num_params, trainable_params = parameter_counts(model)
     base_digest = base_weights_digest(model)
     callbacks = [pruning, *(extra_callbacks or []),
                  LastCheckpoint(str(run_dir / "checkpoints"), cfg.checkpoint.every_n_train_steps)]
     max_epochs = int(cfg.epochs)
-    if cfg.get("budget") is not None:
-        from qtune.engine.budget import UPPER_EPOCHS, build_budget
+    if budget is not None:
+        from qtune.engine.budget import BudgetCallback
+        from qtune.engine.compute_budget import UPPER_EPOCHS
 
-        callbacks.insert(1, build_budget(float(cfg.budget), int(cfg.epochs), strategy,
-                                         bundle.train, int(cfg.batch_size), num_params,
-                                         trainable_params))
+        callbacks.insert(1, BudgetCallback(budget))
         max_epochs = epochs_done_at_budget or UPPER_EPOCHS  # the budget stops the run
     if trainer_kwargs.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())

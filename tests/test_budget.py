@@ -8,7 +8,8 @@ import math
 import lightning as L
 import pytest
 
-from qtune.engine.budget import ComputeBudget, full_run_flops
+from qtune.engine.budget import find_budget
+from qtune.engine.compute_budget import full_run_flops
 from qtune.train import run
 
 DIGITS = ["experiment=digits", "epochs=4", "batch_size=64"]
@@ -21,7 +22,7 @@ class StepLog(L.Callback):
         self.lr, self.progress, self.cost = [], [], []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        budget = next(c for c in trainer.callbacks if isinstance(c, ComputeBudget))
+        budget = find_budget(trainer)
         self.lr.append(trainer.optimizers[0].param_groups[0]["lr"])
         self.progress.append(budget.progress)
         self.cost.append(budget.last_step / budget.full_run_flops)

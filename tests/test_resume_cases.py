@@ -175,18 +175,18 @@ def test_summary_is_created_with_the_usual_file_mode(make_cfg, tmp_path):
     assert (tmp_path / "s.json").stat().st_mode & 0o777 == 0o644
 
 
-def test_progress_counts_micro_batches_under_gradient_accumulation():
-    """The LR schedule's progress reaches the epoch's end at its last micro-batch, whatever
-    the accumulation factor (it counted k times too fast with accumulation k)."""
+def test_progress_is_the_share_of_batches_or_of_the_budget():
+    """(epoch + batches done / batches in the epoch) / epochs, capped at the epoch's end; under
+    a budget the share spent, whatever the batches say."""
     from types import SimpleNamespace
 
     from qtune.engine.schedule import training_progress
 
-    for k in (1, 2, 4):
-        t = SimpleNamespace(max_epochs=2, num_training_batches=24, accumulate_grad_batches=k,
-                            current_epoch=0)
-        assert training_progress(t, 12) == pytest.approx(0.25)
-        assert training_progress(t, 24) == pytest.approx(0.5)
+    assert training_progress(0, 12, 24, 2) == pytest.approx(0.25)
+    assert training_progress(1, 24, 24, 2) == pytest.approx(1.0)
+    assert training_progress(1, 30, 24, 2) == pytest.approx(1.0)  # padded repeats: capped
+    assert training_progress(1, 3, float("inf"), 4) == pytest.approx(0.5)  # unknown length
+    assert training_progress(3, 1, 24, 4, SimpleNamespace(progress=0.125)) == 0.125
 
 
 def test_stopped_mid_epoch_times_the_epoch_from_its_checkpoint(make_cfg, uninterrupted, fake_clock):

@@ -44,9 +44,10 @@ class PruningCallback(Callback):
 
     def __init__(self, strategy: PruningStrategy, seed: int = 0, num_samples: int | None = None,
                  item_meta: list[dict] | None = None, export_dir=None,
-                 strategy_config: dict | None = None) -> None:
+                 strategy_config: dict | None = None, budget=None) -> None:
         self.core = PruningCore(strategy, seed=seed, num_samples=num_samples, item_meta=item_meta,
-                                export_dir=export_dir, strategy_config=strategy_config)
+                                export_dir=export_dir, strategy_config=strategy_config,
+                                budget=budget)
         self._trainer = None
         self._module = None
 
@@ -189,11 +190,7 @@ class PruningCallback(Callback):
                           drop_last=False, **kwargs)
 
     def plan_for_epoch(self, epoch: int) -> EpochPlan:
-        from qtune.engine.budget import find_budget
-
-        budget = find_budget(self._trainer)  # under a budget: the epochs it buys, re-estimated
-        max_epochs = budget.planned_epochs(epoch) if budget else int(self._trainer.max_epochs or 1)
-        return self.core.plan_epoch(epoch, max_epochs, self.scoring_pass)
+        return self.core.plan_epoch(epoch, int(self._trainer.max_epochs or 1), self.scoring_pass)
 
     @torch.no_grad()
     def scoring_pass(self, epoch: int) -> None:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import torch
 
+from qtune.engine.compute_budget import ComputeBudget
 from qtune.engine.distributed import Collective, digest
 from qtune.engine.epoch_clock import EpochClock
 from qtune.engine.item_tracking import ItemTracker
@@ -76,8 +77,10 @@ class PruningCore(ResumeState):
 
     def __init__(self, strategy: PruningStrategy, seed: int = 0, num_samples: int | None = None,
                  item_meta: list[dict] | None = None, export_dir=None,
-                 strategy_config: dict | None = None, keep_past_plans: bool = False) -> None:
+                 strategy_config: dict | None = None, keep_past_plans: bool = False,
+                 budget: ComputeBudget | None = None) -> None:
         self.strategy = strategy
+        self.budget = budget  # budget=F: plans see the epochs it buys; scoring passes spend it
         self.keep_past_plans = keep_past_plans  # else finished epochs' plans leave the state
         self.strategy_config = strategy_config
         self.export_dir = export_dir
@@ -105,6 +108,11 @@ class PruningCore(ResumeState):
         self._token_rows: list[dict[str, torch.Tensor]] = []  # token masks, with export_dir
         self._batches_done = 0  # batches of the current epoch already trained
 
+    @property
+    def batches_done(self) -> int:
+        """Batches of the current epoch trained so far (restored by a mid-epoch resume)."""
+        return self._batches_done
+
     # -- plans ---------------------------------------------------------------------------------
     def ensure_store(self, num_samples: int) -> ScoreStore:
         if self.store is None:
@@ -116,7 +124,10 @@ class PruningCore(ResumeState):
 
     def plan_epoch(self, epoch: int, max_epochs: int,
                    score_all: Callable[[int], None] | None = None) -> EpochPlan:
-        """The epoch's plan, made once; it also sets the dense loss weights in force."""
+        """The epoch's plan, made once; it also sets the dense loss weights in force. Under a
+        compute budget `max_epochs` is the budget's estimate of the epochs it buys."""
+        if self.budget is not None:
+            max_epochs = self.budget.planned_epochs(epoch)
         if epoch not in self.plans:
             ctx = EpochContext(epoch=epoch, max_epochs=max_epochs,
                                num_samples=self.store.num_samples, seed=self.seed, scores=self.store)
@@ -231,6 +242,8 @@ class PruningCore(ResumeState):
         # kept apart too: a compute budget counts batch scoring per step, passes here
         self.totals["scoring_pass_tokens"] = self.totals.get("scoring_pass_tokens", 0.0) + pass_tokens
         self._pass_tokens += pass_tokens
+        if self.budget is not None:
+            self.budget.book_scoring_pass(pass_tokens)
         self.totals["scoring_time_s"] += elapsed
         self.totals["train_time_s"] += elapsed
 

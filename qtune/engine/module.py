@@ -17,6 +17,7 @@ from qtune.engine.batch_stats import classifier_stats, lm_stats, sample_scores
 from qtune.engine.loss import masked_token_mean
 from qtune.engine.planned_step import (forward_tokens, planned_step, response_mask,
                                        wrong_tokens_trained)
+from qtune.engine.budget import find_budget
 from qtune.engine.schedule import lr_factor, training_progress
 
 
@@ -155,7 +156,10 @@ class QTuneModule(L.LightningModule):
         cfg = self.scheduler_cfg
 
         def factor(_step: int) -> float:
-            progress = training_progress(self._trainer, self._steps_in_epoch)
+            t = self._trainer
+            progress = 0.0 if t is None else training_progress(
+                t.current_epoch, self._steps_in_epoch, t.num_training_batches, t.max_epochs,
+                find_budget(t))
             return lr_factor(progress, cfg.get("name", "cosine"), float(cfg.get("warmup", 0.0)),
                              float(cfg.get("min_ratio", 0.1)))
 

@@ -28,19 +28,14 @@ def lr_factor(progress: float, name: str = "cosine", warmup: float = 0.0,
                      "expected cosine, linear or constant")
 
 
-def training_progress(trainer, steps_done_in_epoch: int) -> float:
-    """Fraction of training done, from the trainer's epoch and this epoch's loader length."""
-    if trainer is None:
-        return 0.0
-    from qtune.engine.budget import find_budget
-
-    budget = find_budget(trainer)
-    if budget is not None:  # budget=F: the share of the FLOPs budget spent
+def training_progress(epoch: int, batches_done: int, batches_in_epoch, max_epochs: int,
+                      budget=None) -> float:
+    """Fraction of training done: (epoch + batches done / batches in this epoch) / max_epochs,
+    or under a compute budget (a ``ComputeBudget``) the share of the budget spent. Both batch
+    counts are micro-batches (with gradient accumulation an optimiser step is several of them):
+    their ratio is the epoch's progress whatever the accumulation."""
+    if budget is not None:
         return budget.progress
-    max_epochs = max(int(trainer.max_epochs or 1), 1)
-    per_epoch = trainer.num_training_batches
-    if not isinstance(per_epoch, (int, float)) or per_epoch in (0, float("inf")):
-        per_epoch = 1
-    # steps_done_in_epoch and num_training_batches both count micro-batches (with gradient
-    # accumulation an optimiser step is several of them): their ratio is the epoch's progress
-    return (trainer.current_epoch + min(steps_done_in_epoch / per_epoch, 1.0)) / max_epochs
+    if not isinstance(batches_in_epoch, (int, float)) or batches_in_epoch in (0, float("inf")):
+        batches_in_epoch = 1
+    return (epoch + min(batches_done / batches_in_epoch, 1.0)) / max(int(max_epochs or 1), 1)
