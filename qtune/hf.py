@@ -23,6 +23,14 @@ What the mixin changes, and why:
   progress instead (epoch + share of this epoch's steps, over ``num_train_epochs``), so warm-up
   and decay span the steps actually run and the LR reaches the schedule's end at the last one.
   ``lr_scheduler_type`` linear, cosine or constant; warm-up from ``warmup_steps``.
+* **Compute budget** (``pruning_budget=F``, as ``budget=F`` in ``qtune-train``): the run may
+  spend the fraction F of the FLOPs of the matching full run (every sample for
+  ``num_train_epochs`` epochs), scoring passes included, and stops at the first optimiser step
+  after which one more of the same cost would overrun it; the Trainer's epoch count is lifted so
+  a strategy that keeps less runs more epochs, the strategies see the epochs the budget buys,
+  and the LR schedule's progress is the share spent. One host read per optimiser step, only
+  under a budget. A keyword argument, not a ``TrainingArguments`` field, so that any Trainer
+  subclass's own arguments class works unchanged.
 * **sample_id**: added to the dataset when missing, kept through Trainer's column removal and
   through the collator (whatever collator the Trainer uses, e.g. TRL's).
 * **Resume**: the pruning state is saved beside each Trainer checkpoint (``qtune_pruning.pt``);
@@ -45,6 +53,7 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import TrainerCallback
 
 from qtune.engine.batch_stats import lm_stats, sample_scores
+from qtune.engine.compute_budget import UPPER_EPOCHS, ComputeBudget, build_budget
 from qtune.engine.core import PruningCore
 from qtune.engine.indexed import IndexedDataset
 from qtune.engine.loss import masked_token_mean
@@ -109,6 +118,22 @@ class _BookEpochs(TrainerCallback):
         self.owner._finish_epoch()
 
 
+class _BookBudgetSteps(TrainerCallback):
+    """Books each optimiser step's FLOPs before the LR scheduler reads the progress, and stops
+    training when one more step of the same cost would overrun the budget."""
+
+    def __init__(self, owner: "PruningMixin") -> None:
+        self.owner = owner
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        budget = self.owner.pruning_budget
+        budget.book_step(float(self.owner._step_flops))
+        self.owner._step_flops = 0.0
+        if budget.exhausted:
+            control.should_training_stop = True
+        return control
+
+
 class PruningMixin:
     """Put before a ``transformers.Trainer`` subclass: ``class T(PruningMixin, Trainer)``.
     ``pruning`` is a strategy name (options in ``pruning_options``) or a built strategy. The
@@ -116,7 +141,8 @@ class PruningMixin:
     the same one ``qtune-train``'s Lightning callback drives."""
 
     def __init__(self, *args, pruning: str | PruningStrategy | None = "full",
-                 pruning_options: dict[str, Any] | None = None, **kwargs) -> None:
+                 pruning_options: dict[str, Any] | None = None,
+                 pruning_budget: float | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if self.args.world_size > 1:
             raise NotImplementedError("PruningMixin runs in one process; for DDP/FSDP use "
@@ -128,12 +154,31 @@ class PruningMixin:
         self.train_dataset = with_sample_id(self.train_dataset)
         self.data_collator = KeepSampleId(self.data_collator)
         self.model_accepts_loss_kwargs = False  # our loss is a token mean: Trainer scales by GA
+        self.pruning_budget = self._build_budget(pruning, pruning_budget)
         self._pruning_core = PruningCore(pruning, seed=self.args.seed,
                                          num_samples=len(self.train_dataset),
                                          strategy_config=dict(pruning_options or {}),
-                                         keep_past_plans=True)
+                                         keep_past_plans=True, budget=self.pruning_budget)
         self._epoch = 0
+        self._step_flops = 0.0  # this optimiser step's FLOPs so far (a device tensor in a step)
         self.add_callback(_BookEpochs(self))
+        if self.pruning_budget is not None:
+            self.add_callback(_BookBudgetSteps(self))
+
+    def _build_budget(self, strategy: PruningStrategy, fraction: float | None) -> ComputeBudget | None:
+        if fraction is None:
+            return None
+        if self.args.max_steps > 0:
+            raise ValueError(f"pruning_budget={fraction} and max_steps={self.args.max_steps} both "
+                             "decide when training stops; set one of them")
+        if not 0.0 < float(fraction) <= 1.0:
+            raise ValueError(f"pruning_budget={fraction} is out of range; expected a value in (0.0, 1.0]")
+        from qtune.models.adapters import parameter_counts
+
+        num_params, trainable = parameter_counts(self.model)
+        batch = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+        return build_budget(float(fraction), self._num_epochs(), strategy, self.train_dataset,
+                            batch, num_params, trainable)
 
     # the core's state, under the names a Trainer user reads
     pruning = property(lambda self: self._pruning_core.strategy)
@@ -150,6 +195,15 @@ class PruningMixin:
 
     def _get_train_sampler(self, train_dataset=None):
         return EpochPlanSampler(self)
+
+    def set_initial_training_values(self, args, dataloader):
+        """Under a budget the budget stops the run: Trainer's epoch count and step bound are
+        lifted, so a strategy that keeps less runs the more epochs the budget buys."""
+        values = list(super().set_initial_training_values(args, dataloader))
+        if self.pruning_budget is not None:
+            values[0] = UPPER_EPOCHS  # num_train_epochs
+            values[-1] = UPPER_EPOCHS * values[1]  # max_steps = epochs x update steps per epoch
+        return tuple(values)
 
     def _steps_multiple(self) -> int:
         return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
@@ -220,12 +274,16 @@ class PruningMixin:
                    "forward_tokens": forward_tokens(batch)}
         # rows and counters stay on the device (no host sync per step) until the epoch ends
         self._pruning_core.record_batch({"loss": loss.detach(), "sample_ids": ids, **out})
+        if self.pruning_budget is not None:  # read once per optimiser step (_BookBudgetSteps)
+            self._step_flops = self._step_flops + self.pruning_budget.step_cost(out, loss.device)
         return (loss, {"loss": loss}) if return_outputs else loss
 
     def _finish_epoch(self) -> None:
         """Merge the epoch's scores into the store and book what it trained."""
         core = self._pruning_core
         core.finish_epoch(self._epoch)
+        if self.pruning_budget is not None:
+            self.pruning_budget.end_epoch()
         self._epoch += 1
 
     # -- LR schedule -----------------------------------------------------------------------
@@ -237,7 +295,7 @@ class PruningMixin:
         step = self._steps_multiple()
         batches = -(-plan.sample_ids.numel() // step) * step // self.args.per_device_train_batch_size
         return training_progress(self._epoch, self._pruning_core.batches_done, batches,
-                                 self._num_epochs())
+                                 self._num_epochs(), self.pruning_budget)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None:
@@ -256,11 +314,21 @@ class PruningMixin:
 
     # -- checkpoints -----------------------------------------------------------------------
     def pruning_state_dict(self) -> dict[str, Any]:
-        return {"core": self._pruning_core.state_dict(self._epoch), "epoch": self._epoch}
+        budget = self.pruning_budget
+        return {"core": self._pruning_core.state_dict(self._epoch), "epoch": self._epoch,
+                "budget": None if budget is None else budget.state_dict()}
 
     def load_pruning_state_dict(self, state: dict[str, Any]) -> None:
         """Refused, naming the difference, when the strategy or its options differ."""
+        saved, budget = state.get("budget"), self.pruning_budget
+        if (saved is None) != (budget is None):
+            raise ValueError(f"this checkpoint was written with pruning_budget="
+                             f"{None if saved is None else saved['fraction']}; this trainer has "
+                             f"pruning_budget={None if budget is None else budget.fraction}: "
+                             "resume with the same budget, or start a new run")
         self._pruning_core.load_state_dict(state["core"])
+        if budget is not None:
+            budget.load_state_dict(saved)
         self._epoch = int(state["epoch"])
 
     def _save_checkpoint(self, model, trial) -> None:

@@ -34,7 +34,8 @@ def model_dir(tmp_path_factory):
     return save_tiny_llama(tmp_path_factory.mktemp("hf") / "llama")
 
 
-def make_trainer(model_dir, out, pruning, options=None, epochs=2, data=None, **args):
+def make_trainer(model_dir, out, pruning, options=None, epochs=2, data=None, pruning_budget=None,
+                 **args):
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     from qtune.kernels import set_default_backend
@@ -52,7 +53,8 @@ def make_trainer(model_dir, out, pruning, options=None, epochs=2, data=None, **a
         "seed": 0, "disable_tqdm": True, "logging_steps": 1, "save_strategy": "no",
         "dataloader_num_workers": 0, **args})
     return PrunedTrainer(model=model, args=targs, train_dataset=data or CountingDataset(),
-                         pruning=pruning, pruning_options=options or {})
+                         pruning=pruning, pruning_options=options or {},
+                         pruning_budget=pruning_budget)
 
 
 def test_random_half_visits_half_the_samples_each_epoch_and_the_lr_ends_on_schedule(model_dir, tmp_path):
@@ -191,3 +193,54 @@ def test_trl_sft_trainer_prunes_the_same_way(model_dir, tmp_path):
     trainer.train()
     assert [h["samples_trained"] for h in trainer.pruning_history] == [N // 4, N // 4]
     assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_budget_half_of_a_three_epoch_run_spends_half_and_ends_the_lr_at_the_last_step(model_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    from qtune.models.adapters import parameter_counts
+    from qtune.summary import token_costs
+
+    data = CountingDataset()
+    trainer = make_trainer(model_dir, tmp_path, "random", {"keep_ratio": 0.5}, epochs=3, data=data,
+                           pruning_budget=0.5)
+    data.reads.clear()
+    lrs = []
+
+    class LR(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            lrs.append(trainer.lr_scheduler.get_last_lr()[0])
+
+    trainer.add_callback(LR())
+    trainer.train()
+    budget = trainer.pruning_budget
+    grad_cost = token_costs(*parameter_counts(trainer.model))[0]
+    assert budget.full_run_flops == pytest.approx(3 * grad_cost * N * T)
+    # every token read was trained with gradients: an independent count of what was spent
+    assert budget.spent == pytest.approx(grad_cost * len(data.reads) * T)
+    step = grad_cost * B * T
+    assert 0.5 * budget.full_run_flops - step <= budget.spent <= 0.5 * budget.full_run_flops
+    assert trainer.state.global_step == len(lrs) == 12  # 3 epochs of 16 samples, 4 per step
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12) and all(a > b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_budget_buys_more_epochs_for_a_smaller_selection(model_dir, tmp_path):
+    """A quarter of the samples under half the FLOPs of 2 full epochs: 4 epochs, past
+    num_train_epochs, and the strategy plans them knowing it."""
+    seen = []
+    from qtune.strategies import build_strategy
+
+    strategy = build_strategy("random", seed=0, keep_ratio=0.25)
+    plan = strategy.epoch_plan
+    strategy.epoch_plan = lambda ctx: seen.append(ctx.max_epochs) or plan(ctx)
+    trainer = make_trainer(model_dir, tmp_path, strategy, epochs=2, pruning_budget=0.5)
+    trainer.train()
+    assert [e["epoch"] for e in trainer.pruning_history] == [0, 1, 2, 3]
+    assert trainer.state.global_step == 4 * (N // 4) // B
+    assert seen[0] == 1 and seen[1:] == [4, 4, 4]  # 2 x 0.5 before any cost is known, then 4
+    assert trainer.pruning_budget.progress == pytest.approx(1.0)
+
+
+def test_budget_and_max_steps_together_are_refused(model_dir, tmp_path):
+    with pytest.raises(ValueError, match="pruning_budget=0.5 and max_steps=3"):
+        make_trainer(model_dir, tmp_path, "random", {"keep_ratio": 0.5}, pruning_budget=0.5, max_steps=3)

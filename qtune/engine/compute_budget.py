@@ -28,10 +28,26 @@ UPPER_EPOCHS = 10_000  # the trainer's max_epochs under a budget: the budget sto
 
 
 def dataset_tokens(dataset) -> int:
-    """Tokens a full epoch forwards: non-padding input positions (one per classified item)."""
+    """Tokens a full epoch forwards: non-padding input positions (one per classified item).
+    Reads qtune's datasets' ``input_ids``, a ``datasets.Dataset``'s columns, a wrapper's
+    ``dataset``, or else every item's ``attention_mask`` (or ``input_ids``) once."""
     ids = getattr(dataset, "input_ids", None)
     if ids is not None:
         return int(sum(len(x) for x in ids))
+    columns = getattr(dataset, "column_names", None)
+    if columns is not None and "input_ids" in columns:
+        if "attention_mask" in columns:
+            return int(sum(sum(m) for m in dataset["attention_mask"]))
+        return int(sum(len(x) for x in dataset["input_ids"]))
+    inner = getattr(dataset, "dataset", None)
+    if inner is not None and len(inner) == len(dataset):
+        return dataset_tokens(inner)
+    first = dataset[0] if len(dataset) else None
+    if isinstance(first, dict) and "attention_mask" in first:
+        return int(sum(int(torch.as_tensor(dataset[i]["attention_mask"]).sum())
+                       for i in range(len(dataset))))
+    if isinstance(first, dict) and "input_ids" in first:
+        return int(sum(len(dataset[i]["input_ids"]) for i in range(len(dataset))))
     return len(dataset)
 
 
