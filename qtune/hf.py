@@ -45,7 +45,6 @@ written without the mixin.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import torch
@@ -159,6 +158,7 @@ class PruningMixin:
                                          num_samples=len(self.train_dataset),
                                          strategy_config=dict(pruning_options or {}),
                                          keep_past_plans=True, budget=self.pruning_budget)
+        self._pruning_core.batch_size = self.args.per_device_train_batch_size
         self._epoch = 0
         self._step_flops = 0.0  # this optimiser step's FLOPs so far (a device tensor in a step)
         self.add_callback(_BookEpochs(self))
@@ -230,22 +230,20 @@ class PruningMixin:
         self._epoch = epoch
         return plan
 
-    @torch.no_grad()
     def _scoring_pass(self, epoch: int) -> None:
         model = self.model
         was_training = model.training
         model.eval()
-        t0 = time.perf_counter()
         loader = DataLoader(self.train_dataset, batch_size=self.args.per_device_train_batch_size,
                             collate_fn=self.data_collator)
-        rows, tokens = [], torch.zeros((), dtype=torch.float64)
-        for batch in loader:
+
+        def score_batch(batch):
             batch = self._prepare_inputs(batch)
             stats = lm_stats(model, batch)
-            rows.append({"sample_ids": batch["sample_id"], **sample_scores(stats, stats.valid)})
-            tokens += forward_tokens(batch).double().cpu()
+            return batch["sample_id"], sample_scores(stats, stats.valid), forward_tokens(batch)
+
+        self._pruning_core.run_scoring_pass(epoch, loader, score_batch)
         model.train(was_training)
-        self._pruning_core.book_scoring_pass(epoch, rows, tokens, time.perf_counter() - t0)
 
     # -- loss ------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -354,6 +352,8 @@ class PruningMixin:
         self.load_pruning_state_dict(torch.load(path, weights_only=True))
         core, epoch = self._pruning_core, self._epoch
         done = core.batches_done
+        core.samples_to_skip(epoch, self.args.per_device_train_batch_size,
+                             key="per_device_train_batch_size")  # refuses another batch size
         self.plan_epoch(epoch)
         core.epoch_clock.start(core.resumed_epoch_seconds)
         if done * self.args.per_device_train_batch_size >= len(self._epoch_ids(epoch)):

@@ -142,6 +142,34 @@ def test_resume_from_a_trainer_checkpoint_ends_with_the_same_weights(model_dir, 
     assert torch.equal(resumed._pruning_store.loss, whole._pruning_store.loss)
 
 
+def test_resume_mid_epoch_with_another_batch_size_is_refused(model_dir, tmp_path):
+    opts = {"prune_ratio": 0.5}
+    make_trainer(model_dir, tmp_path, "infobatch", opts, epochs=1, save_strategy="steps",
+                 save_steps=5).train()
+    other = make_trainer(model_dir, tmp_path, "infobatch", opts, epochs=1,
+                         per_device_train_batch_size=2 * B)
+    with pytest.raises(ValueError, match=f"batch size {B}; this run uses {2 * B} "
+                                         r"\(per_device_train_batch_size\)"):
+        other.train(resume_from_checkpoint=str(tmp_path / "checkpoint-5"))
+
+
+def test_resume_under_a_budget_ends_where_the_uninterrupted_run_ends(model_dir, tmp_path):
+    opts = {"keep_ratio": 0.25}
+    whole = make_trainer(model_dir, tmp_path / "whole", "random", opts, pruning_budget=0.5)
+    whole.train()
+    make_trainer(model_dir, tmp_path / "cut", "random", opts, pruning_budget=0.5,
+                 save_strategy="steps", save_steps=3).train()
+    checkpoint = str(tmp_path / "cut" / "checkpoint-3")  # inside epoch 1
+    with pytest.raises(ValueError, match="pruning_budget=0.5; this trainer has pruning_budget=None"):
+        make_trainer(model_dir, tmp_path / "cut", "random", opts).train(resume_from_checkpoint=checkpoint)
+    resumed = make_trainer(model_dir, tmp_path / "cut", "random", opts, pruning_budget=0.5)
+    resumed.train(resume_from_checkpoint=checkpoint)
+    assert resumed.state.global_step == whole.state.global_step == 8
+    assert resumed.pruning_budget.spent == pytest.approx(whole.pruning_budget.spent)
+    for (name, a), (_, b) in zip(whole.model.named_parameters(), resumed.model.named_parameters()):
+        assert torch.equal(a, b), name
+
+
 def test_strategy_by_name_is_checked(model_dir, tmp_path):
     with pytest.raises(ValueError, match="unknown option"):
         make_trainer(model_dir, tmp_path, "random", {"keep": 0.5})

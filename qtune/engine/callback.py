@@ -25,7 +25,6 @@ scoring passes; the core holds every decision and number. Protocol for a Lightni
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -93,7 +92,7 @@ class PruningCallback(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         core = self.core
-        if core._resume_at is not None and core._resume_at[0] == trainer.current_epoch:
+        if core.resuming(trainer.current_epoch):
             self._settle_resume(trainer)  # resumed mid-epoch: keep this epoch's restored rows
             return
         core.epoch_clock.start()
@@ -168,19 +167,11 @@ class PruningCallback(Callback):
         core = self.core
         core.ensure_store(len(dataset))
         self._dataset, self._collate = dataset, collate_fn
-        core._batch_size, self._num_workers = batch_size, num_workers
+        core.batch_size, self._num_workers = batch_size, num_workers
         epoch = trainer.current_epoch
         self._settle_resume(trainer)  # an epoch the checkpoint holds complete is booked first
         plan = self.plan_for_epoch(epoch)
-        skip = 0
-        if core._resume_at is not None and core._resume_at[0] == epoch:
-            if core._resume_batch_size not in (None, batch_size):
-                raise ValueError(
-                    f"this checkpoint was taken mid-epoch with batch size "
-                    f"{core._resume_batch_size}; this run uses {batch_size} (config key "
-                    "batch_size), which would retrain or skip samples. Resume with the same "
-                    "batch size, or from an end-of-epoch checkpoint")
-            skip = core._resume_at[1] * batch_size
+        skip = core.samples_to_skip(epoch, batch_size, key="config key batch_size")
         sampler = PlanSampler(plan.sample_ids, seed=self.seed, epoch=epoch, skip=skip,
                               rank=trainer.global_rank, world_size=trainer.world_size)
         # a private generator: creating the loader's iterator must not consume the global RNG
@@ -192,25 +183,18 @@ class PruningCallback(Callback):
     def plan_for_epoch(self, epoch: int) -> EpochPlan:
         return self.core.plan_epoch(epoch, int(self._trainer.max_epochs or 1), self.scoring_pass)
 
-    @torch.no_grad()
     def scoring_pass(self, epoch: int) -> None:
         """Score every training sample without gradients, sharded over ranks; the core gathers."""
         module, trainer = self._module, self._trainer
         if not hasattr(module, "score_batch"):
             raise TypeError(f"strategy {self.strategy.name!r} needs a scoring pass: the "
                             "LightningModule must implement score_batch(batch)")
-        t0 = time.perf_counter()
         ids = shard_plan(torch.arange(self.store.num_samples), seed=self.seed, epoch=epoch,
                          rank=trainer.global_rank, world_size=trainer.world_size, shuffle=False)
-        loader = DataLoader(self._dataset, batch_size=self.core._batch_size, sampler=ids.tolist(),
+        loader = DataLoader(self._dataset, batch_size=self.core.batch_size, sampler=ids.tolist(),
                             collate_fn=self._collate, num_workers=0)
         was_training = module.training
         module.eval()
-        rows, tokens = [], torch.zeros((), dtype=torch.float64)
-        for batch in loader:
-            batch = trainer.strategy.batch_to_device(batch)
-            sample_ids, scores, fwd_tokens = module.score_batch(batch)
-            rows.append({"sample_ids": sample_ids, **scores})
-            tokens += torch.as_tensor(fwd_tokens).double().cpu()
+        self.core.run_scoring_pass(
+            epoch, loader, lambda batch: module.score_batch(trainer.strategy.batch_to_device(batch)))
         module.train(was_training)
-        self.core.book_scoring_pass(epoch, rows, tokens, time.perf_counter() - t0)

@@ -20,12 +20,13 @@ which the adapter sets; the default is one process.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
 from qtune.engine.compute_budget import ComputeBudget
 from qtune.engine.distributed import Collective, digest
+from qtune.engine import epoch_clock
 from qtune.engine.epoch_clock import EpochClock
 from qtune.engine.item_tracking import ItemTracker
 from qtune.engine.resume_state import ResumeState
@@ -99,7 +100,7 @@ class PruningCore(ResumeState):
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) of a mid-epoch resume
         self._resume_batch_size: int | None = None
         self._resume_elapsed = 0.0  # seconds of the resumed epoch trained before the checkpoint
-        self._batch_size: int | None = None
+        self.batch_size: int | None = None  # the adapter's per-rank batch size (resume checks it)
 
     def begin_epoch(self) -> None:
         self._rows: list[dict[str, torch.Tensor]] = []
@@ -107,6 +108,36 @@ class PruningCore(ResumeState):
         self._batch_info: dict[str, float] = {}
         self._token_rows: list[dict[str, torch.Tensor]] = []  # token masks, with export_dir
         self._batches_done = 0  # batches of the current epoch already trained
+
+    def resuming(self, epoch: int) -> bool:
+        """True while `epoch` is the one a mid-epoch checkpoint was taken in."""
+        return self._resume_at is not None and self._resume_at[0] == epoch
+
+    def samples_to_skip(self, epoch: int, batch_size: int, key: str = "batch_size") -> int:
+        """This rank's samples of `epoch` already trained before a mid-epoch checkpoint (0
+        otherwise). Another batch size than the checkpoint's is refused, naming `key`: the
+        same count of batches would then retrain or skip samples."""
+        if not self.resuming(epoch):
+            return 0
+        if self._resume_batch_size not in (None, batch_size):
+            raise ValueError(
+                f"this checkpoint was taken mid-epoch with batch size {self._resume_batch_size}; "
+                f"this run uses {batch_size} ({key}), which would retrain or skip samples. Resume "
+                "with the same batch size, or from an end-of-epoch checkpoint")
+        return self._resume_at[1] * batch_size
+
+    def run_scoring_pass(self, epoch: int, batches: Iterable,
+                         score_batch: Callable[[Any], tuple]) -> None:
+        """A no-grad pass: ``score_batch(batch)`` gives ``(sample_ids, scores, forward_tokens)``
+        for each of this rank's batches; the scores of all ranks are stored and the pass booked."""
+        t0 = epoch_clock.now()
+        rows, tokens = [], torch.zeros((), dtype=torch.float64)
+        with torch.no_grad():
+            for batch in batches:
+                sample_ids, scores, fwd_tokens = score_batch(batch)
+                rows.append({"sample_ids": sample_ids, **scores})
+                tokens += torch.as_tensor(fwd_tokens).double().cpu()
+        self.book_scoring_pass(epoch, rows, tokens, epoch_clock.now() - t0)
 
     @property
     def batches_done(self) -> int:

@@ -53,7 +53,7 @@ class ResumeState:
             "epoch": int(epoch),
             "world_size": self.comm.world_size,
             "batches_done": self._batches_done,
-            "batch_size": self._batch_size,
+            "batch_size": self.batch_size,
             "time_s": elapsed if self._batches_done else 0.0,
             "rows": [{k: v.cpu() for k, v in r.items()} for r in self._rows],
             "counters": {k: torch.as_tensor(v).cpu() for k, v in self._counters.items()},
