@@ -17,7 +17,7 @@ What the mixin changes, and why:
   accumulation never straddles two epochs.
 * **Loss** (``compute_loss``): token statistics through ``qtune.kernels``, the mean over kept
   response tokens with the plan's per-sample weights (InfoBatch), and batch plans (Q-Tuning)
-  through :func:`qtune.engine.planned_step.planned_step`, exactly as ``qtune-train`` does.
+  through :func:`qtune.engine.train_step.train_step`, the step ``qtune-train`` runs.
   The per-sample scores of the training forward feed the score store.
 * **LR schedule**: Trainer fixes ``max_steps`` from full epochs; the mixin's schedule reads
   progress instead (epoch + share of this epoch's steps, over ``num_train_epochs``), so warm-up
@@ -55,9 +55,9 @@ from qtune.engine.batch_stats import lm_stats, sample_scores
 from qtune.engine.compute_budget import UPPER_EPOCHS, ComputeBudget, build_budget
 from qtune.engine.core import PruningCore
 from qtune.engine.indexed import IndexedDataset
-from qtune.engine.loss import masked_token_mean
-from qtune.engine.planned_step import forward_tokens, planned_step
+from qtune.engine.planned_step import forward_tokens
 from qtune.engine.sampler import shard_plan
+from qtune.engine.train_step import train_step
 from qtune.engine.schedule import lr_factor, training_progress
 from qtune.strategies import build_strategy
 from qtune.strategies.base import PruningStrategy
@@ -178,7 +178,7 @@ class PruningMixin:
         num_params, trainable = parameter_counts(self.model)
         batch = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
         return build_budget(float(fraction), self._num_epochs(), strategy, self.train_dataset,
-                            batch, num_params, trainable)
+                            batch, num_params, trainable, read_items=True)
 
     # the core's state, under the names a Trainer user reads
     pruning = property(lambda self: self._pruning_core.strategy)
@@ -252,28 +252,19 @@ class PruningMixin:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         batch = {k: inputs[k] for k in ("input_ids", "attention_mask", "labels", "sample_id")
                  if k in inputs}
-        ids = batch["sample_id"]
-        weights = self._pruning_core.sample_weights(ids)
+        weights = self._pruning_core.sample_weights(batch["sample_id"])
+        if weights is not None:  # the plan's weights reach the loss on the batch, as in qtune-train
+            batch["sample_weight"] = weights
 
         def stats_fn(b, labels=None):
             return lm_stats(model, b, labels)
 
-        if self.pruning.uses_batch_plan:
-            step = planned_step(stats_fn, batch, self.pruning, weights, self._epoch,
-                                self.state.global_step)
-            loss = step.loss
-            out = {"scores": step.scores, "samples_trained": step.keep.sum(),
-                   "tokens_trained": step.mask.sum(), "forward_tokens": step.forward_tokens,
-                   "scoring_tokens": step.scoring_tokens, "batch_info": step.info}
-        else:
-            stats = stats_fn(batch)
-            loss = masked_token_mean(stats.loss, stats.valid, weights)
-            out = {"scores": sample_scores(stats, stats.valid), "tokens_trained": stats.valid.sum(),
-                   "forward_tokens": forward_tokens(batch)}
+        record = train_step(stats_fn, batch, self.pruning, self._epoch, self.state.global_step)
+        loss = record.loss
         # rows and counters stay on the device (no host sync per step) until the epoch ends
-        self._pruning_core.record_batch({"loss": loss.detach(), "sample_ids": ids, **out})
+        self._pruning_core.record_batch(record)
         if self.pruning_budget is not None:  # read once per optimiser step (_BookBudgetSteps)
-            self._step_flops = self._step_flops + self.pruning_budget.step_cost(out, loss.device)
+            self._step_flops = self._step_flops + self.pruning_budget.step_cost(record, loss.device)
         return (loss, {"loss": loss}) if return_outputs else loss
 
     def _finish_epoch(self) -> None:

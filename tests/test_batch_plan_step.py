@@ -63,29 +63,29 @@ def test_separate_and_reuse_scoring_give_the_plain_loss(tmp_path):
     for scoring in ("separate", "reuse"):
         module = _module(tmp_path, KeepEvenIds(scoring))
         module.eval()  # no dropout: the two forwards must agree
-        out = module.training_step(batch, 0)
+        out = module.training_step(batch, 0)["record"]
         ref, n_tokens = _reference_loss(module.model, batch)
-        torch.testing.assert_close(out["loss"], ref, rtol=1e-5, atol=1e-6)
-        assert int(out["tokens_trained"]) == int(n_tokens)
-        assert int(out["samples_trained"]) == 2
-        assert out["loss"].requires_grad
+        torch.testing.assert_close(out.loss, ref, rtol=1e-5, atol=1e-6)
+        assert int(out.tokens_trained) == int(n_tokens)
+        assert int(out.samples_trained) == 2
+        assert out.loss.requires_grad
         seen = module.pruning_strategy.seen
         # the strategy saw every row, with response-only sample losses
         assert seen.sample_ids.tolist() == [10, 11, 12, 13]
         assert torch.isfinite(seen.sample_ppl).all() and (seen.sample_ppl >= 1).all()
         if scoring == "separate":  # scoring forward counted apart from the trained forward
-            assert int(out["scoring_tokens"]) == int(batch["attention_mask"].sum())
+            assert int(out.scoring_tokens) == int(batch["attention_mask"].sum())
             kept_tokens = batch["attention_mask"][[0, 2]].sum()
-            assert int(out["forward_tokens"]) == int(kept_tokens)
+            assert int(out.forward_tokens) == int(kept_tokens)
 
 
 def test_all_attended_denominator(tmp_path):
     batch = _batch()
     module = _module(tmp_path, KeepEvenIds("separate", "all_attended"))
     module.eval()
-    out = module.training_step(batch, 0)
+    out = module.training_step(batch, 0)["record"]
     ref, _ = _reference_loss(module.model, batch, "all_attended")
-    torch.testing.assert_close(out["loss"], ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.loss, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_nothing_kept_still_backpropagates_zero(tmp_path):
@@ -94,7 +94,7 @@ def test_nothing_kept_still_backpropagates_zero(tmp_path):
             return BatchPlan(keep=torch.zeros_like(stats.sample_ids, dtype=torch.bool))
 
     module = _module(tmp_path, DropAll())
-    out = module.training_step(_batch(), 0)
-    assert out["loss"].item() == 0.0 and int(out["samples_trained"]) == 0
-    out["loss"].backward()  # a graph exists, so every DDP rank can run backward
+    out = module.training_step(_batch(), 0)["record"]
+    assert out.loss.item() == 0.0 and int(out.samples_trained) == 0
+    out.loss.backward()  # a graph exists, so every DDP rank can run backward
     assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in module.parameters())

@@ -14,6 +14,7 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 
 from qtune.engine.compute_budget import ComputeBudget
+from qtune.engine.train_step import StepRecord
 
 
 class BudgetCallback(Callback):
@@ -32,9 +33,10 @@ class BudgetCallback(Callback):
             trainer.should_stop = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not isinstance(outputs, dict):
+        record = StepRecord.from_outputs(outputs)
+        if record is None:
             return
-        cost = self.budget.step_cost(outputs, device=pl_module.device)
+        cost = self.budget.step_cost(record, device=pl_module.device)
         if trainer.world_size > 1:
             cost = trainer.strategy.reduce(cost, reduce_op="sum")
         self.budget.book_step(float(cost))

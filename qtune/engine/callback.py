@@ -13,10 +13,12 @@ scoring passes; the core holds every decision and number. Protocol for a Lightni
 3. Batches arrive with the plan's loss weights as ``batch["sample_weight"]`` [B] (when the
    strategy weights samples) and, when the data marks them, wrong-answer token flags as
    ``batch["wrong_tokens"]`` [B, L] (label coordinates).
-4. ``training_step`` returns a dict with ``loss`` and, to feed the score store, ``sample_ids``
-   and ``scores`` (a dict of per-sample tensors named as in ``ScoreStore`` FIELDS, plus
-   ``num_tokens``); optionally the counters of ``qtune.engine.core.COUNTERS``, ``trained_mask``
-   and ``batch_info``.
+4. ``training_step`` returns a dict with ``loss`` and either ``record`` (a
+   :class:`qtune.engine.train_step.StepRecord`, what :func:`~qtune.engine.train_step.train_step`
+   gives; qtune's module does this) or, to feed the score store, ``sample_ids`` and ``scores``
+   (a dict of per-sample tensors named as in ``ScoreStore`` FIELDS, plus ``num_tokens``);
+   optionally the counters of ``qtune.engine.core.COUNTERS``, ``trained_mask`` and
+   ``batch_info``.
 5. Strategies that need a scoring pass call ``pl_module.score_batch(batch)`` (no grad), which
    returns ``(sample_ids, scores, forward_tokens)``.
 6. A module with a ``pruning_strategy`` attribute left None gets the strategy (batch-level

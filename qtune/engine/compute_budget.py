@@ -27,10 +27,11 @@ import torch
 UPPER_EPOCHS = 10_000  # the trainer's max_epochs under a budget: the budget stops the run
 
 
-def dataset_tokens(dataset) -> int:
+def dataset_tokens(dataset, read_items: bool = False) -> int:
     """Tokens a full epoch forwards: non-padding input positions (one per classified item).
     Reads qtune's datasets' ``input_ids``, a ``datasets.Dataset``'s columns, a wrapper's
-    ``dataset``, or else every item's ``attention_mask`` (or ``input_ids``) once."""
+    ``dataset``; with `read_items`, else every item's ``attention_mask`` (or ``input_ids``)
+    once (a user's map-style dataset); otherwise one token per item."""
     ids = getattr(dataset, "input_ids", None)
     if ids is not None:
         return int(sum(len(x) for x in ids))
@@ -41,8 +42,8 @@ def dataset_tokens(dataset) -> int:
         return int(sum(len(x) for x in dataset["input_ids"]))
     inner = getattr(dataset, "dataset", None)
     if inner is not None and len(inner) == len(dataset):
-        return dataset_tokens(inner)
-    first = dataset[0] if len(dataset) else None
+        return dataset_tokens(inner, read_items)
+    first = dataset[0] if read_items and len(dataset) else None
     if isinstance(first, dict) and "attention_mask" in first:
         return int(sum(int(torch.as_tensor(dataset[i]["attention_mask"]).sum())
                        for i in range(len(dataset))))
@@ -98,13 +99,15 @@ class ComputeBudget:
         return max(epoch + 1, epoch + math.ceil(left / self.epoch_costs[-1] - 1e-9))
 
     # -- booking ---------------------------------------------------------------------------
-    def step_cost(self, record: dict, device=None) -> torch.Tensor:
-        """This rank's FLOPs of one step, from its token counts (``forward_tokens`` trained with
-        gradients, ``scoring_tokens`` forwarded without), as a float64 tensor on `device`."""
+    def step_cost(self, record, device=None) -> torch.Tensor:
+        """This rank's FLOPs of one step (a ``StepRecord``), from its token counts
+        (``forward_tokens`` trained with gradients, ``scoring_tokens`` forwarded without), as a
+        float64 tensor on `device`."""
         cost = torch.zeros((), dtype=torch.float64, device=device)
-        for key, per_token in (("forward_tokens", self.grad_cost), ("scoring_tokens", self.forward_cost)):
-            if key in record:
-                cost = cost + per_token * torch.as_tensor(record[key]).to(cost.device).double()
+        for tokens, per_token in ((record.forward_tokens, self.grad_cost),
+                                  (record.scoring_tokens, self.forward_cost)):
+            if tokens is not None:
+                cost = cost + per_token * torch.as_tensor(tokens).to(cost.device).double()
         return cost
 
     def book_step(self, flops: float) -> None:
@@ -137,13 +140,14 @@ class ComputeBudget:
 
 
 def build_budget(fraction: float, epochs: int, strategy, dataset, batch_size: int,
-                 num_params: int, trainable_params: int | None = None) -> ComputeBudget:
+                 num_params: int, trainable_params: int | None = None,
+                 read_items: bool = False) -> ComputeBudget:
     """The budget ledger of a run, after checking that the budget buys at least one step
     and, past the strategy's mandatory warm-up (``warmup_cost``), one step of pruning."""
     from qtune.summary import token_costs
 
     grad, forward = token_costs(num_params, trainable_params)
-    tokens = dataset_tokens(dataset)
+    tokens = dataset_tokens(dataset, read_items)
     epoch_flops = grad * tokens
     full = epochs * epoch_flops
     step = grad * tokens / max(len(dataset), 1) * min(batch_size, len(dataset))

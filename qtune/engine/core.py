@@ -7,7 +7,8 @@ the resumable state, behind a small protocol each trainer adapter drives:
    scoring pass first when the strategy asks for one and books it with ``book_scoring_pass``).
 2. ``batch_extras(batch)``: what the plan adds to a collated batch (``sample_weight`` [B] and
    ``wrong_tokens`` [B, L]), so a training step reads them from the batch.
-3. ``record_batch(outputs)`` after each step: per-sample scores, counters, batch-plan info.
+3. ``record_batch(record)`` after each step (a :class:`qtune.engine.train_step.StepRecord`):
+   per-sample scores, counters, batch-plan info.
 4. ``finish_epoch(epoch)``: merge the epoch's rows from every rank into the score store, book
    counters and one history entry, timed by ``epoch_clock`` (the adapter starts it when the
    epoch's training starts and pauses it around validation).
@@ -31,6 +32,7 @@ from qtune.engine.epoch_clock import EpochClock
 from qtune.engine.item_tracking import ItemTracker
 from qtune.engine.resume_state import ResumeState
 from qtune.engine.score_store import ScoreStore
+from qtune.engine.train_step import StepRecord
 from qtune.strategies.base import EpochContext, EpochPlan, PruningStrategy
 
 COUNTERS = ("samples_trained", "tokens_trained", "forward_tokens", "scoring_tokens",
@@ -200,36 +202,32 @@ class PruningCore(ResumeState):
         return {} if self.items is None else self.items.shares(self.totals, epochs)
 
     # -- per batch -----------------------------------------------------------------------------
-    def record_batch(self, outputs: dict, batch_idx: int | None = None) -> None:
-        """Book one training step's outputs (tensors stay on the device until the epoch ends):
-        ``loss``, ``sample_ids``, ``scores``, counters named as in COUNTERS, ``trained_mask``,
-        ``batch_info`` (a batch plan's numbers) and, for plan export, ``token_keep`` and
-        ``response_mask``."""
+    def record_batch(self, record: StepRecord | dict | None, batch_idx: int | None = None) -> None:
+        """Book one training step (a :class:`StepRecord`, or a user module's outputs dict, read
+        by ``StepRecord.from_outputs``); its tensors stay on the device until the epoch ends."""
         self._batches_done = self._batches_done + 1 if batch_idx is None else batch_idx + 1
-        if not isinstance(outputs, dict):
+        record = StepRecord.from_outputs(record) if not isinstance(record, StepRecord) else record
+        if record is None:
             return
-        if "loss" in outputs:  # checked once per epoch and per checkpoint
-            bad = ~torch.isfinite(outputs["loss"].detach())
-            self._nonfinite = bad if self._nonfinite is None else (self._nonfinite | bad)
-        ids = outputs.get("sample_ids")
-        if ids is not None and "scores" in outputs:
-            row = {"sample_ids": ids.detach()}
-            row.update({k: v.detach() for k, v in outputs["scores"].items()})
-            self._rows.append(row)
-        if self.items is not None and ids is not None:
-            for key, val in self.items.step_counts(ids, outputs.get("trained_mask")).items():
+        # checked once per epoch and per checkpoint
+        bad = ~torch.isfinite(record.loss.detach())
+        self._nonfinite = bad if self._nonfinite is None else (self._nonfinite | bad)
+        ids = record.sample_ids.detach()
+        if record.scores:
+            self._rows.append({"sample_ids": ids, **{k: v.detach() for k, v in record.scores.items()}})
+        if self.items is not None:
+            for key, val in self.items.step_counts(ids, record.trained_mask).items():
                 self._add(key, val)
-        if self.export_dir is not None and "token_keep" in outputs:
-            self._token_rows.append({"sample_ids": ids.detach().cpu(),
-                                     "token_keep": outputs["token_keep"].detach().cpu(),
-                                     "response_mask": outputs["response_mask"].detach().cpu()})
+        if self.export_dir is not None and record.token_keep is not None:
+            self._token_rows.append({"sample_ids": ids.cpu(),
+                                     "token_keep": record.token_keep.detach().cpu(),
+                                     "response_mask": record.response_mask.detach().cpu()})
         for key in COUNTERS:
-            if key in outputs:
-                self._add(key, torch.as_tensor(outputs[key]).detach())
-        if "samples_trained" not in outputs and ids is not None:
-            self._add("samples_trained", torch.tensor(float(ids.numel())))
-        if outputs.get("batch_info"):
-            self.record_batch_info(outputs["batch_info"])
+            value = getattr(record, key)
+            if value is not None:
+                self._add(key, torch.as_tensor(value).detach())
+        if record.batch_info:
+            self.record_batch_info(record.batch_info)
 
     def _add(self, key: str, value) -> None:
         self._counters[key] = self._counters.get(key, 0) + value

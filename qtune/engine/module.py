@@ -14,11 +14,10 @@ import torch
 from torchmetrics import MeanMetric
 
 from qtune.engine.batch_stats import classifier_stats, lm_stats, sample_scores
-from qtune.engine.loss import masked_token_mean
-from qtune.engine.planned_step import (forward_tokens, planned_step, response_mask,
-                                       wrong_tokens_trained)
 from qtune.engine.budget import find_budget
+from qtune.engine.planned_step import forward_tokens, response_mask
 from qtune.engine.schedule import lr_factor, training_progress
+from qtune.engine.train_step import train_step
 
 
 class QTuneModule(L.LightningModule):
@@ -62,34 +61,14 @@ class QTuneModule(L.LightningModule):
 
     # -- training -------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
+        """:func:`qtune.engine.train_step.train_step`; the record goes to the pruning callback
+        under ``record``."""
         self._steps_in_epoch = batch_idx + 1  # read by the LR schedule after this step
-        strategy = self.pruning_strategy
-        if strategy is not None and strategy.uses_batch_plan:
-            return self._batch_planned_step(batch, strategy)
-        stats = self.stats(batch)
-        mask = stats.valid
-        loss = masked_token_mean(stats.loss, mask, batch.get("sample_weight"))
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["sample_id"].numel())
-        return {"loss": loss, "sample_ids": batch["sample_id"], "scores": sample_scores(stats, mask),
-                "tokens_trained": mask.sum(), "forward_tokens": self._forward_tokens(batch),
-                "samples_trained": torch.tensor(batch["sample_id"].numel(), device=self.device),
-                **wrong_tokens_trained(batch, mask)}
-
-    def _batch_planned_step(self, batch: dict, strategy) -> dict[str, Any]:
-        """Score the micro-batch, let the strategy choose rows and tokens, train on those
-        (:func:`qtune.engine.planned_step.planned_step`)."""
-        step = planned_step(self.stats, batch, strategy, batch.get("sample_weight"),
-                            self.current_epoch, self.global_step, self.task)
+        record = train_step(self.stats, batch, self.pruning_strategy, self.current_epoch,
+                            self.global_step, self.task)
         # weighted by the micro-batch size: the kept count would cost a host sync every step
-        self.log("train/loss", step.loss, prog_bar=True, batch_size=batch["sample_id"].numel())
-        out = {"sample_ids": batch["sample_id"], "scores": step.scores, "loss": step.loss,
-               "tokens_trained": step.mask.sum(), "forward_tokens": step.forward_tokens,
-               "scoring_tokens": step.scoring_tokens, "samples_trained": step.keep.sum(),
-               "trained_mask": step.keep, "batch_info": step.info,
-               "token_keep": step.token_keep, "response_mask": step.response}
-        if step.wrong_tokens_trained is not None:
-            out["wrong_tokens_trained"] = step.wrong_tokens_trained
-        return out
+        self.log("train/loss", record.loss, prog_bar=True, batch_size=batch["sample_id"].numel())
+        return {"loss": record.loss, "record": record}
 
     def on_train_epoch_start(self) -> None:
         self._steps_in_epoch = 0
