@@ -211,10 +211,8 @@ class PruningMixin:
     def _epoch_ids(self, epoch: int) -> torch.Tensor:
         """This epoch's shuffled plan, padded to whole optimiser steps."""
         plan = self.plan_epoch(epoch)
-        ids = shard_plan(plan.sample_ids, seed=self.args.seed, epoch=epoch, rank=0, world_size=1)
-        step = self._steps_multiple()
-        total = -(-ids.numel() // step) * step
-        return ids.repeat(-(-total // ids.numel()))[:total]
+        return shard_plan(plan.sample_ids, seed=self.args.seed, epoch=epoch, rank=0, world_size=1,
+                          multiple=self._steps_multiple())
 
     # -- plans -----------------------------------------------------------------------------
     def _num_epochs(self) -> int:

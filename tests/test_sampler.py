@@ -54,3 +54,18 @@ def test_empty_plan_and_bad_rank_are_errors():
         shard_plan(torch.tensor([], dtype=torch.long), seed=0, epoch=0, rank=0, world_size=1)
     with pytest.raises(ValueError, match="rank"):
         shard_plan(torch.arange(4), seed=0, epoch=0, rank=2, world_size=2)
+
+
+@pytest.mark.parametrize("world_size, multiple, n", [(1, 8, 13), (2, 4, 13), (3, 2, 7), (1, 5, 5)])
+def test_whole_steps_pad_each_share_from_the_shuffled_plan(world_size, multiple, n):
+    """Every rank gets ceil(ceil(n / ranks) / multiple) * multiple ids; the unpadded order
+    is the plain shuffle's, and the padding repeats it from its start."""
+    plan = torch.arange(100, 100 + n)
+    plain = shard_plan(plan, seed=3, epoch=1, rank=0, world_size=1)
+    per_rank = -(-(-(-n // world_size)) // multiple) * multiple
+    total = per_rank * world_size
+    expected = plain.repeat(-(-total // n))[:total]
+    for rank in range(world_size):
+        ids = shard_plan(plan, seed=3, epoch=1, rank=rank, world_size=world_size, multiple=multiple)
+        assert ids.numel() == per_rank and ids.numel() % multiple == 0
+        assert torch.equal(ids, expected[rank:total:world_size])

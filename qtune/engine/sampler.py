@@ -1,8 +1,9 @@
 """A sampler that yields exactly one rank's share of an epoch plan.
 
 The plan (sample ids chosen by the strategy) is shuffled by a generator seeded by (seed, epoch)
-and padded by wrapping around to a multiple of the world size, then rank r takes every
-world_size-th id starting at r, as torch's DistributedSampler does. ``__iter__`` is pure: it may
+and padded by wrapping around to a multiple of the world size (times the samples of one
+optimiser step, where an adapter asks for whole steps), then rank r takes every world_size-th id
+starting at r, as torch's DistributedSampler does. ``__iter__`` is pure: it may
 run twice per epoch (Lightning re-creates iterators) and always yields the same ids.
 """
 
@@ -17,8 +18,9 @@ from qtune.strategies.base import epoch_generator
 
 
 def shard_plan(plan_ids: torch.Tensor, *, seed: int, epoch: int, rank: int, world_size: int,
-               shuffle: bool = True) -> torch.Tensor:
-    """This rank's ids of ``plan_ids``; all ranks get the same count (padding wraps around)."""
+               shuffle: bool = True, multiple: int = 1) -> torch.Tensor:
+    """This rank's ids of ``plan_ids``; all ranks get the same count, a multiple of `multiple`
+    (padding repeats ids from the shuffled plan's start)."""
     if world_size < 1 or not (0 <= rank < world_size):
         raise ValueError(f"invalid rank {rank} for world size {world_size}")
     ids = torch.as_tensor(plan_ids, dtype=torch.long).flatten()
@@ -27,6 +29,7 @@ def shard_plan(plan_ids: torch.Tensor, *, seed: int, epoch: int, rank: int, worl
     if shuffle:
         ids = ids[torch.randperm(ids.numel(), generator=epoch_generator(seed, epoch, salt=17))]
     per_rank = -(-ids.numel() // world_size)
+    per_rank = -(-per_rank // multiple) * multiple
     total = per_rank * world_size
     if total > ids.numel():  # pad by repeating from the start: every rank runs the same steps
         reps = -(-total // ids.numel())
