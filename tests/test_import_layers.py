@@ -89,6 +89,25 @@ def test_import_graph_of_kernels_is_acyclic():
     assert graph["formula"] == graph["reference"] == set()  # pure math imports no sibling
 
 
+def package_graph() -> dict[str, set[str]]:
+    """Every module of qtune, qtune.strategies and qtune.kernels -> the modules of those it
+    imports, at top level or inside functions (a parent package counts as its __init__)."""
+    paths = {module_name(p): p for folder in FOLDERS for p in (ROOT / folder).rglob("*.py")}
+    graph = {}
+    for name, path in paths.items():
+        targets = {n for n in imports(path) if n in paths}
+        graph[name] = {t for t in targets if t != name
+                       and not name.startswith(t + ".") and not t.startswith(name + ".")}
+    return graph
+
+
+def test_import_graph_of_the_whole_package_is_acyclic():
+    graph = package_graph()
+    assert "qtune.engine.core" in graph and graph["qtune.engine.core"], "the walk found nothing"
+    cycle = find_cycle(graph)
+    assert cycle is None, f"import circle: {' -> '.join(cycle)}"
+
+
 def test_cycle_finder_finds_the_old_circle():
     """The circle this test guards against: formula -> dispatch -> formula, and warmup."""
     old = {"formula": {"dispatch"}, "dispatch": {"formula", "triton_stats"},
