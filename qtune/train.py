@@ -127,7 +127,8 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
         return {"base_path": str(path)}
 
     import lightning as L
-    from lightning.pytorch.callbacks import RichProgressBar
+
+    from qtune.console import QTuneModelSummary, QTuneProgressBar, quiet_libraries
 
     from qtune.engine.callback import PruningCallback
     from qtune.engine.checkpointing import LastCheckpoint
@@ -140,6 +141,7 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     from qtune.models.adapters import base_weights_digest, parameter_counts
     from qtune.summary import atomic_write_json, build_summary
 
+    quiet_libraries()
     run_dir = Path(cfg.run_dir)
     refuse_finished_run(run_dir, cfg.ckpt_path)
     resume = None  # (global step, taken mid-epoch) of the checkpoint resumed from
@@ -188,7 +190,11 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
         callbacks.insert(1, BudgetCallback(budget))
         max_epochs = epochs_done_at_budget or UPPER_EPOCHS  # the budget stops the run
     if trainer_kwargs.get("enable_progress_bar", True):
-        callbacks.append(RichProgressBar())
+        callbacks.append(QTuneProgressBar(budget))
+    if trainer_kwargs.get("enable_model_summary", True):
+        from qtune.summary import token_costs
+
+        callbacks.append(QTuneModelSummary(*token_costs(num_params, trainable_params)))
     evaluation_before = None
     if cfg.eval.get("before") and not cfg.ckpt_path:
         evaluation_before = evaluate_before(model, bundle, cfg.eval, run_dir)
@@ -265,6 +271,12 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path="pkg://qtune.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     summary = run(cfg)
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank == 0:
+        from qtune.console import print_result
+
+        print_result(summary, Path(cfg.run_dir))
     ev = summary.get("eval", {})
     return ev.get("exact_match", ev.get("accuracy"))
 
