@@ -1,11 +1,11 @@
 """qtune: Lightning training with pluggable data-pruning strategies.
 
-``PruningCallback`` (the Lightning adapter) is imported on first use, so that the pruning core
-(``qtune.engine.core``) and the Hugging Face adapter (``qtune.hf``) load without Lightning."""
+``PruningCallback`` (the Lightning integration) is imported on first use, so that the pruning core
+(``qtune.pruning.core``) and the Hugging Face integration (``qtune.hf``) load without Lightning."""
 
 __version__ = "0.1.0"
 
-from qtune.engine.indexed import IndexedDataset  # noqa: E402
+from qtune.pruning.indexed import IndexedDataset  # noqa: E402
 from qtune.strategies import build_strategy, register_strategy, registered_names  # noqa: E402
 
 __all__ = ["IndexedDataset", "PruningCallback", "PruningCore", "build_strategy",
@@ -14,11 +14,11 @@ __all__ = ["IndexedDataset", "PruningCallback", "PruningCore", "build_strategy",
 
 def __getattr__(name: str):
     if name == "PruningCallback":
-        from qtune.engine.callback import PruningCallback
+        from qtune.lightning.callback import PruningCallback
 
         return PruningCallback
     if name == "PruningCore":
-        from qtune.engine.core import PruningCore
+        from qtune.pruning.core import PruningCore
 
         return PruningCore
     raise AttributeError(f"module 'qtune' has no attribute {name!r}")

@@ -13,9 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 
 
 def validate(cfg: DictConfig):
-    """Check the whole config before any work starts (``qtune.config_schema``); returns the
+    """Check the whole config before any work starts (``qtune.config.schema``); returns the
     strategy."""
-    from qtune.config_schema import validate_config
+    from qtune.config.schema import validate_config
 
     return validate_config(cfg)
 
@@ -30,7 +30,7 @@ def check_resumed_budget(cfg: DictConfig, ckpt: dict) -> int | None:
         raise ValueError(f"ckpt_path={cfg.ckpt_path} was written with budget={saved}; this run "
                          f"asks for budget={wanted} (config key budget): resume with the same "
                          "budget, or start a new run")
-    from qtune.engine.compute_budget import ComputeBudget
+    from qtune.pruning.budget import ComputeBudget
 
     if state is None or not ComputeBudget.state_exhausted(state):
         return None
@@ -45,7 +45,7 @@ def refuse_finished_run(run_dir: Path, ckpt_path: str | None) -> None:
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path, resume: tuple[int, bool] | None = None) -> list:
-    from qtune.engine.metrics_log import csv_logger
+    from qtune.lightning.metrics_log import csv_logger
 
     loggers: list = [csv_logger(run_dir, resume)]
     if cfg.logger.name == "wandb":
@@ -67,7 +67,7 @@ def write_final_scores(path: Path, pruning) -> None:
     what reports plot (e.g. the error-uncertainty plane)."""
     import numpy as np
 
-    from qtune.score import write_scores
+    from qtune.cli.score import write_scores
 
     state = pruning.store.state_dict()
     cols = {"sample_id": np.arange(pruning.store.num_samples)}
@@ -86,7 +86,7 @@ def evaluate_before(model, bundle, eval_cfg, run_dir: Path) -> dict[str, Any] | 
     ``_before``."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    from qtune.evaluate import evaluate_model
+    from qtune.eval.evaluate import evaluate_model
 
     if rank_zero_only.rank != 0:
         return None
@@ -110,7 +110,7 @@ RUN_CONFIG = "config.yaml"
 def write_run_config(cfg: DictConfig, run_dir: Path) -> None:
     """``<run_dir>/config.yaml``: the resolved config of the run, which ``qtune-eval RUN_DIR``
     reads back (Hydra's ``.hydra/`` exists only for command-line runs)."""
-    from qtune.summary import atomic_write_text
+    from qtune.runs.atomic import atomic_write_text
 
     atomic_write_text(run_dir / RUN_CONFIG, OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True)))
 
@@ -128,18 +128,19 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
 
     import lightning as L
 
-    from qtune.console import QTuneModelSummary, QTuneProgressBar, quiet_libraries
+    from qtune.lightning.console import QTuneModelSummary, QTuneProgressBar, quiet_libraries
 
-    from qtune.engine.callback import PruningCallback
-    from qtune.engine.checkpointing import LastCheckpoint
-    from qtune.engine.compute_budget import full_run_flops
-    from qtune.engine.datamodule import QTuneDataModule
-    from qtune.engine.module import QTuneModule
-    from qtune.evaluate import evaluate_model, validation_metrics
-    from qtune.factory import build_task_and_model
+    from qtune.lightning.callback import PruningCallback
+    from qtune.lightning.checkpointing import LastCheckpoint
+    from qtune.pruning.budget import full_run_flops
+    from qtune.lightning.datamodule import QTuneDataModule
+    from qtune.lightning.module import QTuneModule
+    from qtune.eval.evaluate import evaluate_model, validation_metrics
+    from qtune.config.build import build_task_and_model
     from qtune.kernels import set_default_backend
     from qtune.models.adapters import base_weights_digest, parameter_counts
-    from qtune.summary import atomic_write_json, build_summary
+    from qtune.runs.atomic import atomic_write_json
+    from qtune.runs.summary import build_summary
 
     quiet_libraries()
     run_dir = Path(cfg.run_dir)
@@ -147,7 +148,7 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     resume = None  # (global step, taken mid-epoch) of the checkpoint resumed from
     epochs_done_at_budget = None  # a budgeted run resumed after its budget ran out
     if cfg.ckpt_path:
-        from qtune.config_checks import load_checkpoint
+        from qtune.runs.checkpoint_file import load_checkpoint
 
         ckpt = load_checkpoint(cfg.ckpt_path)
         progress = (ckpt.get("callbacks", {}).get("PruningCallback") or {}).get("epoch_progress")
@@ -162,7 +163,7 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     num_params, trainable_params = parameter_counts(model)
     budget = None
     if cfg.get("budget") is not None:
-        from qtune.engine.compute_budget import build_budget
+        from qtune.pruning.budget import build_budget
 
         budget = build_budget(float(cfg.budget), int(cfg.epochs), strategy, bundle.train,
                               int(cfg.batch_size), num_params, trainable_params)
@@ -184,15 +185,15 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
                  LastCheckpoint(str(run_dir / "checkpoints"), cfg.checkpoint.every_n_train_steps)]
     max_epochs = int(cfg.epochs)
     if budget is not None:
-        from qtune.engine.budget import BudgetCallback
-        from qtune.engine.compute_budget import UPPER_EPOCHS
+        from qtune.lightning.budget import BudgetCallback
+        from qtune.pruning.budget import UPPER_EPOCHS
 
         callbacks.insert(1, BudgetCallback(budget))
         max_epochs = epochs_done_at_budget or UPPER_EPOCHS  # the budget stops the run
     if trainer_kwargs.get("enable_progress_bar", True):
         callbacks.append(QTuneProgressBar(budget))
     if trainer_kwargs.get("enable_model_summary", True):
-        from qtune.summary import token_costs
+        from qtune.runs.flops import token_costs
 
         callbacks.append(QTuneModelSummary(*token_costs(num_params, trainable_params)))
     evaluation_before = None
@@ -208,7 +209,7 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     if not pruning.history and last.is_file():
         # spawned ranks (ddp_spawn): the pruning state and the step count lived in the ranks;
         # the end-of-epoch checkpoint of the last epoch holds them
-        from qtune.config_checks import load_checkpoint
+        from qtune.runs.checkpoint_file import load_checkpoint
 
         ckpt = load_checkpoint(last)
         pruning.load_state_dict(ckpt["callbacks"]["PruningCallback"])
@@ -236,7 +237,7 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
         extra={"task": bundle.task, "data_info": bundle.info, "kernel_warmup_s": module.kernel_warmup_s,
                **pruning.run_shares(len(pruning.history) or int(cfg.epochs))})
     if evaluation_before is not None:
-        from qtune.evaluate import eval_delta
+        from qtune.eval.evaluate import eval_delta
 
         summary["eval_before"] = evaluation_before
         summary["eval_delta"] = eval_delta(evaluation_before, evaluation)
@@ -252,7 +253,7 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     if trainer.is_global_zero:
         write_final_scores(run_dir / "scores.npz", pruning)
         atomic_write_json(run_dir / "summary.json", summary)
-        from qtune.engine.metrics_log import adopt_csv_header
+        from qtune.lightning.metrics_log import adopt_csv_header
 
         for logger in trainer.loggers:
             adopt_csv_header(logger)
@@ -274,7 +275,7 @@ def main(cfg: DictConfig) -> float | None:
     from lightning.pytorch.utilities import rank_zero_only
 
     if rank_zero_only.rank == 0:
-        from qtune.console import print_result
+        from qtune.lightning.console import print_result
 
         print_result(summary, Path(cfg.run_dir))
     ev = summary.get("eval", {})

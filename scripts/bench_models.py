@@ -3,7 +3,7 @@
 a LoRA step (peft, base frozen) and a no-grad scoring forward (what Q-Tuning's separate
 scoring pass and the scoring strategies pay).
 
-A step is qtune's own: forward through ``qtune.engine.batch_stats.lm_stats`` (the same
+A step is qtune's own: forward through ``qtune.pruning.batch_stats.lm_stats`` (the same
 statistics path training uses), mean loss over the labelled tokens, backward, AdamW step. The
 batch is random token ids, B sequences of T tokens, all attended, the second half labelled
 (a prompt / response split). Columns: ms_per_step = median over --steps after --warmup;
@@ -95,8 +95,8 @@ def _tensor_mb(tensors) -> float:
 
 def setup_mode(mode: str, args) -> dict:
     """The model (and optimiser) of one mode and its step function."""
-    from qtune.engine.batch_stats import lm_stats
-    from qtune.engine.loss import masked_token_mean
+    from qtune.pruning.batch_stats import lm_stats
+    from qtune.pruning.loss import masked_token_mean
     from qtune.models.adapters import apply_adapter, parameter_counts
 
     model, _ = load(args.model, args.dtype, args.device, args.gradient_checkpointing)

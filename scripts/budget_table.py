@@ -19,7 +19,7 @@ import re
 import statistics
 from pathlib import Path
 
-from qtune.report_tables import welch
+from qtune.report.tables import welch
 
 FULL = re.compile(r"^full-same_epochs-e(?P<epochs>\d+)$")
 ORACLE = re.compile(r"^full-clean_only-same_epochs-e\d+$")

@@ -21,7 +21,7 @@ import torch
 
 from qtune.data.embedded import build_embedded_task
 from qtune.data.sft import IGNORE_INDEX
-from qtune.evaluation import greedy_exact_match
+from qtune.eval.greedy import greedy_exact_match
 from qtune.models.base_cache import load_base, load_or_build_base, raw_generation_eval, base_recipe
 
 

@@ -45,7 +45,7 @@ class EpochContext:
     max_epochs: int
     num_samples: int
     seed: int
-    scores: Any  # qtune.engine.score_store.ScoreStore (kept untyped to avoid an import cycle)
+    scores: Any  # qtune.pruning.score_store.ScoreStore (kept untyped to avoid an import cycle)
 
 
 @dataclass

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from qtune.config_checks import load_checkpoint
+from qtune.runs.checkpoint_file import load_checkpoint
 from qtune.train import run, validate
 
 DIGITS = ["experiment=digits", "epochs=1"]
@@ -163,7 +163,7 @@ def test_jsonl_with_a_lone_surrogate_names_file_line_and_field(tmp_path):
 
 
 def test_model_and_data_mismatches_are_named(make_cfg, tmp_path):
-    from qtune.factory import build_task_and_model
+    from qtune.config.build import build_task_and_model
 
     with pytest.raises(ValueError, match="data=jsonl needs a model with a real tokenizer"):
         build_task_and_model(make_cfg(["data=jsonl", f"data.path={tmp_path / 'x.jsonl'}"]))
@@ -181,7 +181,7 @@ def test_context_longer_than_learned_positions_is_refused(make_cfg, tmp_path):
     from tiny_hf import save_tiny_llama, save_tiny_tokenizer
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    from qtune.factory import build_task_and_model
+    from qtune.config.build import build_task_and_model
 
     gpt2 = save_tiny_tokenizer(tmp_path / "gpt2", chat_template=False)
     GPT2LMHeadModel(GPT2Config(vocab_size=len(AutoTokenizer.from_pretrained(str(gpt2))),
@@ -206,7 +206,7 @@ def test_context_longer_than_learned_positions_is_refused(make_cfg, tmp_path):
 def test_score_refuses_a_checkpoint_for_another_model_and_a_bad_out_name(tmp_path):
     from conftest import FAST, compose
 
-    from qtune.score import score
+    from qtune.cli.score import score
 
     ckpt = _lightning_like(tmp_path / "other.ckpt", {"state_dict": {"model.other": torch.ones(2)},
                                                      "global_step": 0})
@@ -221,7 +221,7 @@ def test_score_refuses_a_checkpoint_for_another_model_and_a_bad_out_name(tmp_pat
 
 
 def test_report_names_a_corrupt_summary_and_writes_nothing(tmp_path):
-    from qtune.report import build_report
+    from qtune.cli.report import build_report
 
     run_dir = tmp_path / "runs" / "r1"
     run_dir.mkdir(parents=True)

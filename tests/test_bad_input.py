@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from qtune.engine.callback import PruningCallback
-from qtune.engine.sampler import shard_plan
+from qtune.lightning.callback import PruningCallback
+from qtune.pruning.sampler import shard_plan
 from qtune.strategies import EpochPlan, PruningStrategy
 from qtune.strategies.scores_file import load_scores
 from qtune.train import run
@@ -34,10 +34,9 @@ def test_empty_plan_is_an_error_naming_the_strategy():
         def epoch_plan(self, ctx):
             return EpochPlan(torch.tensor([], dtype=torch.long))
 
-    cb = PruningCallback(Nothing(), num_samples=4)
-    cb._trainer = type("T", (), {"max_epochs": 1})()
+    core = PruningCallback(Nothing(), num_samples=4).core
     with pytest.raises(ValueError, match="'nothing' returned an empty plan"):
-        cb.plan_for_epoch(0)
+        core.plan_epoch(0, max_epochs=1)
 
 
 def test_dataset_smaller_than_world_size_repeats_samples():

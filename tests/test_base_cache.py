@@ -10,7 +10,7 @@ import torch
 
 from qtune.data.bundle import GenerationEval
 from qtune.data.tokenizer import CharTokenizer
-from qtune.evaluation import greedy_exact_match, greedy_generate
+from qtune.eval.greedy import greedy_exact_match, greedy_generate
 from qtune.models import base_cache
 from qtune.models.base_cache import META_FILE, base_key, load_base, load_or_build_base
 

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from tiny_hf import save_tiny_llama
 
 from qtune.data.sft import collate_sft
-from qtune.engine.module import QTuneModule
+from qtune.lightning.module import QTuneModule
 from qtune.models.hf import load_hf_causal_lm
 from qtune.strategies import BatchPlan, PruningStrategy
 

@@ -8,8 +8,8 @@ import math
 import lightning as L
 import pytest
 
-from qtune.engine.budget import find_budget
-from qtune.engine.compute_budget import full_run_flops
+from qtune.lightning.budget import find_budget
+from qtune.pruning.budget import full_run_flops
 from qtune.train import run
 
 DIGITS = ["experiment=digits", "epochs=4", "batch_size=64"]
@@ -112,7 +112,7 @@ def test_full_run_flops_counts_every_token_of_every_epoch():
 def test_the_report_puts_budgeted_runs_on_the_full_runs_flops_axis(make_cfg, tmp_path):
     from omegaconf import OmegaConf
 
-    from qtune.report import build_report
+    from qtune.cli.report import build_report
 
     summaries = {}
     for name, extra in [("full", ["strategy=full"]), ("full_b", ["strategy=full", "budget=0.5"]),

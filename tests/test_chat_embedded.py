@@ -24,7 +24,7 @@ def _args(chat_dir, *extra):
 def test_only_the_answer_and_end_of_turn_are_labelled(make_cfg, chat_dir):
     from transformers import AutoTokenizer
 
-    from qtune.factory import build_task_and_model
+    from qtune.config.build import build_task_and_model
 
     bundle, _ = build_task_and_model(make_cfg(_args(chat_dir)))
     tok = AutoTokenizer.from_pretrained(str(chat_dir))
@@ -44,8 +44,8 @@ def test_only_the_answer_and_end_of_turn_are_labelled(make_cfg, chat_dir):
 
 
 def test_generate_exact_match_batched_equals_one_by_one(make_cfg, chat_dir):
-    from qtune.evaluation_hf import hf_generate
-    from qtune.factory import build_task_and_model
+    from qtune.eval.hf_generate import hf_generate
+    from qtune.config.build import build_task_and_model
 
     bundle, model = build_task_and_model(make_cfg(_args(chat_dir)))
     gen = bundle.generation

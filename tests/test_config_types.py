@@ -8,7 +8,7 @@ from typing import Literal, Optional
 import pytest
 from omegaconf import OmegaConf
 
-from qtune.config_types import ConfigError, check_section, knob
+from qtune.config.declared import ConfigError, check_section, knob
 
 
 @dataclasses.dataclass

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 from conftest import tiny_sft_overrides
 
-from qtune.console import QTuneProgressBar, result_rows
+from qtune.lightning.console import QTuneProgressBar, result_rows
 
 
 def test_a_default_run_prints_each_line_once_and_ends_with_its_result(tmp_path):

@@ -12,7 +12,7 @@ from qtune.data.bundle import GenerationEval
 from qtune.data.embedded import build_embedded_task, config_from
 from qtune.data.sft import IGNORE_INDEX
 from qtune.data.skills import SKILLS, Problem, SkillSpec, near_miss, sample_problem
-from qtune.evaluation import greedy_exact_match, greedy_generate
+from qtune.eval.greedy import greedy_exact_match, greedy_generate
 
 SMALL = {"num_train": 1000, "num_eval": 100, "seed": 3}
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from qtune.engine import epoch_clock
-from qtune.engine.epoch_clock import EpochClock
+from qtune.pruning import epoch_clock
+from qtune.pruning.epoch_clock import EpochClock
 
 
 @pytest.fixture

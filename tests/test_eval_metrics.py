@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from qtune.data.bundle import GenerationEval
-from qtune.eval_metrics import exact_match, normalize_answer, score_predictions, token_f1
+from qtune.eval.metrics import exact_match, normalize_answer, score_predictions, token_f1
 
 
 @pytest.mark.parametrize("pred, ref, em", [
@@ -63,7 +63,7 @@ class _Echo(torch.nn.Module):
 
 def test_generation_eval_scores_decoded_text_and_writes_samples(tmp_path):
     from qtune.data.tokenizer import CharTokenizer
-    from qtune.generation_eval import evaluate_generation
+    from qtune.eval.generation import evaluate_generation
 
     tok = CharTokenizer("abcdefghijklmFGHx")
     ids = {c: tok.encode(c)[0] for c in "abcdefghijklm"}

@@ -6,7 +6,7 @@ import json
 import pytest
 from tiny_hf import ROWS, save_tiny_llama
 
-from qtune.eval_metrics import normalize_answer
+from qtune.eval.metrics import normalize_answer
 from qtune.train import run
 
 
@@ -48,8 +48,8 @@ def test_jsonl_run_reports_exact_match_and_f1_per_group(make_cfg, tmp_path):
 
 def test_failing_eval_keeps_the_model_and_qtune_eval_completes_the_run(make_cfg, tmp_path,
                                                                     monkeypatch):
-    import qtune.generation_eval as ge
-    from qtune.eval_cli import evaluate
+    import qtune.eval.generation as ge
+    from qtune.cli.eval import evaluate
 
     def broken(*a, **k):
         raise MemoryError("out of memory while decoding")
@@ -73,7 +73,7 @@ def test_failing_eval_keeps_the_model_and_qtune_eval_completes_the_run(make_cfg,
 
 
 def test_qtune_eval_refuses_a_directory_without_final(tmp_path):
-    from qtune.eval_cli import main
+    from qtune.cli.eval import main
 
     (tmp_path / "half").mkdir()
     with pytest.raises(SystemExit, match="no final/ model"):
@@ -84,7 +84,7 @@ def test_qtune_eval_refuses_harness_tasks_for_a_character_model_run(make_cfg, tm
     from omegaconf import OmegaConf
 
     from qtune.data.tokenizer import CharTokenizer
-    from qtune.eval_cli import main
+    from qtune.cli.eval import main
 
     run_dir = tmp_path / "tiny"
     (run_dir / "final").mkdir(parents=True)

@@ -101,7 +101,7 @@ def test_the_command_line_refuses_before_the_base_and_writes_only_what_hydra_wri
 
 
 def test_report_arguments_are_checked_before_any_summary_is_read(tmp_path, capsys):
-    from qtune.report import main
+    from qtune.cli.report import main
 
     (tmp_path / "runs").mkdir()
     (tmp_path / "a_file").write_text("x")
@@ -139,7 +139,7 @@ def test_run_grid_checks_every_point_before_the_first_runs(tmp_path, capsys, mon
 def test_score_runs_the_same_pass_before_the_base_is_built(tmp_path, empty_cache):
     from conftest import FAST, compose
 
-    from qtune.score import score
+    from qtune.cli.score import score
 
     for overrides, message in [(["data.noise_fraction=1.5"], r"data.noise_fraction=1.5 is out of range"),
                                (["eval_batch_size=0"], r"eval_batch_size=0 must be at least 1"),

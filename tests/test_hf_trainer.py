@@ -227,7 +227,7 @@ def test_budget_half_of_a_three_epoch_run_spends_half_and_ends_the_lr_at_the_las
     from transformers import TrainerCallback
 
     from qtune.models.adapters import parameter_counts
-    from qtune.summary import token_costs
+    from qtune.runs.flops import token_costs
 
     data = CountingDataset()
     trainer = make_trainer(model_dir, tmp_path, "random", {"keep_ratio": 0.5}, epochs=3, data=data,

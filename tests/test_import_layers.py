@@ -18,11 +18,17 @@ FOLDERS = {"kernels": "qtune.kernels", "strategies": "qtune.strategies", "qtune"
 ALLOWED = {
     "qtune.kernels": {"qtune.bare_names"},  # stdlib only: hands the bare name over
     "qtune.strategies": {"qtune.bare_names"},
-    "qtune.data": {"qtune.config_types"},  # the declared-config helpers: omegaconf only
-    "qtune.models": {"qtune.data", "qtune.evaluation", "qtune.config_types"},
-    "qtune.engine": {"qtune.strategies", "qtune.kernels", "qtune.data", "qtune.summary"},
+    "qtune.data": {"qtune.config.declared"},  # the declared-config helpers: omegaconf only
+    "qtune.models": {"qtune.data", "qtune.eval.greedy", "qtune.config.declared", "qtune.runs"},
+    "qtune.runs": set(),
+    "qtune.eval": {"qtune.data", "qtune.config.declared", "qtune.runs"},
+    "qtune.pruning": {"qtune.strategies", "qtune.kernels", "qtune.data", "qtune.runs"},
+    "qtune.lightning": {"qtune.pruning", "qtune.strategies", "qtune.kernels", "qtune.data", "qtune.runs"},
+    "qtune.hf": {"qtune.pruning", "qtune.strategies", "qtune.kernels", "qtune.models", "qtune.runs"},
+    "qtune.report": {"qtune.data", "qtune.eval", "qtune.strategies", "qtune.runs"},
 }
-NO_LIGHTNING = ("qtune.kernels", "qtune.strategies", "qtune.data", "qtune.models")
+NO_LIGHTNING = ("qtune.kernels", "qtune.strategies", "qtune.data", "qtune.models", "qtune.runs",
+                "qtune.eval", "qtune.pruning", "qtune.hf", "qtune.report")
 
 
 def module_name(path: Path) -> str:
@@ -103,7 +109,7 @@ def package_graph() -> dict[str, set[str]]:
 
 def test_import_graph_of_the_whole_package_is_acyclic():
     graph = package_graph()
-    assert "qtune.engine.core" in graph and graph["qtune.engine.core"], "the walk found nothing"
+    assert "qtune.pruning.core" in graph and graph["qtune.pruning.core"], "the walk found nothing"
     cycle = find_cycle(graph)
     assert cycle is None, f"import circle: {' -> '.join(cycle)}"
 
@@ -138,8 +144,8 @@ def _loaded_after(imports_: str) -> set[str]:
 
 
 def test_the_pruning_core_loads_without_any_trainer():
-    """The core (plans, scores, history, state) is the part both trainer adapters sit on."""
-    loaded = _loaded_after("import qtune.engine.core")
+    """The core (plans, scores, history, state) is the part both trainer integrations sit on."""
+    loaded = _loaded_after("import qtune.pruning.core")
     assert "torch" in loaded  # the probe sees what was imported
     assert not loaded & {"lightning", "pytorch_lightning", "lightning_fabric", "transformers"}
 

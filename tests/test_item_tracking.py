@@ -1,6 +1,6 @@
 import torch
 
-from qtune.engine.item_tracking import ItemTracker
+from qtune.pruning.item_tracking import ItemTracker
 
 META = [
     {"kind": "clean", "response_start": 3, "wrong_positions": []},

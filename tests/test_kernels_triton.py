@@ -156,7 +156,7 @@ else:
         assert got.data_ptr() == zz.data_ptr()
         torch.testing.assert_close(got, fresh, atol=0, rtol=0)
 
-    @pytest.mark.skipif(not CUDA, reason="large shapes only on a real GPU")
+    @pytest.mark.gpu  # large shapes only on a real GPU (skipped without one: conftest)
     @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
     def test_triton_cuda_large(dtype):
         logits = randn(2048, 50257).to(dtype)

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from qtune.engine.callback import PruningCallback
-from qtune.engine.indexed import IndexedDataset
+from qtune.lightning.callback import PruningCallback
+from qtune.pruning.indexed import IndexedDataset
 from qtune.strategies import build_strategy
 
 

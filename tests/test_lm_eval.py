@@ -6,7 +6,7 @@ import json
 import pytest
 from tiny_hf import save_tiny_chat_llama
 
-from qtune.config_types import ConfigError
+from qtune.config.declared import ConfigError
 from qtune.train import run
 
 N = 6
@@ -40,8 +40,8 @@ def _args(chat_dir, *extra):
 
 def test_harness_runs_the_shipped_task_after_training_and_in_qtune_eval(make_cfg, tmp_path,
                                                                         chat_dir):
-    from qtune.eval_cli import evaluate
-    from qtune.eval_metrics import exact_match
+    from qtune.cli.eval import evaluate
+    from qtune.eval.metrics import exact_match
 
     s = run(make_cfg(_args(chat_dir), "run"))
     run_dir = tmp_path / "run"
@@ -65,7 +65,7 @@ def test_harness_runs_the_shipped_task_after_training_and_in_qtune_eval(make_cfg
 
 
 def test_qtune_eval_without_a_run_evaluates_the_model_as_loaded(tmp_path, chat_dir):
-    from qtune.eval_cli import main
+    from qtune.cli.eval import main
 
     out = tmp_path / "ev"
     main([f"model.path={chat_dir}", "model=hf", "data=embedded", "data.num_train=16",
@@ -104,7 +104,7 @@ def test_harness_not_installed_gives_the_install_command(make_cfg, chat_dir, mon
 def test_user_task_folder_is_on_the_task_path(make_cfg, tmp_path, chat_dir):
     import shutil
 
-    from qtune.lm_eval_harness import SHIPPED_TASKS, check_lm_eval
+    from qtune.eval.harness import SHIPPED_TASKS, check_lm_eval
 
     folder = tmp_path / "tasks"
     shutil.copytree(SHIPPED_TASKS / "qtune_embedded", folder)

@@ -61,9 +61,9 @@ def test_only_adapter_weights_train_and_ckpt_holds_only_them(make_cfg, tmp_path,
 
 
 def test_loss_is_the_plain_response_cross_entropy(make_cfg, setup):
-    from qtune.engine.module import QTuneModule
-    from qtune.engine.loss import masked_token_mean
-    from qtune.factory import build_task_and_model
+    from qtune.lightning.module import QTuneModule
+    from qtune.pruning.loss import masked_token_mean
+    from qtune.config.build import build_task_and_model
 
     bundle, model = build_task_and_model(make_cfg(_args(setup)))
     module = QTuneModule(model, kernel_backend="torch")
@@ -95,12 +95,12 @@ def test_resume_from_a_mid_run_checkpoint_gives_the_same_weights(make_cfg, tmp_p
 
 
 def test_loading_refuses_a_missing_trainable_key(make_cfg, setup):
-    from qtune.engine.module import QTuneModule
-    from qtune.factory import build_task_and_model
+    from qtune.lightning.module import QTuneModule
+    from qtune.config.build import build_task_and_model
 
     _, model = build_task_and_model(make_cfg(_args(setup)))
     module = QTuneModule(model)
-    from qtune.engine.trainable_state import drop_frozen
+    from qtune.lightning.trainable_state import drop_frozen
 
     state = drop_frozen(module, module.state_dict())
     assert not module.load_state_dict(state, strict=False).missing_keys  # frozen: not missing
@@ -111,14 +111,14 @@ def test_loading_refuses_a_missing_trainable_key(make_cfg, setup):
 
 
 def test_lora_with_the_mlp_classifier_is_a_named_error(make_cfg):
-    from qtune.factory import build_task_and_model
+    from qtune.config.build import build_task_and_model
 
     with pytest.raises(ValueError, match="peft cannot wrap model=mlp"):
         build_task_and_model(make_cfg(["experiment=digits", "adapter=lora"]))
 
 
 def test_target_modules_matching_nothing_lists_the_linear_modules(make_cfg, setup):
-    from qtune.factory import build_task_and_model
+    from qtune.config.build import build_task_and_model
 
     with pytest.raises(ValueError, match=r"matches none.*q_proj"):
         build_task_and_model(make_cfg(_args(setup, "adapter.target_modules=[nothing_here]")))
@@ -136,7 +136,7 @@ def test_every_strategy_trains_lora_with_the_fused_head(make_cfg, setup, strateg
 def test_qtune_score_reads_a_lora_checkpoint(make_cfg, tmp_path, setup):
     from conftest import FAST, compose
 
-    from qtune.score import score
+    from qtune.cli.score import score
 
     run(make_cfg(_args(setup, "epochs=1"), "s"))
     ckpt = tmp_path / "s" / "checkpoints" / "last.ckpt"
@@ -146,7 +146,7 @@ def test_qtune_score_reads_a_lora_checkpoint(make_cfg, tmp_path, setup):
 
 
 def test_lora_with_gradient_checkpointing_gets_adapter_gradients(make_cfg, setup):
-    from qtune.factory import build_task_and_model
+    from qtune.config.build import build_task_and_model
 
     bundle, model = build_task_and_model(make_cfg(_args(setup, "model.gradient_checkpointing=true")))
     batch = bundle.collate([bundle.train[i] for i in range(4)])

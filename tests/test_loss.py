@@ -1,8 +1,8 @@
 import torch
 import torch.nn.functional as F
 
-from qtune.engine.batch_stats import masked_mean, sample_scores
-from qtune.engine.loss import masked_token_mean
+from qtune.pruning.batch_stats import masked_mean, sample_scores
+from qtune.pruning.loss import masked_token_mean
 from qtune.kernels import token_stats
 
 

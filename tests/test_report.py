@@ -12,9 +12,9 @@ import pytest
 from omegaconf import OmegaConf
 from script_module import load_script
 
-from qtune.report import build_report, main
-from qtune.report_collect import find_runs
-from qtune.report_plots import pareto_front
+from qtune.cli.report import build_report, main
+from qtune.report.collect import find_runs
+from qtune.report.plots import pareto_front
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RUNS = [("full", 0, []), ("full", 1, []),
@@ -76,7 +76,7 @@ def test_welch_p_value_against_the_textbook_formula():
     """Welch's t and Welch-Satterthwaite degrees of freedom by hand, p from Student's t."""
     from scipy import stats
 
-    from qtune.report_tables import welch
+    from qtune.report.tables import welch
 
     a, b = [0.91, 0.93, 0.92, 0.95, 0.90], [0.88, 0.86, 0.90, 0.87]
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
@@ -254,7 +254,7 @@ def test_run_grid_in_process_matches_a_fresh_run_and_logs_failures(tmp_path):
 def test_variants_split_a_strategy_and_policies_read_as_letters(tmp_path):
     """Points of one strategy that differ in a non-ratio knob are separate variants (own line
     in the plots); a Q-Tuning policy is labelled Q1..Q4 as K/P/D letters."""
-    from qtune.report_collect import Run, group_points
+    from qtune.report.collect import Run, group_points
 
     def run(seed, **strategy):
         summary = {"strategy": strategy["name"], "seed": seed, "epochs": 3,
@@ -275,8 +275,8 @@ def test_variants_split_a_strategy_and_policies_read_as_letters(tmp_path):
 
 
 def test_plane_prefers_a_qtuning_run_with_the_papers_policy(tmp_path):
-    from qtune.report_collect import Run
-    from qtune.report_plots import plane_run
+    from qtune.report.collect import Run
+    from qtune.report.plots import plane_run
 
     def run(name, strategy, **cfg):
         (tmp_path / name).mkdir()

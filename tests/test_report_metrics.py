@@ -6,7 +6,7 @@ import statistics
 import pytest
 from omegaconf import OmegaConf
 
-from qtune.report import build_report, main
+from qtune.cli.report import build_report, main
 
 EVALS = {  # (strategy, seed): (exact match, token F1, harness exact match)
     ("full", 0): (0.50, 0.70, 0.40), ("full", 1): (0.60, 0.80, 0.50),

@@ -24,7 +24,7 @@ GAP_S = 1e6  # what the fake clock jumps between a crash and its resume
 def fake_clock(monkeypatch):
     """The epoch clock reads a counter that ticks one second per reading; ``jump(s)`` moves it
     on by s, standing for the time between a crash and its resume."""
-    from qtune.engine import epoch_clock
+    from qtune.pruning import epoch_clock
 
     t = [0.0]
 
@@ -137,7 +137,7 @@ def test_resuming_a_finished_run_plans_and_scores_nothing_more(make_cfg, tmp_pat
 def test_a_library_callback_resumes_a_checkpoint_that_carries_a_strategy_config():
     """Checked settings are those both sides know: a PruningCallback built without
     `strategy_config` (library use) accepts a qtune-train checkpoint of the same strategy."""
-    from qtune.engine.callback import PruningCallback
+    from qtune.lightning.callback import PruningCallback
     from qtune.strategies import build_strategy
 
     writer = PruningCallback(build_strategy("random", keep_ratio=0.5), seed=0, num_samples=8,
@@ -165,7 +165,7 @@ def test_resume_with_other_settings_is_refused(make_cfg):
 
 
 def test_summary_is_created_with_the_usual_file_mode(make_cfg, tmp_path):
-    from qtune.summary import atomic_write_json
+    from qtune.runs.atomic import atomic_write_json
 
     old = os.umask(0o022)
     try:
@@ -180,7 +180,7 @@ def test_progress_is_the_share_of_batches_or_of_the_budget():
     a budget the share spent, whatever the batches say."""
     from types import SimpleNamespace
 
-    from qtune.engine.schedule import training_progress
+    from qtune.pruning.schedule import training_progress
 
     assert training_progress(0, 12, 24, 2) == pytest.approx(0.25)
     assert training_progress(1, 24, 24, 2) == pytest.approx(1.0)

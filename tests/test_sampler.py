@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from qtune.engine.sampler import PlanSampler, shard_plan
+from qtune.pruning.sampler import PlanSampler, shard_plan
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])

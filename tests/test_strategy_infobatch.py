@@ -5,8 +5,8 @@ from fractions import Fraction
 import pytest
 import torch
 
-from qtune.engine.loss import masked_token_mean
-from qtune.engine.score_store import ScoreStore
+from qtune.pruning.loss import masked_token_mean
+from qtune.pruning.score_store import ScoreStore
 from qtune.strategies import EpochContext, build_strategy
 from qtune.strategies.infobatch import infobatch_plan
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from qtune.engine.score_store import ScoreStore
+from qtune.pruning.score_store import ScoreStore
 from qtune.strategies import BatchStats, EpochContext, build_strategy
 from qtune.strategies.qtuning import (
     normalize_scores,

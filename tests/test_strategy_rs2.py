@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from qtune.engine.score_store import ScoreStore
+from qtune.pruning.score_store import ScoreStore
 from qtune.strategies import EpochContext, build_strategy
 from qtune.strategies.rs2 import rs2_plan
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from qtune.engine.score_store import ScoreStore
+from qtune.pruning.score_store import ScoreStore
 from qtune.strategies import EpochContext, build_strategy
 from qtune.strategies.seta import seta_groups, seta_window
 

@@ -24,12 +24,12 @@ from dataclasses import asdict, dataclass, fields
 from functools import partial
 from typing import Any, Literal, Mapping, Optional
 
-from qtune.config_types import knob
+from qtune.config.declared import knob
 
-from .bundle import GenerationEval, TaskBundle
-from .sft import SFTDataset, TokenizedExample, collate_sft
-from .skills import SKILLS, Problem, SkillSpec, check_skills, instruction_prompt, near_miss, sample_problem
-from .tokenizer import CharTokenizer
+from qtune.data.bundle import GenerationEval, TaskBundle
+from qtune.data.sft import SFTDataset, TokenizedExample, collate_sft
+from qtune.data.skills import SKILLS, Problem, SkillSpec, check_skills, instruction_prompt, near_miss, sample_problem
+from qtune.data.tokenizer import CharTokenizer
 
 
 KINDS = ("clean", "noisy", "duplicate")
@@ -37,7 +37,7 @@ KINDS = ("clean", "noisy", "duplicate")
 
 @dataclass
 class EmbeddedConfig:
-    """The ``data=embedded`` group, declared: ``qtune.config_schema`` checks a config against
+    """The ``data=embedded`` group, declared: ``qtune.config.schema`` checks a config against
     these types and ranges before anything is built; ``__post_init__`` adds the cross-field
     rules."""
     num_train: int = knob(6000, ge=1)
@@ -169,7 +169,7 @@ def generate(cfg: EmbeddedConfig) -> tuple[list[dict], list[dict]]:
 
 def _encode(records: list[dict], tok) -> tuple[list[TokenizedExample], list[dict]]:
     if not isinstance(tok, CharTokenizer):  # a real (HF) tokenizer: chat form
-        from .embedded_chat import chat_encode
+        from qtune.data.embedded_chat import chat_encode
 
         return chat_encode(records, tok)
     examples, meta = [], []
@@ -220,7 +220,7 @@ def build_embedded_task(cfg: Any = None, tokenizer: CharTokenizer | None = None)
     if isinstance(tok, CharTokenizer):
         eos_id, pad_id = tok.eos_id, tok.pad_id
     else:
-        from .embedded_chat import special_ids
+        from qtune.data.embedded_chat import special_ids
 
         eos_id, pad_id = special_ids(tok)
         info["chat_form"] = True

@@ -2,7 +2,7 @@
 
 peft freezes the base weights and injects trainable low-rank adapters; qtune's optimiser
 only ever sees parameters with ``requires_grad`` and ``last.ckpt`` holds only those (see
-:mod:`qtune.engine.trainable_state`), so a LoRA run stores megabytes, not the whole model.
+:mod:`qtune.lightning.trainable_state`), so a LoRA run stores megabytes, not the whole model.
 """
 
 from __future__ import annotations

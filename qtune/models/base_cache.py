@@ -28,10 +28,10 @@ from typing import Any, Callable
 
 import torch
 
-from ..data.skills import SkillSpec, check_skills, raw_corpus, raw_prompt, sample_problem
-from ..data.tokenizer import CharTokenizer
-from .base_recipe import BaseRecipe
-from .tiny_llama import arch_from, build_tiny_llama, num_parameters, to_dict
+from qtune.data.skills import SkillSpec, check_skills, raw_corpus, raw_prompt, sample_problem
+from qtune.data.tokenizer import CharTokenizer
+from qtune.models.base_recipe import BaseRecipe
+from qtune.models.tiny_llama import arch_from, build_tiny_llama, num_parameters, to_dict
 
 META_FILE = "qtune_base.json"
 UNHASHED = {"log_every"}  # knobs that do not change the weights
@@ -140,7 +140,7 @@ def _batch(problems, tok: CharTokenizer, answer_only: bool = False,
 
 def raw_generation_eval(recipe: dict, tok: CharTokenizer, n: int | None = None):
     """Held-out raw-format problems (a seed stream the training batches never use)."""
-    from ..data.bundle import GenerationEval
+    from qtune.data.bundle import GenerationEval
 
     spec = _spec(recipe)
     problems = raw_corpus(n or recipe["eval_items"], recipe["seed"] + 1_000_003, spec, recipe["skills"])
@@ -154,7 +154,7 @@ def pretrain_base(model_cfg: Any = None, log: Callable[[str], None] | None = Non
     """Plain-torch pretraining on freshly sampled raw problems (no epochs, no overfitting):
     AdamW, linear warmup then cosine decay, full-sequence next-token loss. Deterministic for a
     given recipe and thread count."""
-    from ..evaluation import greedy_exact_match
+    from qtune.eval.greedy import greedy_exact_match
 
     log = log or _print
     recipe, tok = base_recipe(model_cfg), CharTokenizer()

@@ -1,5 +1,5 @@
 """The declared pretraining recipe of the tiny base (``model.base``): its types and ranges are
-checked by ``qtune.config_schema`` before anything is built, and its defaults are the recipe
+checked by ``qtune.config.schema`` before anything is built, and its defaults are the recipe
 that ``base_cache`` hashes into the cache key."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import dataclasses
 import math
 from typing import Literal, Optional
 
-from qtune.config_types import knob
+from qtune.config.declared import knob
 from qtune.data.skills import SKILLS
 
 

@@ -12,7 +12,7 @@ import copy
 import os
 from pathlib import Path
 
-from .atomic_dir import replaced_dir
+from qtune.runs.atomic import replaced_dir
 
 
 def is_exportable(model) -> bool:

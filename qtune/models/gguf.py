@@ -16,8 +16,8 @@ import json
 import os
 from pathlib import Path
 
-from .atomic_dir import replaced_dir
-from .base_cache import cache_root
+from qtune.runs.atomic import replaced_dir
+from qtune.models.base_cache import cache_root
 
 META_FILE = "qtune_gguf.json"
 INSTALL = "pip install 'qtune[gguf]'  (or: pip install gguf accelerate)"

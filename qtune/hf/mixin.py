@@ -1,0 +1,351 @@
+"""qtune's pruning inside Hugging Face ``Trainer`` (and its subclasses, e.g. TRL's ``SFTTrainer``).
+
+    from qtune.hf import PruningMixin
+
+    class PrunedTrainer(PruningMixin, Trainer):
+        pass
+
+    trainer = PrunedTrainer(model=model, args=args, train_dataset=ds, pruning="qtuning",
+                            pruning_options={"sample_ratio": 0.25, "token_ratio": 0.5})
+
+What the mixin changes, and why:
+
+* **Sampler**: one per run whose ids are the current epoch's plan (made when the epoch's
+  iterator starts, after the previous epoch's scores are merged; a scoring pass first when the
+  strategy asks for one). Trainer sizes its loop from the full dataset, so a pruned epoch ends
+  early; the plan is padded (ids repeated from its start) to whole optimiser steps, so gradient
+  accumulation never straddles two epochs.
+* **Loss** (``compute_loss``): token statistics through ``qtune.kernels``, the mean over kept
+  response tokens with the plan's per-sample weights (InfoBatch), and batch plans (Q-Tuning)
+  through :func:`qtune.pruning.train_step.train_step`, the step ``qtune-train`` runs.
+  The per-sample scores of the training forward feed the score store.
+* **LR schedule**: Trainer fixes ``max_steps`` from full epochs; the mixin's schedule reads
+  progress instead (epoch + share of this epoch's steps, over ``num_train_epochs``), so warm-up
+  and decay span the steps actually run and the LR reaches the schedule's end at the last one.
+  ``lr_scheduler_type`` linear, cosine or constant; warm-up from ``warmup_steps``.
+* **Compute budget** (``pruning_budget=F``, as ``budget=F`` in ``qtune-train``): the run may
+  spend the fraction F of the FLOPs of the matching full run (every sample for
+  ``num_train_epochs`` epochs), scoring passes included, and stops at the first optimiser step
+  after which one more of the same cost would overrun it; the Trainer's epoch count is lifted so
+  a strategy that keeps less runs more epochs, the strategies see the epochs the budget buys,
+  and the LR schedule's progress is the share spent. One host read per optimiser step, only
+  under a budget. A keyword argument, not a ``TrainingArguments`` field, so that any Trainer
+  subclass's own arguments class works unchanged.
+* **sample_id**: added to the dataset when missing, kept through Trainer's column removal and
+  through the collator (whatever collator the Trainer uses, e.g. TRL's).
+* **Resume**: the pruning state is saved beside each Trainer checkpoint (``qtune_pruning.pt``);
+  ``train(resume_from_checkpoint=...)`` restores it and replaces Trainer's assumption of equal
+  epochs with the real position (epoch and batches done), so the run continues exactly.
+
+Not supported: several processes (DDP/FSDP/DeepSpeed launches raise; ``qtune-train`` runs
+those), ``IterableDataset`` training sets, and ``resume_from_checkpoint`` of a checkpoint
+written without the mixin.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+from transformers import TrainerCallback
+
+from qtune.pruning.batch_stats import lm_stats, sample_scores
+from qtune.pruning.budget import UPPER_EPOCHS, ComputeBudget, build_budget
+from qtune.pruning.core import PruningCore
+from qtune.pruning.indexed import IndexedDataset
+from qtune.pruning.planned_step import forward_tokens
+from qtune.pruning.sampler import shard_plan
+from qtune.pruning.train_step import train_step
+from qtune.pruning.schedule import lr_factor, training_progress
+from qtune.strategies import build_strategy
+from qtune.strategies.base import PruningStrategy
+
+STATE_FILE = "qtune_pruning.pt"
+SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant",
+             "constant_with_warmup": "constant"}
+
+
+def with_sample_id(dataset):
+    first = dataset[0]
+    if not isinstance(first, dict):
+        raise TypeError("PruningMixin needs dataset items that are dicts (input_ids, labels, ...)")
+    if "sample_id" in first:
+        return dataset
+    if hasattr(dataset, "add_column"):  # a datasets.Dataset: a real column
+        return dataset.add_column("sample_id", list(range(len(dataset))))
+    return IndexedDataset(dataset)
+
+
+class KeepSampleId:
+    """Wraps a collator that builds its batch from known keys only (TRL's drops the rest): the
+    inner collator sees the items without ``sample_id``, which is added back as a tensor."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __call__(self, features: list[dict]) -> dict:
+        ids = [int(f["sample_id"]) for f in features]
+        batch = self.inner([{k: v for k, v in f.items() if k != "sample_id"} for f in features])
+        batch["sample_id"] = torch.tensor(ids, dtype=torch.long)
+        return batch
+
+
+class EpochPlanSampler(Sampler[int]):
+    """The ids of the owner's current epoch plan; ``len`` is the dataset's (Trainer's upper
+    bound for an epoch)."""
+
+    def __init__(self, owner: "PruningMixin") -> None:
+        self.owner, self.epoch = owner, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        return iter(self.owner._epoch_ids(self.epoch).tolist())
+
+    def __len__(self) -> int:
+        return self.owner._pruning_core.store.num_samples
+
+
+class _BookEpochs(TrainerCallback):
+    def __init__(self, owner: "PruningMixin") -> None:
+        self.owner = owner
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.owner._finish_epoch()
+
+
+class _BookBudgetSteps(TrainerCallback):
+    """Books each optimiser step's FLOPs before the LR scheduler reads the progress, and stops
+    training when one more step of the same cost would overrun the budget."""
+
+    def __init__(self, owner: "PruningMixin") -> None:
+        self.owner = owner
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        budget = self.owner.pruning_budget
+        budget.book_step(float(self.owner._step_flops))
+        self.owner._step_flops = 0.0
+        if budget.exhausted:
+            control.should_training_stop = True
+        return control
+
+
+class PruningMixin:
+    """Put before a ``transformers.Trainer`` subclass: ``class T(PruningMixin, Trainer)``.
+    ``pruning`` is a strategy name (options in ``pruning_options``) or a built strategy. The
+    plans, scores, history and resumable state are a :class:`qtune.pruning.core.PruningCore`,
+    the same one ``qtune-train``'s Lightning callback drives."""
+
+    def __init__(self, *args, pruning: str | PruningStrategy | None = "full",
+                 pruning_options: dict[str, Any] | None = None,
+                 pruning_budget: float | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.args.world_size > 1:
+            raise NotImplementedError("PruningMixin runs in one process; for DDP/FSDP use "
+                                      "qtune-train trainer=ddp (the Lightning engine)")
+        if self.train_dataset is None:
+            raise ValueError("PruningMixin needs a train_dataset")
+        if not isinstance(pruning, PruningStrategy):
+            pruning = build_strategy(pruning or "full", seed=self.args.seed, **(pruning_options or {}))
+        self.train_dataset = with_sample_id(self.train_dataset)
+        self.data_collator = KeepSampleId(self.data_collator)
+        self.model_accepts_loss_kwargs = False  # our loss is a token mean: Trainer scales by GA
+        self.pruning_budget = self._build_budget(pruning, pruning_budget)
+        self._pruning_core = PruningCore(pruning, seed=self.args.seed,
+                                         num_samples=len(self.train_dataset),
+                                         strategy_config=dict(pruning_options or {}),
+                                         keep_past_plans=True, budget=self.pruning_budget)
+        self._pruning_core.batch_size = self.args.per_device_train_batch_size
+        self._epoch = 0
+        self._step_flops = 0.0  # this optimiser step's FLOPs so far (a device tensor in a step)
+        self.add_callback(_BookEpochs(self))
+        if self.pruning_budget is not None:
+            self.add_callback(_BookBudgetSteps(self))
+
+    def _build_budget(self, strategy: PruningStrategy, fraction: float | None) -> ComputeBudget | None:
+        if fraction is None:
+            return None
+        if self.args.max_steps > 0:
+            raise ValueError(f"pruning_budget={fraction} and max_steps={self.args.max_steps} both "
+                             "decide when training stops; set one of them")
+        if not 0.0 < float(fraction) <= 1.0:
+            raise ValueError(f"pruning_budget={fraction} is out of range; expected a value in (0.0, 1.0]")
+        from qtune.models.adapters import parameter_counts
+
+        num_params, trainable = parameter_counts(self.model)
+        batch = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+        return build_budget(float(fraction), self._num_epochs(), strategy, self.train_dataset,
+                            batch, num_params, trainable, read_items=True)
+
+    # the core's state, under the names a Trainer user reads
+    pruning_strategy = property(lambda self: self._pruning_core.strategy)
+    pruning_plans = property(lambda self: self._pruning_core.plans)
+    pruning_history = property(lambda self: self._pruning_core.history)
+    pruning_totals = property(lambda self: self._pruning_core.totals)
+    _pruning_store = property(lambda self: self._pruning_core.store)
+
+    # -- data ------------------------------------------------------------------------------
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if "sample_id" not in self._signature_columns:
+            self._signature_columns.append("sample_id")
+
+    def _get_train_sampler(self, train_dataset=None):
+        return EpochPlanSampler(self)
+
+    def set_initial_training_values(self, args, dataloader):
+        """Under a budget the budget stops the run: Trainer's epoch count and step bound are
+        lifted, so a strategy that keeps less runs the more epochs the budget buys."""
+        values = list(super().set_initial_training_values(args, dataloader))
+        if self.pruning_budget is not None:
+            values[0] = UPPER_EPOCHS  # num_train_epochs
+            values[-1] = UPPER_EPOCHS * values[1]  # max_steps = epochs x update steps per epoch
+        return tuple(values)
+
+    def _steps_multiple(self) -> int:
+        return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+
+    def _epoch_ids(self, epoch: int) -> torch.Tensor:
+        """This epoch's shuffled plan, padded to whole optimiser steps."""
+        plan = self.plan_epoch(epoch)
+        return shard_plan(plan.sample_ids, seed=self.args.seed, epoch=epoch, rank=0, world_size=1,
+                          multiple=self._steps_multiple())
+
+    # -- plans -----------------------------------------------------------------------------
+    def _num_epochs(self) -> int:
+        return max(1, int(-(-float(self.args.num_train_epochs) // 1)))
+
+    def plan_epoch(self, epoch: int):
+        """The epoch's plan (made once; a scoring pass first when the strategy asks); its
+        weights are in force from here."""
+        core = self._pruning_core
+        plan = core.plan_epoch(epoch, self._num_epochs(), self._scoring_pass)
+        if self._epoch != epoch or not core.epoch_clock.running:
+            core.epoch_clock.start()
+        self._epoch = epoch
+        return plan
+
+    def _scoring_pass(self, epoch: int) -> None:
+        model = self.model
+        was_training = model.training
+        model.eval()
+        loader = DataLoader(self.train_dataset, batch_size=self.args.per_device_train_batch_size,
+                            collate_fn=self.data_collator)
+
+        def score_batch(batch):
+            batch = self._prepare_inputs(batch)
+            stats = lm_stats(model, batch)
+            return batch["sample_id"], sample_scores(stats, stats.valid), forward_tokens(batch)
+
+        self._pruning_core.run_scoring_pass(epoch, loader, score_batch)
+        model.train(was_training)
+
+    # -- loss ------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not model.training or "sample_id" not in inputs:  # evaluation: the model's own loss
+            inputs = {k: v for k, v in inputs.items() if k != "sample_id"}
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        batch = {k: inputs[k] for k in ("input_ids", "attention_mask", "labels", "sample_id")
+                 if k in inputs}
+        weights = self._pruning_core.sample_weights(batch["sample_id"])
+        if weights is not None:  # the plan's weights reach the loss on the batch, as in qtune-train
+            batch["sample_weight"] = weights
+
+        def stats_fn(b, labels=None):
+            return lm_stats(model, b, labels)
+
+        record = train_step(stats_fn, batch, self.pruning_strategy, self._epoch, self.state.global_step)
+        loss = record.loss
+        # rows and counters stay on the device (no host sync per step) until the epoch ends
+        self._pruning_core.record_batch(record)
+        if self.pruning_budget is not None:  # read once per optimiser step (_BookBudgetSteps)
+            self._step_flops = self._step_flops + self.pruning_budget.step_cost(record, loss.device)
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+    def _finish_epoch(self) -> None:
+        """Merge the epoch's scores into the store and book what it trained."""
+        core = self._pruning_core
+        core.finish_epoch(self._epoch)
+        if self.pruning_budget is not None:
+            self.pruning_budget.end_epoch()
+        self._epoch += 1
+
+    # -- LR schedule -----------------------------------------------------------------------
+    def training_progress(self) -> float:
+        """(epoch + batches done / batches of this epoch's plan) / epochs."""
+        plan = self.pruning_plans.get(self._epoch)
+        if plan is None:
+            return self._epoch / self._num_epochs()
+        step = self._steps_multiple()
+        batches = -(-plan.sample_ids.numel() // step) * step // self.args.per_device_train_batch_size
+        return training_progress(self._epoch, self._pruning_core.batches_done, batches,
+                                 self._num_epochs(), self.pruning_budget)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:
+            kind = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
+            if kind not in SCHEDULES:
+                raise ValueError(f"PruningMixin supports lr_scheduler_type {sorted(SCHEDULES)}; "
+                                 f"got {kind!r}")
+            warmup = float(self.args.warmup_steps or 0)
+            warmup = warmup if warmup < 1 else warmup / max(num_training_steps, 1)
+            name = SCHEDULES[kind]
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer or self.optimizer,
+                lambda _: lr_factor(self.training_progress(), name, warmup, 0.0))
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def pruning_state_dict(self) -> dict[str, Any]:
+        budget = self.pruning_budget
+        return {"core": self._pruning_core.state_dict(self._epoch), "epoch": self._epoch,
+                "budget": None if budget is None else budget.state_dict()}
+
+    def load_pruning_state_dict(self, state: dict[str, Any]) -> None:
+        """Refused, naming the difference, when the strategy or its options differ."""
+        saved, budget = state.get("budget"), self.pruning_budget
+        if (saved is None) != (budget is None):
+            raise ValueError(f"this checkpoint was written with pruning_budget="
+                             f"{None if saved is None else saved['fraction']}; this trainer has "
+                             f"pruning_budget={None if budget is None else budget.fraction}: "
+                             "resume with the same budget, or start a new run")
+        self._pruning_core.load_state_dict(state["core"])
+        if budget is not None:
+            budget.load_state_dict(saved)
+        self._epoch = int(state["epoch"])
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        folder = os.path.join(self._get_output_dir(trial=trial),
+                              f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if os.path.isdir(folder) and self.args.should_save:
+            torch.save(self.pruning_state_dict(), os.path.join(folder, STATE_FILE))
+
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs,
+                             resume_from_checkpoint, trial):
+        """Trainer assumes equal epochs; the saved pruning state knows the real position."""
+        epochs, steps = super()._init_training_state(max_steps, num_update_steps_per_epoch,
+                                                     num_train_epochs, resume_from_checkpoint, trial)
+        if resume_from_checkpoint is None:
+            return epochs, steps
+        path = os.path.join(resume_from_checkpoint, STATE_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{resume_from_checkpoint}: no {STATE_FILE}; this checkpoint "
+                                    "was not written by a PruningMixin trainer")
+        self.load_pruning_state_dict(torch.load(path, weights_only=True))
+        core, epoch = self._pruning_core, self._epoch
+        done = core.batches_done
+        core.samples_to_skip(epoch, self.args.per_device_train_batch_size,
+                             key="per_device_train_batch_size")  # refuses another batch size
+        self.plan_epoch(epoch)
+        core.epoch_clock.start(core.resumed_epoch_seconds)
+        if done * self.args.per_device_train_batch_size >= len(self._epoch_ids(epoch)):
+            self._finish_epoch()  # saved at an epoch's last step, before the epoch was booked
+            return self._epoch, 0
+        return epoch, done

@@ -1,0 +1,1 @@
+"""``qtune-report``'s parts: collecting run summaries, tables, figures and the token viewer."""
