@@ -4,7 +4,7 @@
 materialising the logits; both take `backend` in {"auto", "triton", "compiled", "torch"}
 (and "reference", the naive formula). `set_default_backend` is the `kernels.backend` hook.
 
-Layers, each importing only from the ones above it (checked by tests/test_import_layers.py):
+Layers, each importing only from the ones above it (checked by tests/unit/test_import_layers.py):
 
     formula, reference                   pure math and the TokenStats tuple (torch only)
     torch_chunked, compiled, triton_stats  the backends: the formula as code for a device

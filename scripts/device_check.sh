@@ -31,9 +31,9 @@ step "device"
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 } 2>&1 | tee -a "$LOG"
 step "kernel tests"
-timeout 90 python3 -m pytest -q -p no:cacheprovider --rootdir "$REPO" "$REPO/tests/test_kernels_triton.py" \
-  "$REPO/tests/test_kernels.py" "$REPO/tests/test_kernels_linear.py" \
-  "$REPO/tests/test_kernels_edges.py" 2>&1 | tail -15 | tee -a "$LOG"
+timeout 90 python3 -m pytest -q -p no:cacheprovider --rootdir "$REPO" "$REPO/tests/unit/test_kernels_triton.py" \
+  "$REPO/tests/unit/test_kernels.py" "$REPO/tests/unit/test_kernels_linear.py" \
+  "$REPO/tests/unit/test_kernels_edges.py" 2>&1 | tail -15 | tee -a "$LOG"
 step "benchmark bf16"
 timeout 150 python3 "$REPO/scripts/bench_kernels.py" --dtype bf16 --shapes 32768x49152 \
   --json "$OUT/gpu_bf16.json" 2>&1 | tee -a "$LOG"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -37,6 +37,30 @@ def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
     return g
 
 
+@runtime_checkable
+class SampleStatistics(Protocol):
+    """Each sample's last statistics, indexed by ``sample_id`` (float tensors [N], NaN where a
+    sample has no score yet): what an epoch plan reads. The pruning core's statistics store
+    (``qtune.pruning.score_store.ScoreStore``) is one; a test may pass any object with these."""
+
+    num_samples: int
+    loss: torch.Tensor  # mean response-token loss
+    entropy: torch.Tensor  # mean response-token predictive entropy
+    el2n: torch.Tensor  # mean L2 norm of softmax minus one-hot
+    p_label: torch.Tensor  # mean probability of the label token
+    margin: torch.Tensor
+    accuracy: torch.Tensor
+    num_tokens: torch.Tensor  # long [N]: response tokens scored
+    seen_epoch: torch.Tensor  # long [N]: the epoch of the last score, -1 never scored
+    forgetting: torch.Tensor  # long [N]: learned -> forgotten transitions
+
+    @property
+    def ppl(self) -> torch.Tensor: ...
+
+    @property
+    def aum(self) -> torch.Tensor: ...
+
+
 @dataclass
 class EpochContext:
     """What a strategy may read when it plans an epoch."""
@@ -45,7 +69,7 @@ class EpochContext:
     max_epochs: int
     num_samples: int
     seed: int
-    scores: Any  # qtune.pruning.score_store.ScoreStore (kept untyped to avoid an import cycle)
+    scores: SampleStatistics | None
 
 
 @dataclass
@@ -152,6 +176,21 @@ class PruningStrategy:
         ``scoring_passes`` (no-grad passes over every sample). A compute budget smaller than
         that is refused up front rather than spent on a warm-up that never reaches pruning."""
         return {"epochs": 0, "scoring_passes": 0}
+
+    # -- presentation (what qtune-report asks instead of knowing strategies by name) ------------
+    #: Trains every sample every epoch with no scoring: the run that compute is measured against.
+    full_data: ClassVar[bool] = False
+
+    @classmethod
+    def plane_rank(cls, options: Mapping[str, Any]) -> int | None:
+        """How fit a run with these options is to draw the error-uncertainty plane and the
+        token viewer (lower first; None: only when no strategy claims them)."""
+        return None
+
+    @classmethod
+    def format_option(cls, key: str, value: Any) -> str | None:
+        """An option's value as a report label shows it; None: the report's plain format."""
+        return None
 
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -11,4 +11,5 @@ class FullData(PruningStrategy):
     """The base class's plan: every sample, weights of one, no batch plan."""
 
     ratio_keys = {}  # no ratio knob: a grid runs it once per seed
+    full_data = True  # the compute reference of qtune-report
     statistics = ()

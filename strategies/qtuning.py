@@ -33,6 +33,7 @@ from .registry import register_strategy
 
 ACTIONS = ("keep", "prune", "drop")
 DEFAULT_POLICY = {"q1": "drop", "q2": "prune", "q3": "drop", "q4": "keep"}
+POLICY_LETTERS = {"keep": "K", "prune": "P", "drop": "D"}
 _CHOICES = {
     "level": ("batch", "epoch"),
     "scoring": SCORING,
@@ -93,6 +94,22 @@ class QTuning(PruningStrategy):
                 raise ValueError(f"strategy.{key}={value!r}; choose one of {_CHOICES[key]}")
             setattr(self, key, value)
         self._prune_ids: torch.Tensor | None = None  # level=epoch: bool[N], rows to token-prune
+
+    # -- presentation -------------------------------------------------------------------------
+    @classmethod
+    def plane_rank(cls, options: Mapping[str, Any]) -> int | None:
+        """The plane is Q-Tuning's: a run with the paper's policy (DPDK) first, since another
+        policy moves the bisection's α."""
+        policy = dict(options.get("policy") or DEFAULT_POLICY)
+        return 0 if policy == DEFAULT_POLICY else 1
+
+    @classmethod
+    def format_option(cls, key: str, value: Any) -> str | None:
+        """A policy reads as four letters, Q1..Q4 in order (K keep, P keep with token pruning,
+        D drop): the paper's default is DPDK."""
+        if key == "policy" and isinstance(value, Mapping) and set(value) == set(DEFAULT_POLICY):
+            return "".join(POLICY_LETTERS.get(str(value[q]), "?") for q in ("q1", "q2", "q3", "q4"))
+        return None
 
     # -- shared -----------------------------------------------------------------------------
     def _split(self, ppl: torch.Tensor, ent: torch.Tensor):

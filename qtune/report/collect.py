@@ -16,6 +16,17 @@ from pathlib import Path
 from typing import Any
 
 
+def strategy_class(strategy: str):
+    """The registered class of a run's strategy; the base class (no claims) for one not
+    installed here. The report asks it what it plots and how its options read."""
+    from qtune.strategies import PruningStrategy, get_strategy_class
+
+    try:
+        return get_strategy_class(strategy)
+    except KeyError:
+        return PruningStrategy
+
+
 def ratio_keys(strategy: str) -> frozenset[str]:
     """The ratio knobs a strategy declares (``PruningStrategy.ratio_keys``): always shown in a
     label, never what makes a variant. A strategy not installed here (a third-party run read
@@ -180,8 +191,9 @@ def group_points(runs: list[Run]) -> dict[str, list[Point]]:
             varying = {k for q in same for k in set(q.knobs) | set(pt.knobs)
                        if q.knobs.get(k) != pt.knobs.get(k)}
             shown = [k for k in pt.knobs if k in pt.ratio_keys or k in varying]
-            pt.label = ", ".join(f"{k}={_fmt(pt.knobs[k], k)}" for k in shown)
-            pt.variant = ", ".join(f"{k}={_fmt(pt.knobs[k], k)}" for k in shown
+            fmt = strategy_class(pt.strategy).format_option
+            pt.label = ", ".join(f"{k}={fmt(k, pt.knobs[k]) or _fmt(pt.knobs[k])}" for k in shown)
+            pt.variant = ", ".join(f"{k}={fmt(k, pt.knobs[k]) or _fmt(pt.knobs[k])}" for k in shown
                                    if k not in pt.ratio_keys)
     return by_task
 
@@ -197,7 +209,7 @@ def reference_full(point: Point, points: list[Point]) -> Point | None:
         keys = {k for k in set(q.knobs) | set(point.knobs) if k.startswith("data.")}
         return all(norm(q.knobs.get(k)) == norm(point.knobs.get(k)) for k in keys)
 
-    fulls = [q for q in points if q.strategy == "full" and q.epochs <= point.epochs]
+    fulls = [q for q in points if strategy_class(q.strategy).full_data and q.epochs <= point.epochs]
     # the matching full run trains its epochs unbudgeted (a budget is a fraction of that run)
     fulls = [q for q in fulls if q.knobs.get("budget") is None] or fulls
     fulls = [q for q in fulls if same_data(q)] or fulls  # the baseline trains the same data
@@ -207,14 +219,8 @@ def reference_full(point: Point, points: list[Point]) -> Point | None:
     return max(fulls, key=lambda q: q.epochs) if fulls else None
 
 
-POLICY_LETTERS = {"keep": "K", "prune": "P", "drop": "D"}
-
-
-def _fmt(v: Any, key: str = "") -> str:
-    """A knob's value for labels; a Q-Tuning policy reads as four letters, Q1..Q4 in order
-    (K keep, P keep with token pruning, D drop): the paper's default is DPDK."""
-    if key == "policy" and isinstance(v, dict) and set(v) == {"q1", "q2", "q3", "q4"}:
-        return "".join(POLICY_LETTERS.get(str(v[q]), "?") for q in ("q1", "q2", "q3", "q4"))
+def _fmt(v: Any) -> str:
+    """A knob's value for labels, when its strategy has no format of its own."""
     if isinstance(v, dict):
         return "{" + ",".join(f"{k}:{_fmt(x)}" for k, x in v.items()) + "}"
     if isinstance(v, float):

@@ -10,7 +10,7 @@
   a log axis against entropy), coloured by item kind. The dashed lines are the quantile
   thresholds of Q-Tuning's split, P_lo/P_hi = PPL quantiles at α and 1−α and E_lo/E_hi = the
   entropy quantiles at α and 1−α, computed over the whole final score store with α the run's
-  last-epoch mean α (a qtuning run) or 0.25 otherwise. Training draws these per micro-batch,
+  last-epoch mean α (a run that records one, Q-Tuning's) or 0.25 otherwise. Training draws these per micro-batch,
   so the lines show where the quadrants fall, not any one batch's exact cut.
 """
 
@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from qtune.report.collect import Point, Run  # noqa: E402
+from qtune.report.collect import Point, Run, strategy_class  # noqa: E402
 
 KIND_COLOURS = {"clean": "tab:blue", "noisy": "tab:red", "duplicate": "tab:orange"}
 DEFAULT_ALPHA = 0.25
@@ -113,17 +113,17 @@ def plot_keep_ratio(task: str, points: list[Point], out: Path) -> Path | None:
 
 
 def plane_run(runs: list[Run]) -> Run | None:
-    """The run whose scores draw the plane: the first qtuning run with the paper's quadrant
-    policy (DPDK; other policies move the bisection's α), else any qtuning run, else full,
+    """The run whose scores draw the plane: the one its strategy ranks first
+    (``PruningStrategy.plane_rank``: Q-Tuning with the paper's policy), else a full-data run,
     else any."""
     with_scores = [r for r in runs if (r.path / "scores.npz").is_file()]
-    paper = {"q1": "drop", "q2": "prune", "q3": "drop", "q4": "keep"}
-    qt = [r for r in with_scores if r.strategy == "qtuning"]
-    for group in ([r for r in qt if dict(r.strategy_cfg.get("policy") or paper) == paper], qt,
-                  [r for r in with_scores if r.strategy == "full"], with_scores):
-        if group:
-            return group[0]
-    return None
+
+    def rank(r: Run) -> tuple[int, int]:
+        cls = strategy_class(r.strategy)
+        claimed = cls.plane_rank(r.strategy_cfg)
+        return (0, claimed) if claimed is not None else (1, 0 if cls.full_data else 1)
+
+    return min(with_scores, key=rank) if with_scores else None
 
 
 def plot_plane(task: str, run: Run, out: Path) -> Path | None:

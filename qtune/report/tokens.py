@@ -14,7 +14,7 @@ import html
 import json
 from pathlib import Path
 
-from qtune.report.collect import Run
+from qtune.report.collect import Run, strategy_class
 
 CSS = """body{font-family:sans-serif;margin:1.5em}h2{margin-top:1.6em}
 .row{margin:.35em 0;padding:.3em;border-bottom:1px solid #eee}
@@ -48,11 +48,16 @@ def plan_rows(run: Run) -> tuple[int, list[dict]] | None:
 
 
 def tokens_run(runs: list[Run]) -> Run | None:
-    """Prefer a run with token-level plans (qtuning first), else one with sample plans."""
+    """Prefer a run with token-level plans (the strategy that ranks itself first for the plane,
+    ``PruningStrategy.plane_rank``, first), else one with sample plans."""
     def has(r: Run, pattern: str) -> bool:
         return any((r.path / "plans").glob(pattern))
 
-    ranked = sorted(runs, key=lambda r: (not has(r, "tokens_epoch_*.json"), r.strategy != "qtuning"))
+    def rank(r: Run) -> tuple[bool, int]:
+        claimed = strategy_class(r.strategy).plane_rank(r.strategy_cfg)
+        return not has(r, "tokens_epoch_*.json"), 2 if claimed is None else claimed
+
+    ranked = sorted(runs, key=rank)
     for r in ranked:
         if has(r, "tokens_epoch_*.json") or has(r, "epoch_*.json"):
             return r

@@ -13,8 +13,9 @@ from qtune.data.jsonl import DataError, build_jsonl_task, plain_prompt, read_jso
 from qtune.data.sft import IGNORE_INDEX
 from qtune.models.hf import load_hf_causal_lm
 from tiny_hf import save_tiny_llama
+from conftest import REPO
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "data" / "jsonl.yaml"
+CONF = REPO / "conf" / "data" / "jsonl.yaml"
 
 ALPACA = [
     {"instruction": "add two and three", "output": "five"},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +10,9 @@ from omegaconf import OmegaConf
 
 from qtune.models.hf import build_hf_model, load_hf_causal_lm, resolve_dtype
 from tiny_hf import save_tiny_llama
+from conftest import REPO
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "model" / "hf.yaml"
+CONF = REPO / "conf" / "model" / "hf.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,9 @@ import ast
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 # folder -> installed package (pyproject's package-dir)
 FOLDERS = {"kernels": "qtune.kernels", "strategies": "qtune.strategies", "qtune": "qtune"}
 # part -> the qtune packages it may import (besides itself); None: anything

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +11,9 @@ from torch.utils.data import DataLoader
 
 from qtune.data.digits import build_digits_task, split_digits, split_indices
 from qtune.models.classifier import build_mlp
+from conftest import REPO
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = REPO / "conf"
 
 
 def test_split_is_deterministic_disjoint_and_stratified():

@@ -118,9 +118,9 @@ def test_report_arguments_are_checked_before_any_summary_is_read(tmp_path, capsy
 
 
 def test_run_grid_checks_every_point_before_the_first_runs(tmp_path, capsys, monkeypatch):
-    from test_report import _load_run_grid
+    from script_module import load_script
 
-    rg = _load_run_grid()
+    rg = load_script("run_grid")
     ran = []
     monkeypatch.setattr(rg, "run_grid", lambda points, **kw: ran.append(points) or {"failed": []})
     out = tmp_path / "grid"

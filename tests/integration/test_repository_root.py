@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_sft_overrides
+from conftest import REPO, tiny_sft_overrides
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 TRAIN_FAST = ["kernels.backend=torch", "trainer.enable_progress_bar=false", "epochs=1"]
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import pytest
 from omegaconf import OmegaConf
+from conftest import REPO
 from script_module import load_script
 
 from qtune.cli.report import build_report, main
@@ -168,7 +169,7 @@ def test_run_grid_takes_a_tasks_default_epochs_from_its_config(task, config, tmp
     from omegaconf import OmegaConf
 
     rg = _load_run_grid()
-    conf = Path(__file__).resolve().parents[1] / "conf" / f"{config}.yaml"
+    conf = REPO / "conf" / f"{config}.yaml"
     want = OmegaConf.load(conf).epochs
     (point,) = rg.plan_grid(task, ["full"], ["0.5"], [0], ["same_epochs"], tmp_path)
     assert f"epochs={want}" in point.overrides
@@ -289,3 +290,51 @@ def test_plane_prefers_a_qtuning_run_with_the_papers_policy(tmp_path):
     assert plane_run([full, drop_q2, paper]) is paper
     assert plane_run([full, drop_q2]) is drop_q2
     assert plane_run([full]) is full
+
+
+def test_the_report_asks_the_strategy_not_its_name(tmp_path):
+    """A strategy the report has never heard of claims the plane, labels its own option and,
+    declaring full_data, becomes the compute reference; an uninstalled one claims nothing."""
+    from qtune.report.collect import Point, Run, reference_full
+    from qtune.report.plots import plane_run
+    from qtune.strategies import PruningStrategy, register_strategy
+    from qtune.strategies.registry import _REGISTRY
+
+    @register_strategy("plotter_for_test")
+    class Plotter(PruningStrategy):
+        @classmethod
+        def plane_rank(cls, options):
+            return 0
+
+        @classmethod
+        def format_option(cls, key, value):
+            return f"<{value}>" if key == "shade" else None
+
+    @register_strategy("everything_for_test")
+    class Everything(PruningStrategy):
+        full_data = True
+
+    try:
+        def run(name, strategy, **cfg):
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "scores.npz").write_bytes(b"")
+            return Run(tmp_path / name, {"strategy": strategy}, {"strategy": {"name": strategy, **cfg}})
+
+        qt = run("a", "qtuning", policy={"q1": "drop", "q2": "drop", "q3": "drop", "q4": "keep"})
+        mine = run("b", "plotter_for_test")  # ranks itself 0, before Q-Tuning with another policy
+        unknown = run("c", "not_installed_anywhere")
+        assert plane_run([qt, unknown, mine]) is mine
+        assert plane_run([unknown, qt]) is qt
+        everything = Point("t", "everything_for_test", {}, 3, [])
+        full = Point("t", "full", {}, 3, [])
+        other = Point("t", "plotter_for_test", {"shade": 2}, 3, [])
+        assert reference_full(other, [everything, other]) is everything
+        assert reference_full(other, [other]) is None
+        assert reference_full(other, [full, other]) is full
+        from qtune.report.collect import strategy_class
+
+        assert strategy_class("plotter_for_test").format_option("shade", 2) == "<2>"
+        assert strategy_class("not_installed_anywhere").plane_rank({}) is None
+    finally:
+        _REGISTRY.pop("plotter_for_test", None)
+        _REGISTRY.pop("everything_for_test", None)

@@ -4,7 +4,6 @@ when an instance is built, and read by the engine, the grid runner and the repor
 import dataclasses
 import pkgutil
 import sys
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -15,8 +14,9 @@ from qtune.strategies import (BatchStats, PruningStrategy, build_strategy, get_s
                               register_strategy, registered_names)
 from qtune.strategies.contract import SAMPLE_STATISTICS, STATISTICS, TOKEN_STATISTICS
 from qtune.strategies.registry import _REGISTRY
+from conftest import REPO
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "strategy"
+CONF = REPO / "conf" / "strategy"
 
 
 def test_every_module_of_the_package_is_imported():
@@ -93,7 +93,7 @@ def test_ratio_keys_are_read_only_once_registered():
 def test_grid_and_report_read_a_new_strategys_ratio_knobs(tmp_path):
     """A strategy registered at run time gets grid overrides and report labels from its
     declaration: no table in run_grid.py or report_collect.py to extend."""
-    from test_report import _load_run_grid
+    from script_module import load_script
 
     from qtune.report.collect import Run, group_points
 
@@ -106,7 +106,7 @@ def test_grid_and_report_read_a_new_strategys_ratio_knobs(tmp_path):
             super().__init__(seed)
 
     try:
-        rg = _load_run_grid()
+        rg = load_script("run_grid")
         pts = rg.plan_grid("digits", ["half_pruner_test"], ["0.3", "0.5x0.5"], [0],
                            ["same_epochs"], tmp_path)
         assert [p.run_dir.parent.name for p in pts] == ["half_pruner_test-keep0.3-same_epochs-e30"]
@@ -141,3 +141,17 @@ def test_a_plugin_with_a_bad_declaration_is_skipped_with_a_warning(monkeypatch):
     with pytest.warns(UserWarning, match=r"bad_plugin_test.*BadPlugin\.scoring='sometimes'"):
         names = registered_names()
     assert "bad_plugin_test" not in names and "random" in names
+
+
+def test_the_statistics_store_is_what_a_plan_may_read():
+    """EpochContext.scores is typed by strategies' own protocol; the core's store fulfils it."""
+    import typing
+
+    from qtune.strategies.base import SampleStatistics
+
+    store = ScoreStore(3)
+    assert isinstance(store, SampleStatistics)
+    assert not isinstance(object(), SampleStatistics)
+    hints = typing.get_type_hints(SampleStatistics)
+    assert set(FIELDS) <= set(hints) and {"num_samples", "seen_epoch", "forgetting"} <= set(hints)
+    assert {"ppl", "aum"} <= set(dir(SampleStatistics))
