@@ -154,6 +154,8 @@ class PruningStrategy:
     #: Ratio knobs, option name -> "keep" | "prune" | "shift" (``contract.RATIO_KINDS``), in
     #: the order a ratio grid sets them: the first keep/prune knob takes a grid ratio.
     ratio_keys: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    #: Options that were renamed, old name -> new name: the old one is refused naming the new.
+    renamed_options: ClassVar[Mapping[str, str]] = MappingProxyType({})
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = int(seed)

@@ -82,16 +82,17 @@ def select_ccs(scores: torch.Tensor, keep_ratio: float, beta: float, num_bins: i
 class CCS(StaticSubset):
     """Full data for ``warmup_epochs``, then the static coreset.
 
-    ``score``: el2n | loss | entropy (fresh scoring pass at the end of the warm-up), aum |
+    ``score_column``: el2n | loss | entropy (fresh scoring pass at the end of the warm-up), aum |
     forgetting (training dynamics recorded during the warm-up epochs), or any of them read from
     ``scores_file`` (column of the same name). AUM is negated (low margin = hard).
     """
 
-    statistics = ("el2n",)  # the instance's: its ``score`` option
+    statistics = ("el2n",)  # the instance's: its ``score_column`` option
+    renamed_options = {"score": "score_column"}  # EL2N's name for the same choice
     ratio_keys = {"keep_ratio": "keep", "beta": "shift"}
 
     def __init__(self, seed: int = 0, keep_ratio: float = 0.5, beta: float = 0.1,
-                 num_bins: int = 50, score: str = "el2n", warmup_epochs: int = 1,
+                 num_bins: int = 50, score_column: str = "el2n", warmup_epochs: int = 1,
                  scores_file: str | None = None) -> None:
         super().__init__(seed)
         self.keep_ratio = check_ratio(keep_ratio, "strategy.keep_ratio")
@@ -101,33 +102,34 @@ class CCS(StaticSubset):
         self.num_bins = int(num_bins)
         if self.num_bins < 1:
             raise ValueError(f"strategy.num_bins={num_bins} must be >= 1")
-        if score not in SCORE_SIGNS:
-            raise ValueError(f"strategy.score={score!r}; choose one of {sorted(SCORE_SIGNS)}")
-        self.score = score
-        self.statistics = (score,)
+        if score_column not in SCORE_SIGNS:
+            raise ValueError(f"strategy.score_column={score_column!r}; choose one of "
+                             f"{sorted(SCORE_SIGNS)}")
+        self.score_column = score_column
+        self.statistics = (score_column,)
         self.warmup_epochs = check_warmup(warmup_epochs)
         self.scores_file = scores_file
 
     def warmup_cost(self) -> dict[str, int]:
         if self.scores_file:
             return {"epochs": 0, "scoring_passes": 0}
-        dynamic = self.score in ("aum", "forgetting")  # read from training, no scoring pass
+        dynamic = self.score_column in ("aum", "forgetting")  # read from training, no scoring pass
         return {"epochs": self.warmup_epochs, "scoring_passes": 0 if dynamic else 1}
 
     def needs_scoring_pass(self, ctx: EpochContext) -> bool:
-        dynamic = self.score in ("aum", "forgetting")
+        dynamic = self.score_column in ("aum", "forgetting")
         return (self._selected is None and not self.scores_file and not dynamic
                 and ctx.epoch == self.warmup_epochs)
 
     def _scores(self, ctx: EpochContext) -> torch.Tensor:
         if self.scores_file:
-            raw = load_scores(self.scores_file, ctx.num_samples, self.score)
+            raw = load_scores(self.scores_file, ctx.num_samples, self.score_column)
         else:
             st = ctx.scores
-            raw = getattr(st, self.score).detach().float().cpu().clone()
-            if self.score in ("aum", "forgetting"):
+            raw = getattr(st, self.score_column).detach().float().cpu().clone()
+            if self.score_column in ("aum", "forgetting"):
                 raw[st.seen_epoch < 0] = float("nan")  # never trained: no dynamics recorded
-        return SCORE_SIGNS[self.score] * raw
+        return SCORE_SIGNS[self.score_column] * raw
 
     def select(self, ctx: EpochContext) -> tuple[torch.Tensor, dict[str, float]]:
         scores = self._scores(ctx)

@@ -71,6 +71,13 @@ def build_strategy(name: str, seed: int = 0, **params: Any) -> PruningStrategy:
     """Instantiate by name; unknown parameters are an error that lists the accepted ones."""
     cls = get_strategy_class(name)
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "seed")]
+    for old in sorted(set(params) & set(cls.renamed_options)):
+        if params[old] is None:  # the yaml keeps the old key empty, so the CLI reaches this check
+            params = {k: v for k, v in params.items() if k != old}
+            continue
+        new = cls.renamed_options[old]
+        raise ValueError(f"strategy {name!r}: option {old!r} is now called {new!r} (config key "
+                         f"strategy.{new}, not strategy.{old})")
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ValueError(

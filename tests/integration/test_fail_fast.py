@@ -24,6 +24,7 @@ BAD = [  # (overrides, what the error must say), at least one per config group
     ("eval.exact_match=maybe", r"eval.exact_match='maybe' must be true or false"),
     ("strategy=qtuning strategy.policy.q2=maybe", r"strategy.policy.q2"),
     ("strategy=random strategy.keep_ratio=2", r"strategy.keep_ratio"),
+    ("strategy=ccs strategy.score=aum", r"option 'score' is now called 'score_column' \(config key strategy.score_column"),
     ("optim.lr=-1", r"optim.lr=-1 is out of range"),
     ("kernels.backend=cuda_magic", r"kernels.backend='cuda_magic' must be one of 'auto'"),
     ("checkpoint.every_n_train_steps=-1", r"checkpoint.every_n_train_steps=-1 must be at least 0"),

@@ -57,12 +57,11 @@ def make_trainer(model_dir, out, pruning, options=None, epochs=2, data=None, pru
                          pruning_budget=pruning_budget)
 
 
-def test_random_half_visits_half_the_samples_each_epoch_and_the_lr_ends_on_schedule(model_dir, tmp_path):
-    data = CountingDataset()
-    trainer = make_trainer(model_dir, tmp_path, "random", {"keep_ratio": 0.5}, data=data)
-    data.reads.clear()  # the mixin looked at item 0 to see whether it carries a sample_id
-    lrs = []
+def train_recording_lr(trainer) -> list[float]:
+    """Train; the learning rate after each optimiser step."""
     from transformers import TrainerCallback
+
+    lrs = []
 
     class LR(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
@@ -70,6 +69,14 @@ def test_random_half_visits_half_the_samples_each_epoch_and_the_lr_ends_on_sched
 
     trainer.add_callback(LR())
     trainer.train()
+    return lrs
+
+
+def test_random_half_visits_half_the_samples_each_epoch_and_the_lr_ends_on_schedule(model_dir, tmp_path):
+    data = CountingDataset()
+    trainer = make_trainer(model_dir, tmp_path, "random", {"keep_ratio": 0.5}, data=data)
+    data.reads.clear()  # the mixin looked at item 0 to see whether it carries a sample_id
+    lrs = train_recording_lr(trainer)
     per_epoch = N // 2
     assert len(data.reads) == 2 * per_epoch  # the dataset served only the planned samples
     for e in range(2):
@@ -224,8 +231,6 @@ def test_trl_sft_trainer_prunes_the_same_way(model_dir, tmp_path):
 
 
 def test_budget_half_of_a_three_epoch_run_spends_half_and_ends_the_lr_at_the_last_step(model_dir, tmp_path):
-    from transformers import TrainerCallback
-
     from qtune.models.adapters import parameter_counts
     from qtune.runs.flops import token_costs
 
@@ -233,14 +238,7 @@ def test_budget_half_of_a_three_epoch_run_spends_half_and_ends_the_lr_at_the_las
     trainer = make_trainer(model_dir, tmp_path, "random", {"keep_ratio": 0.5}, epochs=3, data=data,
                            pruning_budget=0.5)
     data.reads.clear()
-    lrs = []
-
-    class LR(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            lrs.append(trainer.lr_scheduler.get_last_lr()[0])
-
-    trainer.add_callback(LR())
-    trainer.train()
+    lrs = train_recording_lr(trainer)
     budget = trainer.pruning_budget
     grad_cost = token_costs(*parameter_counts(trainer.model))[0]
     assert budget.full_run_flops == pytest.approx(3 * grad_cost * N * T)

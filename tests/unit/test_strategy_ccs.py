@@ -109,7 +109,7 @@ def test_strategy_aum_is_negated_low_margin_cut():
     st = ScoreStore(10)
     for e in range(2):
         st.update(torch.arange(10), e, margin=torch.linspace(-0.9, 0.9, 10), track_dynamics=True)
-    strat = build_strategy("ccs", keep_ratio=0.5, beta=0.2, score="aum", warmup_epochs=2)
+    strat = build_strategy("ccs", keep_ratio=0.5, beta=0.2, score_column="aum", warmup_epochs=2)
     assert not strat.needs_scoring_pass(ctx(st, 2))  # dynamics come from the warm-up training
     out = strat.epoch_plan(ctx(st, 2)).sample_ids.tolist()
     assert len(out) == 5 and 0 not in out and 1 not in out  # lowest AUM = hardest, cut
@@ -118,13 +118,14 @@ def test_strategy_aum_is_negated_low_margin_cut():
 def test_strategy_scores_file(tmp_path):
     p = tmp_path / "s.npz"
     np.savez(p, sample_id=np.arange(10), forgetting=np.arange(10)[::-1])
-    strat = build_strategy("ccs", keep_ratio=0.5, beta=0.2, score="forgetting", scores_file=str(p))
+    strat = build_strategy("ccs", keep_ratio=0.5, beta=0.2, score_column="forgetting", scores_file=str(p))
     out = strat.epoch_plan(ctx(ScoreStore(10), 0)).sample_ids.tolist()
     assert len(out) == 5 and 0 not in out and 1 not in out  # most forgotten = ids 0, 1
 
 
 @pytest.mark.parametrize("kwargs,key", [({"beta": 0.6, "keep_ratio": 0.5}, "strategy.beta"),
-                                        ({"score": "magic"}, "strategy.score"),
+                                        ({"score_column": "magic"}, "strategy.score_column"),
+                                        ({"score": "el2n"}, "now called 'score_column'"),
                                         ({"num_bins": 0}, "strategy.num_bins")])
 def test_config_errors(kwargs, key):
     with pytest.raises(ValueError, match=key):

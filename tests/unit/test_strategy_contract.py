@@ -48,7 +48,7 @@ def test_declarations_set_from_options_are_those_the_engine_reads():
                         loss_denominator="all_attended")
     assert (qt.uses_batch_plan, qt.scoring, qt.entropy_scope, qt.loss_denominator) == (
         True, "reuse", "all", "all_attended")
-    assert build_strategy("ccs", score="aum").statistics == ("aum",)
+    assert build_strategy("ccs", score_column="aum").statistics == ("aum",)
     plain = build_strategy("random")
     assert (plain.uses_batch_plan, plain.scoring, plain.loss_denominator) == (
         False, "separate", "response")
