@@ -268,10 +268,8 @@ class PruningCore(ResumeState):
         self.store.update(merged.pop("sample_ids"), epoch, track_dynamics=False, **merged)
         pass_tokens = self.comm.sum({"t": torch.as_tensor(tokens).double().cpu()})["t"]
         self.totals["scoring_tokens"] += pass_tokens
-        # kept apart too: a compute budget counts batch scoring per step, passes here
-        self.totals["scoring_pass_tokens"] = self.totals.get("scoring_pass_tokens", 0.0) + pass_tokens
         self._pass_tokens += pass_tokens
-        if self.budget is not None:
+        if self.budget is not None:  # a batch plan's scoring forward is booked per step instead
             self.budget.book_scoring_pass(pass_tokens)
         self.totals["scoring_time_s"] += elapsed
         self.totals["train_time_s"] += elapsed
