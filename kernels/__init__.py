@@ -19,9 +19,20 @@ if __name__ != "qtune.kernels":  # found as the bare `kernels` from the reposito
 
     hand_over(__name__, __file__)
 else:
-    from .dispatch import (BACKENDS, get_default_backend, resolve_backend,  # noqa: F401
-                           set_default_backend)
-    from .linear import linear_token_stats  # noqa: F401
-    from .logits import token_stats  # noqa: F401
-    from .reference import TokenStats, token_stats_reference  # noqa: F401
-    from .warmup import warm_up  # noqa: F401
+    from .dispatch import BACKENDS, get_default_backend, resolve_backend, set_default_backend
+    from .linear import linear_token_stats
+    from .logits import token_stats
+    from .reference import TokenStats, token_stats_reference
+    from .warmup import warm_up
+
+    __all__ = [
+        "BACKENDS",
+        "TokenStats",
+        "get_default_backend",
+        "linear_token_stats",
+        "resolve_backend",
+        "set_default_backend",
+        "token_stats",
+        "token_stats_reference",
+        "warm_up",
+    ]

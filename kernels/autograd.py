@@ -20,8 +20,7 @@ def backend_grad(impl, fallback: bool, z, y, valid, lse, g, out=None):
         return impl.grad(z, y, valid, lse, g, out=out)
     except Exception as err:
         name = next_backend(impl.name, z.device.type, err, fallback)
-        return call_with_fallback(lambda i: i.grad(z, y, valid, lse, g, out=out), name,
-                                  z.device.type, fallback)
+        return call_with_fallback(lambda i: i.grad(z, y, valid, lse, g, out=out), name, z.device.type, fallback)
 
 
 class StatsFunction(torch.autograd.Function):
@@ -43,6 +42,5 @@ class StatsFunction(torch.autograd.Function):
         z, y, valid, lse = ctx.saved_tensors
         if g_loss is None or not ctx.needs_input_grad[0]:
             return None, None, None, None, None
-        dz = backend_grad(ctx.impl, ctx.fallback, z.detach(), y, valid, lse,
-                          g_loss.float().contiguous())
+        dz = backend_grad(ctx.impl, ctx.fallback, z.detach(), y, valid, lse, g_loss.float().contiguous())
         return dz, None, None, None, None

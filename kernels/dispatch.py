@@ -42,12 +42,15 @@ def _warn_once(key: str, msg: str) -> None:
 def get_impl(name: str):
     if name == "torch":
         from .torch_chunked import TorchChunked
+
         return TorchChunked()
     if name == "compiled":
         from .compiled import Compiled
+
         return Compiled()
     if name == "triton":
         from .triton_stats import TritonStats
+
         return TritonStats()
     raise ValueError(f"no implementation object for backend {name!r}")
 
@@ -55,6 +58,7 @@ def get_impl(name: str):
 @functools.lru_cache(maxsize=None)
 def _cpu_compiler_ok() -> bool:
     from .compiled import compiler_works
+
     return compiler_works()
 
 
@@ -71,8 +75,11 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
         elif device.type == "cpu" and _cpu_compiler_ok():
             name = "compiled"
         else:
-            _warn_once("auto", f"qtune.kernels: no compiled path for {device.type}; using the "
-                       "chunked 'torch' backend (slower). Install a C++ compiler for 'compiled'.")
+            _warn_once(
+                "auto",
+                f"qtune.kernels: no compiled path for {device.type}; using the "
+                "chunked 'torch' backend (slower). Install a C++ compiler for 'compiled'.",
+            )
             name = "torch"
         while name in _broken.get(device.type, ()):
             name = _FALLBACK[name]
@@ -94,8 +101,10 @@ def next_backend(name: str, device_type: str, err: Exception, fallback: bool) ->
     Running out of memory is never a reason to switch."""
     if not fallback or name not in _FALLBACK or isinstance(err, torch.OutOfMemoryError):
         raise err
-    _warn_once(f"failed-{name}", f"qtune.kernels: backend {name!r} failed "
-               f"({type(err).__name__}: {str(err)[:200]}); using {_FALLBACK[name]!r}")
+    _warn_once(
+        f"failed-{name}",
+        f"qtune.kernels: backend {name!r} failed ({type(err).__name__}: {str(err)[:200]}); using {_FALLBACK[name]!r}",
+    )
     _broken.setdefault(device_type, set()).add(name)
     return _FALLBACK[name]
 

@@ -69,8 +69,7 @@ class LinearStatsFunction(torch.autograd.Function):
         if g_loss is None:
             return None, None, None, None, None, None, None
         with torch.autocast(h.device.type, enabled=False):  # recompute exactly the forward's
-            return LinearStatsFunction._backward(ctx, h, w, b, y, lse, g_loss, need_h, need_w,
-                                                 need_b)
+            return LinearStatsFunction._backward(ctx, h, w, b, y, lse, g_loss, need_h, need_w, need_b)
 
     @staticmethod
     def _backward(ctx, h, w, b, y, lse, g_loss, need_h, need_w, need_b):
@@ -85,8 +84,7 @@ class LinearStatsFunction(torch.autograd.Function):
             logits = F.linear(h[sl], w, b)
             # the gradient overwrites the recomputed logits: one chunk x V buffer, not two
             impl = working_impl(ctx.impl, h.device.type, ctx.fallback)
-            dz = backend_grad(impl, ctx.fallback, logits, y[sl], ones[: logits.shape[0]], lse[sl],
-                              g[sl], out=logits)
+            dz = backend_grad(impl, ctx.fallback, logits, y[sl], ones[: logits.shape[0]], lse[sl], g[sl], out=logits)
             del logits
             if gh is not None:
                 torch.mm(dz, w, out=gh[sl])
@@ -100,9 +98,15 @@ class LinearStatsFunction(torch.autograd.Function):
         return gh, gw, gb, None, None, None, None
 
 
-def linear_token_stats(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                       ignore_index: int = -100, bias: torch.Tensor | None = None,
-                       backend: str | None = None, chunk_size: int | None = None) -> TokenStats:
+def linear_token_stats(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = -100,
+    bias: torch.Tensor | None = None,
+    backend: str | None = None,
+    chunk_size: int | None = None,
+) -> TokenStats:
     """Same outputs as `token_stats(hidden @ weight.T + bias, labels)` without the N x V logits.
 
     hidden [..., H], weight [V, H], labels [...] (already shifted). `chunk_size` = tokens per
@@ -128,6 +132,7 @@ def linear_token_stats(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
     n = lab.numel()
     if name == "reference" or n == 0:
         from .reference import token_stats_reference
+
         return token_stats_reference(F.linear(hidden, weight, bias), labels, ignore_index)
     idx = None if bool(valid.all()) else valid.nonzero().squeeze(1)
     if idx is not None:  # drop ignored tokens before any matmul
@@ -137,8 +142,7 @@ def linear_token_stats(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
         # nothing supervised: a zero loss still connected to hidden, weight and bias, so their
         # gradients are zeros (not None, which DDP would reject), and built from empty slices,
         # so a NaN in an ignored position's hidden state cannot reach it
-        rows[0] = rows[0] + sum(t.reshape(-1)[:0].sum().float()
-                                for t in (h2, weight, bias) if t is not None)
+        rows[0] = rows[0] + sum(t.reshape(-1)[:0].sum().float() for t in (h2, weight, bias) if t is not None)
     else:
         chunk = int(chunk_size or default_chunk(lab.numel()))
         h2, lab = h2.contiguous(), lab.long()
@@ -146,7 +150,10 @@ def linear_token_stats(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
         with no_autocast:
             out = call_with_fallback(
                 lambda impl: LinearStatsFunction.apply(h2, weight, bias, lab, impl, chunk, auto),
-                name, dev, fallback=auto)
+                name,
+                dev,
+                fallback=auto,
+            )
         if idx is None:
             rows = list(out[:6])
         else:

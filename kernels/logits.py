@@ -11,8 +11,9 @@ from .reference import TokenStats, token_stats_reference
 
 def run_rows(z2, y2, valid2, name: str, fallback: bool = False):
     """The 7 row outputs of backend `name` on [N, V] logits (autograd-aware for the loss)."""
-    return call_with_fallback(lambda impl: StatsFunction.apply(z2, y2, valid2, impl, fallback),
-                              name, z2.device.type, fallback)
+    return call_with_fallback(
+        lambda impl: StatsFunction.apply(z2, y2, valid2, impl, fallback), name, z2.device.type, fallback
+    )
 
 
 def check_labels(labels: torch.Tensor, valid: torch.Tensor, num_classes: int) -> None:
@@ -20,12 +21,15 @@ def check_labels(labels: torch.Tensor, valid: torch.Tensor, num_classes: int) ->
     sync per step: the error surfaces at the next synchronisation); on CPU it raises here.
     Without it an out-of-range label silently reads another row's logit or out of bounds."""
     bad = valid & ((labels < 0) | (labels >= num_classes))
-    torch._assert_async(~bad.any(), f"qtune.kernels: a label is outside [0, {num_classes}) "
-                        "(the vocabulary / class count) and is not ignore_index")
+    torch._assert_async(
+        ~bad.any(),
+        f"qtune.kernels: a label is outside [0, {num_classes}) (the vocabulary / class count) and is not ignore_index",
+    )
 
 
-def token_stats(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,
-                backend: str | None = None) -> TokenStats:
+def token_stats(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, backend: str | None = None
+) -> TokenStats:
     """Per-token loss, entropy, EL2N, p_label, correct and margin from logits [..., V].
 
     `labels` has the logits' leading shape (already shifted for causal LMs); outputs are fp32

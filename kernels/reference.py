@@ -22,8 +22,9 @@ class TokenStats(NamedTuple):
     valid: torch.Tensor  # bool, label != ignore_index
 
 
-def token_stats_reference(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100,
-                          backend: str = "auto") -> TokenStats:
+def token_stats_reference(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, backend: str = "auto"
+) -> TokenStats:
     """Obvious formula (several N x V temporaries); `backend` is accepted and ignored."""
     z = logits.float()
     valid = labels != ignore_index

@@ -68,7 +68,7 @@ class TorchChunked:
         step = self._step(z)
         acc = torch.empty(7, n, device=z.device)
         for r in range(0, n, step):
-            _accumulate(z[r:r + step], y[r:r + step], [a[r:r + step] for a in acc])
+            _accumulate(z[r : r + step], y[r : r + step], [a[r : r + step] for a in acc])
         return finish_rows(*acc, valid)
 
     def grad(self, z, y, valid, lse, g, out=None):

@@ -103,8 +103,7 @@ def _stats_bwd(Z, Y, LSE, G, DZ, stride_z, stride_d, V, BLOCK: tl.constexpr):
     if lab < 0:
         for start in range(0, V, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            tl.store(drow + cols, tl.zeros([BLOCK], tl.float32).to(DZ.dtype.element_ty),
-                     mask=cols < V)
+            tl.store(drow + cols, tl.zeros([BLOCK], tl.float32).to(DZ.dtype.element_ty), mask=cols < V)
     else:
         zrow = Z + row * stride_z
         lse = tl.load(LSE + row)
@@ -121,8 +120,7 @@ def _stats_bwd(Z, Y, LSE, G, DZ, stride_z, stride_d, V, BLOCK: tl.constexpr):
 # (BLOCK, num_warps). The forward keeps three BLOCK-wide fp32 accumulators, about
 # 3 * BLOCK / (32 * num_warps) registers a thread, so wide tiles need many warps (Hopper
 # CE kernels run 32) and the widest ones may spill: timing decides, not this list's order.
-_CANDIDATES = ((1024, 4), (2048, 4), (4096, 8), (4096, 16), (8192, 8), (8192, 16),
-               (8192, 32), (16384, 16), (16384, 32))
+_CANDIDATES = ((1024, 4), (2048, 4), (4096, 8), (4096, 16), (8192, 8), (8192, 16), (8192, 32), (16384, 16), (16384, 32))
 _chosen: dict = {}
 
 
@@ -134,8 +132,7 @@ def _heuristic(v: int) -> tuple[int, int]:
 def _config(kind: str, z: torch.Tensor, launch) -> tuple[int, int]:
     """(BLOCK, num_warps): timed once per (kind, V, dtype) on CUDA for big inputs, else a rule."""
     n, v = z.shape
-    if z.device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1" \
-            or n * v < TUNE_MIN_ELEMENTS:
+    if z.device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1" or n * v < TUNE_MIN_ELEMENTS:
         return _heuristic(v)
     key = (kind, v, z.dtype)
     if key not in _chosen:
@@ -188,8 +185,7 @@ class TritonStats:
         dz = torch.empty_like(z) if out is None else out
 
         def launch(block, warps, dest=dz):
-            _stats_bwd[(n,)](z, yk, lse, g, dest, z.stride(0), dest.stride(0), v, BLOCK=block,
-                             num_warps=warps)
+            _stats_bwd[(n,)](z, yk, lse, g, dest, z.stride(0), dest.stride(0), v, BLOCK=block, num_warps=warps)
 
         in_place = dz.untyped_storage().data_ptr() == z.untyped_storage().data_ptr()
 

@@ -12,8 +12,13 @@ from .linear import linear_token_stats
 from .logits import token_stats
 
 
-def warm_up(vocab_size: int, device: torch.device | str, dtype: torch.dtype = torch.float32,
-            backend: str | None = None, hidden_size: int | None = None) -> float:
+def warm_up(
+    vocab_size: int,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+    backend: str | None = None,
+    hidden_size: int | None = None,
+) -> float:
     """Run the statistics once with and once without gradients on a dummy batch; returns the
     seconds spent. Sizes >= 2, so dynamic shapes are not specialised to 1; on CUDA the batch is
     big enough for the tile timing to happen here, not in the first training step. With

@@ -8,8 +8,14 @@ __version__ = "0.1.0"
 from qtune.pruning.indexed import IndexedDataset  # noqa: E402
 from qtune.strategies import build_strategy, register_strategy, registered_names  # noqa: E402
 
-__all__ = ["IndexedDataset", "PruningCallback", "PruningCore", "build_strategy",
-           "register_strategy", "registered_names"]
+__all__ = [
+    "IndexedDataset",
+    "PruningCallback",
+    "PruningCore",
+    "build_strategy",
+    "register_strategy",
+    "registered_names",
+]
 
 
 def __getattr__(name: str):

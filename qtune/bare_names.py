@@ -24,7 +24,8 @@ def hand_over(name: str, init_file: str) -> None:
         raise ModuleNotFoundError(
             f"No module named {name!r}: the folder {os.path.dirname(init_file)} is qtune.{name} "
             f"(import it under that name), and no other package {name!r} is installed",
-            name=name)
+            name=name,
+        )
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:

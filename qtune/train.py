@@ -27,9 +27,11 @@ def check_resumed_budget(cfg: DictConfig, ckpt: dict) -> int | None:
     saved = None if state is None else float(state["fraction"])
     wanted = cfg.get("budget")
     if saved != (None if wanted is None else float(wanted)):
-        raise ValueError(f"ckpt_path={cfg.ckpt_path} was written with budget={saved}; this run "
-                         f"asks for budget={wanted} (config key budget): resume with the same "
-                         "budget, or start a new run")
+        raise ValueError(
+            f"ckpt_path={cfg.ckpt_path} was written with budget={saved}; this run "
+            f"asks for budget={wanted} (config key budget): resume with the same "
+            "budget, or start a new run"
+        )
     from qtune.pruning.budget import ComputeBudget
 
     if state is None or not ComputeBudget.state_exhausted(state):
@@ -41,7 +43,8 @@ def refuse_finished_run(run_dir: Path, ckpt_path: str | None) -> None:
     if (run_dir / "summary.json").exists() and not ckpt_path:
         raise FileExistsError(
             f"{run_dir} already holds a finished run (summary.json); choose another "
-            "hydra.run.dir, or pass ckpt_path=... to resume a run")
+            "hydra.run.dir, or pass ckpt_path=... to resume a run"
+        )
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path, resume: tuple[int, bool] | None = None) -> list:
@@ -52,11 +55,16 @@ def build_loggers(cfg: DictConfig, run_dir: Path, resume: tuple[int, bool] | Non
         from lightning.pytorch.loggers import WandbLogger
 
         os.environ.setdefault("WANDB_MODE", cfg.logger.get("mode", "offline"))
-        loggers.append(WandbLogger(save_dir=str(run_dir), project=cfg.logger.project,
-                                   entity=cfg.logger.get("entity"),
-                                   tags=list(cfg.logger.get("tags") or []),
-                                   offline=cfg.logger.get("mode", "offline") == "offline",
-                                   config=OmegaConf.to_container(cfg, resolve=True)))
+        loggers.append(
+            WandbLogger(
+                save_dir=str(run_dir),
+                project=cfg.logger.project,
+                entity=cfg.logger.get("entity"),
+                tags=list(cfg.logger.get("tags") or []),
+                offline=cfg.logger.get("mode", "offline") == "offline",
+                config=OmegaConf.to_container(cfg, resolve=True),
+            )
+        )
     elif cfg.logger.name != "csv":
         raise ValueError(f"unknown logger.name {cfg.logger.name!r}; expected csv or wandb")
     return loggers
@@ -71,8 +79,7 @@ def write_final_scores(path: Path, pruning) -> None:
 
     state = pruning.store.state_dict()
     cols = {"sample_id": np.arange(pruning.store.num_samples)}
-    for key in ("loss", "entropy", "el2n", "p_label", "margin", "accuracy", "num_tokens",
-                "seen_epoch", "forgetting"):
+    for key in ("loss", "entropy", "el2n", "p_label", "margin", "accuracy", "num_tokens", "seen_epoch", "forgetting"):
         cols[key] = state[key].numpy()
     cols["ppl"] = np.exp(cols["loss"])
     cols["aum"] = pruning.store.aum.numpy()
@@ -165,24 +172,43 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     if cfg.get("budget") is not None:
         from qtune.pruning.budget import build_budget
 
-        budget = build_budget(float(cfg.budget), int(cfg.epochs), strategy, bundle.train,
-                              int(cfg.batch_size), num_params, trainable_params)
-    pruning = PruningCallback(strategy, seed=int(cfg.seed), num_samples=len(bundle.train),
-                              item_meta=bundle.train_meta,
-                              export_dir=run_dir / "plans" if cfg.export_plan else None,
-                              strategy_config=OmegaConf.to_container(cfg.strategy, resolve=True),
-                              budget=budget)
-    module = QTuneModule(model, task=bundle.task, lr=cfg.optim.lr,
-                         weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas),
-                         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
-                         fused_head=bool(cfg.model.get("fused_head", False)),
-                         pruning_strategy=strategy)
+        budget = build_budget(
+            float(cfg.budget),
+            int(cfg.epochs),
+            strategy,
+            bundle.train,
+            int(cfg.batch_size),
+            num_params,
+            trainable_params,
+        )
+    pruning = PruningCallback(
+        strategy,
+        seed=int(cfg.seed),
+        num_samples=len(bundle.train),
+        item_meta=bundle.train_meta,
+        export_dir=run_dir / "plans" if cfg.export_plan else None,
+        strategy_config=OmegaConf.to_container(cfg.strategy, resolve=True),
+        budget=budget,
+    )
+    module = QTuneModule(
+        model,
+        task=bundle.task,
+        lr=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        betas=tuple(cfg.optim.betas),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        fused_head=bool(cfg.model.get("fused_head", False)),
+        pruning_strategy=strategy,
+    )
     datamodule = QTuneDataModule(bundle, cfg.batch_size, cfg.eval_batch_size, cfg.num_workers)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_kwargs.pop("max_epochs", None)  # epochs (and the budget) decide it below
     base_digest = base_weights_digest(model)
-    callbacks = [pruning, *(extra_callbacks or []),
-                 LastCheckpoint(str(run_dir / "checkpoints"), cfg.checkpoint.every_n_train_steps)]
+    callbacks = [
+        pruning,
+        *(extra_callbacks or []),
+        LastCheckpoint(str(run_dir / "checkpoints"), cfg.checkpoint.every_n_train_steps),
+    ]
     max_epochs = int(cfg.epochs)
     if budget is not None:
         from qtune.lightning.budget import BudgetCallback
@@ -199,10 +225,16 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     evaluation_before = None
     if cfg.eval.get("before") and not cfg.ckpt_path:
         evaluation_before = evaluate_before(model, bundle, cfg.eval, run_dir)
-    trainer = L.Trainer(max_epochs=max_epochs, reload_dataloaders_every_n_epochs=1,
-                        use_distributed_sampler=False, num_sanity_val_steps=0,
-                        logger=build_loggers(cfg, run_dir, resume), callbacks=callbacks,
-                        default_root_dir=str(run_dir), **trainer_kwargs)
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        reload_dataloaders_every_n_epochs=1,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        logger=build_loggers(cfg, run_dir, resume),
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
+        **trainer_kwargs,
+    )
     # weights_only: a checkpoint is tensors and plain values; nothing in it runs code
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     last, final_step = run_dir / "checkpoints" / "last.ckpt", trainer.global_step
@@ -220,8 +252,9 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
         from qtune.models.final_export import export_final
 
         write_run_config(cfg, run_dir)
-        export_final(module.model, bundle.tokenizer, run_dir / "final",
-                     merge=bool((cfg.get("adapter") or {}).get("merge", True)))
+        export_final(
+            module.model, bundle.tokenizer, run_dir / "final", merge=bool((cfg.get("adapter") or {}).get("merge", True))
+        )
     evaluation, eval_error = validation_metrics(trainer, bundle), None
     if trainer.is_global_zero:
         try:
@@ -229,13 +262,24 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
         except Exception as exc:  # the summary is still written, with what failed
             eval_error = exc
     summary = build_summary(
-        strategy=strategy.name, seed=int(cfg.seed), epochs=int(cfg.epochs),
-        train_samples_total=len(bundle.train), totals=pruning.totals,
-        num_params=num_params, trainable_params=trainable_params,
-        wall_time_s=time.perf_counter() - t_start, evaluation=evaluation,
-        history=pruning.history, epochs_run=len(pruning.history) or int(cfg.epochs),
-        extra={"task": bundle.task, "data_info": bundle.info, "kernel_warmup_s": module.kernel_warmup_s,
-               **pruning.run_shares(len(pruning.history) or int(cfg.epochs))})
+        strategy=strategy.name,
+        seed=int(cfg.seed),
+        epochs=int(cfg.epochs),
+        train_samples_total=len(bundle.train),
+        totals=pruning.totals,
+        num_params=num_params,
+        trainable_params=trainable_params,
+        wall_time_s=time.perf_counter() - t_start,
+        evaluation=evaluation,
+        history=pruning.history,
+        epochs_run=len(pruning.history) or int(cfg.epochs),
+        extra={
+            "task": bundle.task,
+            "data_info": bundle.info,
+            "kernel_warmup_s": module.kernel_warmup_s,
+            **pruning.run_shares(len(pruning.history) or int(cfg.epochs)),
+        },
+    )
     if evaluation_before is not None:
         from qtune.eval.evaluate import eval_delta
 
@@ -245,11 +289,13 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
         summary["eval_error"] = (
             f"the evaluation after training failed ({type(eval_error).__name__}: {eval_error}); "
             f"the trained model is in {run_dir / 'final'} and the checkpoint in {last}. Rerun "
-            f"only the evaluation with: qtune-eval {run_dir}")
+            f"only the evaluation with: qtune-eval {run_dir}"
+        )
     summary["base_weights_sha256"] = base_digest
     summary["budget"] = cfg.get("budget")
     summary["flops_vs_full"] = summary["flops_estimate"] / full_run_flops(
-        int(cfg.epochs), bundle.train, num_params, trainable_params)
+        int(cfg.epochs), bundle.train, num_params, trainable_params
+    )
     if trainer.is_global_zero:
         write_final_scores(run_dir / "scores.npz", pruning)
         atomic_write_json(run_dir / "summary.json", summary)
@@ -257,8 +303,9 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
 
         for logger in trainer.loggers:
             adopt_csv_header(logger)
-            logger.log_metrics({f"final/{k}": v for k, v in evaluation.items()
-                                if isinstance(v, (int, float))}, step=final_step)
+            logger.log_metrics(
+                {f"final/{k}": v for k, v in evaluation.items() if isinstance(v, (int, float))}, step=final_step
+            )
             logger.save()
     if cfg.logger.name == "wandb":
         import wandb

@@ -44,8 +44,7 @@ def dtype_name(text: str) -> str:
     """`--dtype` value -> the short name (fp32 | bf16 | fp16); torch's names map to it."""
     name = DTYPE_ALIASES.get(text.lower().removeprefix("torch."), text.lower())
     if name not in DTYPES:
-        raise argparse.ArgumentTypeError(
-            f"unknown dtype {text!r}; choose from {', '.join([*DTYPES, *DTYPE_ALIASES])}")
+        raise argparse.ArgumentTypeError(f"unknown dtype {text!r}; choose from {', '.join([*DTYPES, *DTYPE_ALIASES])}")
     return name
 
 
@@ -107,6 +106,7 @@ class Mem:
 
 def make_impls(device, liger):
     """name -> fn(inputs) returning a per-token loss tensor (and computing what the impl does)."""
+
     def ce(x, y, **_):
         return F.cross_entropy(x.float(), y, reduction="none")
 
@@ -132,8 +132,7 @@ def sync(device):
 def run_one(name, fn, pass_, inputs, device, repeats):
     linear = name in ("matmul_stats", "fused_linear")
     leaves = [inputs["h"], inputs["w"]] if linear else [inputs["x"]]
-    args = dict(h=inputs["h"], w=inputs["w"], y=inputs["y"]) if linear else \
-        dict(x=inputs["x"], y=inputs["y"])
+    args = dict(h=inputs["h"], w=inputs["w"], y=inputs["y"]) if linear else dict(x=inputs["x"], y=inputs["y"])
     if name == "liger" and pass_ == "fwd_bwd":  # liger writes gradients into its input
         args["x"] = inputs["x"].detach().clone()
         leaves = [args["x"]]
@@ -172,17 +171,21 @@ def run_one(name, fn, pass_, inputs, device, repeats):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="fp32", type=dtype_name,
-                   help="fp32 | bf16 | fp16 (or float32 | bfloat16 | float16)")
+    p.add_argument(
+        "--dtype", default="fp32", type=dtype_name, help="fp32 | bf16 | fp16 (or float32 | bfloat16 | float16)"
+    )
     p.add_argument("--shapes", default="4096x32000", help="comma-separated NxV")
     p.add_argument("--impls", default="", help="comma-separated subset (default: all available)")
     p.add_argument("--passes", default="fwd,fwd_bwd")
-    p.add_argument("--hidden", type=int, default=0,
-                   help="H for the linear impls (cpu 256, cuda 4096)")
+    p.add_argument("--hidden", type=int, default=0, help="H for the linear impls (cpu 256, cuda 4096)")
     p.add_argument("--repeats", type=int, default=0, help="timed repeats (cpu 5, cuda 20)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
-    p.add_argument("--peak-gbps", type=float, default=0.0, help="memory bandwidth for the floor "
-                   "(cuda default 3000; cpu default: measured copy bandwidth)")
+    p.add_argument(
+        "--peak-gbps",
+        type=float,
+        default=0.0,
+        help="memory bandwidth for the floor (cuda default 3000; cpu default: measured copy bandwidth)",
+    )
     p.add_argument("--json", default="")
     a = p.parse_args(argv)
     device = torch.device(a.device)
@@ -203,10 +206,14 @@ def main(argv=None):
     if a.impls:
         impls = {k: v for k, v in impls.items() if k in a.impls.split(",")}
     rows = []
-    print(f"device={device} dtype={a.dtype} threads={torch.get_num_threads()} hidden={hidden} "
-          f"peak_gbps={peak:.0f} repeats={repeats} torch={torch.__version__}")
-    hdr = f"{'impl':<14}{'pass':<8}{'n':>7}{'v':>8}{'dtype':>6}{'ms':>10}{'compile_s':>10}" \
-          f"{'peak_mem_mb':>12}{'gbps':>8}{'floor_frac':>11}{'vs_logits':>10}"
+    print(
+        f"device={device} dtype={a.dtype} threads={torch.get_num_threads()} hidden={hidden} "
+        f"peak_gbps={peak:.0f} repeats={repeats} torch={torch.__version__}"
+    )
+    hdr = (
+        f"{'impl':<14}{'pass':<8}{'n':>7}{'v':>8}{'dtype':>6}{'ms':>10}{'compile_s':>10}"
+        f"{'peak_mem_mb':>12}{'gbps':>8}{'floor_frac':>11}{'vs_logits':>10}"
+    )
     print(hdr)
     for shape in a.shapes.split(","):
         n, v = (int(s) for s in shape.lower().split("x"))
@@ -216,8 +223,7 @@ def main(argv=None):
             "y": torch.randint(0, v, (n,), generator=g).to(device),
             "wt": torch.rand(n, generator=g).to(device),
             "h": (torch.randn(n, hidden, generator=g)).to(device=device, dtype=dtype),
-            "w": (torch.randn(v, hidden, generator=g) / hidden ** 0.5).to(device=device,
-                                                                           dtype=dtype),
+            "w": (torch.randn(v, hidden, generator=g) / hidden**0.5).to(device=device, dtype=dtype),
         }
         nbytes = n * v * inputs["x"].element_size()
         for name, fn in impls.items():
@@ -232,20 +238,30 @@ def main(argv=None):
                 traffic = nbytes * (1 if pass_ == "fwd" else 3)
                 linear = name in ("fused_linear", "matmul_stats")
                 grads = (n + v) * hidden * inputs["h"].element_size() if pass_ == "fwd_bwd" else 0
-                row = dict(impl=name, **{"pass": pass_}, n=n, v=v, dtype=a.dtype,
-                           ms=ms * 1e3, compile_s=comp, peak_mem_mb=mem / 2**20,
-                           gbps=nbytes / ms / 1e9, floor_fraction=traffic / (peak * 1e9) / ms,
-                           device=str(torch.cuda.get_device_name() if device.type == "cuda"
-                                      else "cpu"), hidden=hidden if linear else None,
-                           extra_vs_logits=(mem - grads) / nbytes if linear else None)
+                row = dict(
+                    impl=name,
+                    **{"pass": pass_},
+                    n=n,
+                    v=v,
+                    dtype=a.dtype,
+                    ms=ms * 1e3,
+                    compile_s=comp,
+                    peak_mem_mb=mem / 2**20,
+                    gbps=nbytes / ms / 1e9,
+                    floor_fraction=traffic / (peak * 1e9) / ms,
+                    device=str(torch.cuda.get_device_name() if device.type == "cuda" else "cpu"),
+                    hidden=hidden if linear else None,
+                    extra_vs_logits=(mem - grads) / nbytes if linear else None,
+                )
                 rows.append(row)
-                print(f"{name:<14}{pass_:<8}{n:>7}{v:>8}{a.dtype:>6}{row['ms']:>10.2f}"
-                      f"{comp:>10.2f}{row['peak_mem_mb']:>12.1f}{row['gbps']:>8.1f}"
-                      f"{row['floor_fraction']:>11.3f}"
-                      + (f"{row['extra_vs_logits']:>10.3f}" if linear else ""), flush=True)
+                print(
+                    f"{name:<14}{pass_:<8}{n:>7}{v:>8}{a.dtype:>6}{row['ms']:>10.2f}"
+                    f"{comp:>10.2f}{row['peak_mem_mb']:>12.1f}{row['gbps']:>8.1f}"
+                    f"{row['floor_fraction']:>11.3f}" + (f"{row['extra_vs_logits']:>10.3f}" if linear else ""),
+                    flush=True,
+                )
                 if a.json:  # after every row: a run cut short still leaves what it measured
-                    write_json(a.json, dict(device=str(device), dtype=a.dtype, peak_gbps=peak,
-                                            rows=rows))
+                    write_json(a.json, dict(device=str(device), dtype=a.dtype, peak_gbps=peak, rows=rows))
         del inputs
         gc.collect()
     return rows

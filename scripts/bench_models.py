@@ -85,8 +85,9 @@ def make_batch(vocab: int, b: int, t: int, device: str) -> dict:
     ids = torch.randint(0, vocab, (b, t), generator=g)
     labels = ids.clone()
     labels[:, : t // 2] = -100
-    return {k: v.to(device) for k, v in {"input_ids": ids, "labels": labels,
-                                         "attention_mask": torch.ones_like(ids)}.items()}
+    return {
+        k: v.to(device) for k, v in {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}.items()
+    }
 
 
 def _tensor_mb(tensors) -> float:
@@ -101,13 +102,20 @@ def setup_mode(mode: str, args) -> dict:
 
     model, _ = load(args.model, args.dtype, args.device, args.gradient_checkpointing)
     if mode == "lora":
-        model = apply_adapter(OmegaConf.create({"name": "lora", "r": args.lora_r,
-                                                "alpha": 2 * args.lora_r,
-                                                "dropout": args.lora_dropout,
-                                                "target_modules": "all-linear"}), model)
+        model = apply_adapter(
+            OmegaConf.create(
+                {
+                    "name": "lora",
+                    "r": args.lora_r,
+                    "alpha": 2 * args.lora_r,
+                    "dropout": args.lora_dropout,
+                    "target_modules": "all-linear",
+                }
+            ),
+            model,
+        )
     total, trainable = parameter_counts(model)
-    batch = make_batch(model.get_input_embeddings().num_embeddings, args.batch, args.seq,
-                       args.device)
+    batch = make_batch(model.get_input_embeddings().num_embeddings, args.batch, args.seq, args.device)
     opt = None
     if mode == "score":
         model.eval()
@@ -124,9 +132,17 @@ def setup_mode(mode: str, args) -> dict:
             masked_token_mean(stats.loss, stats.valid).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-    return {"mode": mode, "model": model, "opt": opt, "step": step, "params": total,
-            "trainable_params": trainable if mode != "score" else 0, "times_s": [],
-            "step_mem_mb": 0.0}
+
+    return {
+        "mode": mode,
+        "model": model,
+        "opt": opt,
+        "step": step,
+        "params": total,
+        "trainable_params": trainable if mode != "score" else 0,
+        "times_s": [],
+        "step_mem_mb": 0.0,
+    }
 
 
 def run_step(entry: dict, args, record: bool) -> None:
@@ -146,13 +162,21 @@ def run_step(entry: dict, args, record: bool) -> None:
 
 def result_row(entry: dict, args) -> dict:
     ms = 1000 * statistics.median(entry["times_s"])
-    opt_state = ([t for st in entry["opt"].state.values() for t in st.values()
-                  if torch.is_tensor(t)] if entry["opt"] is not None else [])
-    return {"mode": entry["mode"], "params": entry["params"],
-            "trainable_params": entry["trainable_params"], "ms_per_step": ms,
-            "tokens_per_s": args.batch * args.seq / (ms / 1000),
-            "state_mb": _tensor_mb(list(entry["model"].parameters()) + opt_state),
-            "step_mem_mb": entry["step_mem_mb"], "times_s": entry["times_s"]}
+    opt_state = (
+        [t for st in entry["opt"].state.values() for t in st.values() if torch.is_tensor(t)]
+        if entry["opt"] is not None
+        else []
+    )
+    return {
+        "mode": entry["mode"],
+        "params": entry["params"],
+        "trainable_params": entry["trainable_params"],
+        "ms_per_step": ms,
+        "tokens_per_s": args.batch * args.seq / (ms / 1000),
+        "state_mb": _tensor_mb(list(entry["model"].parameters()) + opt_state),
+        "step_mem_mb": entry["step_mem_mb"],
+        "times_s": entry["times_s"],
+    }
 
 
 def main() -> None:
@@ -179,15 +203,20 @@ def main() -> None:
             run_step(entry, args, record=i >= args.warmup)
     rows = [result_row(e, args) for e in entries]
     full = next((r["ms_per_step"] for r in rows if r["mode"] == "full"), None)
-    print(f"{args.model}  B={args.batch} T={args.seq}  device={args.device} dtype={args.dtype} "
-          f"threads={torch.get_num_threads()}")
-    print(f"{'mode':<6} {'trainable':>12} {'ms/step':>10} {'tokens/s':>10} {'state MB':>9} "
-          f"{'step MB':>8} {'vs full':>8}")
+    print(
+        f"{args.model}  B={args.batch} T={args.seq}  device={args.device} dtype={args.dtype} "
+        f"threads={torch.get_num_threads()}"
+    )
+    print(
+        f"{'mode':<6} {'trainable':>12} {'ms/step':>10} {'tokens/s':>10} {'state MB':>9} {'step MB':>8} {'vs full':>8}"
+    )
     for r in rows:
         r["vs_full"] = r["ms_per_step"] / full if full else None
-        print(f"{r['mode']:<6} {r['trainable_params']:>12,} {r['ms_per_step']:>10.0f} "
-              f"{r['tokens_per_s']:>10.1f} {r['state_mb']:>9.0f} {r['step_mem_mb']:>8.0f} "
-              f"{r['vs_full'] if r['vs_full'] is not None else float('nan'):>8.2f}")
+        print(
+            f"{r['mode']:<6} {r['trainable_params']:>12,} {r['ms_per_step']:>10.0f} "
+            f"{r['tokens_per_s']:>10.1f} {r['state_mb']:>9.0f} {r['step_mem_mb']:>8.0f} "
+            f"{r['vs_full'] if r['vs_full'] is not None else float('nan'):>8.2f}"
+        )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")

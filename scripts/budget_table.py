@@ -37,8 +37,7 @@ def load(level: Path) -> dict[str, list[dict]]:
         if runs:
             points[d.name] = runs
     if _find(points, FULL) is None:
-        raise SystemExit(f"{level}/sft/full-same_epochs-e<N>: no finished full run to compare "
-                         "against")
+        raise SystemExit(f"{level}/sft/full-same_epochs-e<N>: no finished full run to compare against")
     return points
 
 
@@ -65,32 +64,48 @@ def rows(points: dict[str, list[dict]]) -> list[dict]:
         at_budget = points.get(f"full-budget{budget}-e{epochs}") if budget else None
         e = em(runs)
         wrong = statistics.mean(r["wrong_tokens_trained"] for r in runs)
-        out.append({
-            "point": name, "strategy": m["strategy"] if m else name.split("-")[0],
-            "budget": float(budget) if budget else None,
-            "seeds": len(runs), "em_mean": statistics.mean(e),
-            "em_std": statistics.stdev(e) if len(e) > 1 else math.nan,
-            "vs_full": _cell(runs, full), "vs_full_at_budget": _cell(runs, at_budget),
-            "vs_oracle": _cell(runs, oracle),
-            "flops_vs_full": statistics.mean(r.get("flops_vs_full") or 1.0 for r in runs),
-            "wrong_tokens_vs_full": wrong / wrong_full if wrong_full else math.nan})
+        out.append(
+            {
+                "point": name,
+                "strategy": m["strategy"] if m else name.split("-")[0],
+                "budget": float(budget) if budget else None,
+                "seeds": len(runs),
+                "em_mean": statistics.mean(e),
+                "em_std": statistics.stdev(e) if len(e) > 1 else math.nan,
+                "vs_full": _cell(runs, full),
+                "vs_full_at_budget": _cell(runs, at_budget),
+                "vs_oracle": _cell(runs, oracle),
+                "flops_vs_full": statistics.mean(r.get("flops_vs_full") or 1.0 for r in runs),
+                "wrong_tokens_vs_full": wrong / wrong_full if wrong_full else math.nan,
+            }
+        )
     order = {full_name: 0, oracle_name: 1}
-    return sorted(out, key=lambda r: (order.get(r["point"], 2), -(r["budget"] or 0),
-                                      r["strategy"] != "full", r["strategy"]))
+    return sorted(
+        out, key=lambda r: (order.get(r["point"], 2), -(r["budget"] or 0), r["strategy"] != "full", r["strategy"])
+    )
 
 
 def markdown(table: list[dict]) -> str:
-    lines = ["| method | budget | seeds | EM | Δ vs full | Δ vs full at the budget | "
-             "Δ vs clean-only | FLOPs vs full | wrong-answer tokens vs full |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| method | budget | seeds | EM | Δ vs full | Δ vs full at the budget | "
+        "Δ vs clean-only | FLOPs vs full | wrong-answer tokens vs full |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in table:
         full = FULL.match(r["point"])
-        name = (f"full, {full['epochs']} epochs" if full else "clean-only (oracle)"
-                if ORACLE.match(r["point"]) else r["strategy"])
+        name = (
+            f"full, {full['epochs']} epochs"
+            if full
+            else "clean-only (oracle)"
+            if ORACLE.match(r["point"])
+            else r["strategy"]
+        )
         wrong = "—" if math.isnan(r["wrong_tokens_vs_full"]) else f"{r['wrong_tokens_vs_full']:.2f}"
-        lines.append(f"| {name} | {r['budget'] if r['budget'] else '—'} | {r['seeds']} | "
-                     f"{r['em_mean']:.3f} ± {r['em_std']:.3f} | {r['vs_full']} | "
-                     f"{r['vs_full_at_budget']} | {r['vs_oracle']} | {r['flops_vs_full']:.3f} | {wrong} |")
+        lines.append(
+            f"| {name} | {r['budget'] if r['budget'] else '—'} | {r['seeds']} | "
+            f"{r['em_mean']:.3f} ± {r['em_std']:.3f} | {r['vs_full']} | "
+            f"{r['vs_full_at_budget']} | {r['vs_oracle']} | {r['flops_vs_full']:.3f} | {wrong} |"
+        )
     return "\n".join(lines)
 
 

@@ -25,8 +25,18 @@ from qtune.eval.greedy import greedy_exact_match
 from qtune.models.base_cache import load_base, load_or_build_base, raw_generation_eval, base_recipe
 
 
-def sft(model, bundle, epochs: int, lr: float, batch_size: int, warmup: float, seed: int,
-        drop_noisy: bool = False, weight_decay: float = 0.0, min_lr_ratio: float = 0.0) -> dict:
+def sft(
+    model,
+    bundle,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    warmup: float,
+    seed: int,
+    drop_noisy: bool = False,
+    weight_decay: float = 0.0,
+    min_lr_ratio: float = 0.0,
+) -> dict:
     ids = [i for i, m in enumerate(bundle.train_meta) if not (drop_noisy and m["kind"] == "noisy")]
     steps_per_epoch = math.ceil(len(ids) / batch_size)
     total = steps_per_epoch * epochs
@@ -40,7 +50,7 @@ def sft(model, bundle, epochs: int, lr: float, batch_size: int, warmup: float, s
         rng.shuffle(order)
         total_loss = 0.0
         for s in range(0, len(order), batch_size):
-            batch = bundle.collate([bundle.train[i] for i in order[s:s + batch_size]])
+            batch = bundle.collate([bundle.train[i] for i in order[s : s + batch_size]])
             if step < warm:
                 f = (step + 1) / warm
             else:
@@ -51,14 +61,17 @@ def sft(model, bundle, epochs: int, lr: float, batch_size: int, warmup: float, s
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             labels = batch["labels"][:, 1:]
             loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+                logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total_loss += loss.item()
             step += 1
-        print(f"  epoch {epoch + 1}/{epochs}: mean loss {total_loss / steps_per_epoch:.4f} "
-              f"({time.time() - t0:.1f}s)", flush=True)
+        print(
+            f"  epoch {epoch + 1}/{epochs}: mean loss {total_loss / steps_per_epoch:.4f} ({time.time() - t0:.1f}s)",
+            flush=True,
+        )
     return {"steps": total, "train_time_s": round(time.time() - t0, 2), "samples": len(ids) * epochs}
 
 
@@ -74,10 +87,20 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--noise-fraction", type=float, default=None)
     ap.add_argument("--drop-noisy", action="store_true")
-    ap.add_argument("--base", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a model.base recipe key (repeatable), e.g. --base steps=200")
-    ap.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
-                    help="override an embedded data key (repeatable), e.g. --data num_train=2000")
+    ap.add_argument(
+        "--base",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a model.base recipe key (repeatable), e.g. --base steps=200",
+    )
+    ap.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an embedded data key (repeatable), e.g. --data num_train=2000",
+    )
     ap.add_argument("--out", default=None, help="write the measured numbers to this JSON file")
     args = ap.parse_args()
 
@@ -103,17 +126,40 @@ def main() -> None:
     print(f"base raw-format exact match {raw['exact_match']:.3f} {raw['per_group']}")
     print(f"instruction exact match before SFT {before['exact_match']:.3f} (eval {eval_s:.1f}s)")
     print(f"data: {bundle.info['train_kinds']} built in {data_s:.1f}s")
-    run = sft(model, bundle, args.epochs, args.lr, args.batch_size, args.warmup, args.seed,
-              args.drop_noisy, args.weight_decay, args.min_lr_ratio)
+    run = sft(
+        model,
+        bundle,
+        args.epochs,
+        args.lr,
+        args.batch_size,
+        args.warmup,
+        args.seed,
+        args.drop_noisy,
+        args.weight_decay,
+        args.min_lr_ratio,
+    )
     after = greedy_exact_match(model, bundle.generation, bundle.eos_id, bundle.pad_id)
-    print(f"SFT {run} -> clean eval exact match {after['exact_match']:.3f} "
-          + json.dumps({k: round(v, 3) for k, v in after["per_group"].items()}))
+    print(
+        f"SFT {run} -> clean eval exact match {after['exact_match']:.3f} "
+        + json.dumps({k: round(v, 3) for k, v in after["per_group"].items()})
+    )
     print(f"total wall time {time.time() - t0:.1f}s")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"args": vars(args), "base_load_or_build_s": round(base_s, 2), "base_meta": meta,
-                       "raw_em": raw, "instruction_em_before": before, "sft": run, "instruction_em_after": after,
-                       "total_s": round(time.time() - t0, 2)}, f, indent=1)
+            json.dump(
+                {
+                    "args": vars(args),
+                    "base_load_or_build_s": round(base_s, 2),
+                    "base_meta": meta,
+                    "raw_em": raw,
+                    "instruction_em_before": before,
+                    "sft": run,
+                    "instruction_em_after": after,
+                    "total_s": round(time.time() - t0, 2),
+                },
+                f,
+                indent=1,
+            )
 
 
 def _pairs(items: list[str]) -> dict:

@@ -44,8 +44,7 @@ from typing import Callable
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 # task -> (its overrides, the yaml whose `epochs:` is the task's default)
-TASKS = {"digits": (["experiment=digits"], CONF / "experiment" / "digits.yaml"),
-         "sft": ([], CONF / "train.yaml")}
+TASKS = {"digits": (["experiment=digits"], CONF / "experiment" / "digits.yaml"), "sft": ([], CONF / "train.yaml")}
 BUDGETS = ("same_epochs", "same_steps")
 
 
@@ -86,13 +85,13 @@ def strategy_overrides(strategy: str, ratio: str | None) -> tuple[list[str], flo
         raise ValueError(f"{strategy} needs --ratios")
     values = [float(x) for x in ratio.split("x")]
     if len(values) > len(knobs):
-        raise ValueError(f"ratio {ratio} has {len(values)} parts but {strategy} has "
-                         f"{len(knobs)} ratio knob(s): {list(knobs)}")
+        raise ValueError(
+            f"ratio {ratio} has {len(values)} parts but {strategy} has {len(knobs)} ratio knob(s): {list(knobs)}"
+        )
     for r in values:
         if not 0.0 < r <= 1.0:
             raise ValueError(f"keep ratio {ratio} not in (0, 1]")
-    ov = [f"strategy.{key}={r if knobs[key] == 'keep' else round(1.0 - r, 6)}"
-          for key, r in zip(knobs, values)]
+    ov = [f"strategy.{key}={r if knobs[key] == 'keep' else round(1.0 - r, 6)}" for key, r in zip(knobs, values)]
     if len(knobs) == 1:
         return ov, values[0], f"keep{values[0]:g}"
     return ov, values[0], "x".join(f"{key[0]}{r:g}" for key, r in zip(knobs, values))
@@ -109,8 +108,7 @@ def budget_overrides(budget: str, base: int, keep: float) -> tuple[int, list[str
     except ValueError:
         fraction = math.nan
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"unknown budget {budget!r}; expected one of {BUDGETS} or a FLOPs "
-                         "fraction in (0, 1]")
+        raise ValueError(f"unknown budget {budget!r}; expected one of {BUDGETS} or a FLOPs fraction in (0, 1]")
     return base, [f"budget={fraction:g}"]
 
 
@@ -118,16 +116,24 @@ def budget_name(budget: str) -> str:
     return budget if budget in BUDGETS else f"budget{float(budget):g}"
 
 
-def plan_grid(task: str, strategies: list[str], ratios: list[str], seeds: list[int],
-              budgets: list[str], out: Path, epochs: int | None = None,
-              extra: list[str] | None = None, tag: str = "") -> list[GridPoint]:
+def plan_grid(
+    task: str,
+    strategies: list[str],
+    ratios: list[str],
+    seeds: list[int],
+    budgets: list[str],
+    out: Path,
+    epochs: int | None = None,
+    extra: list[str] | None = None,
+    tag: str = "",
+) -> list[GridPoint]:
     """Every point of the grid, in a fixed order (full once per seed, whatever the budgets)."""
     task_ov, epochs_yaml = TASKS[task]
     base = int(epochs or default_epochs(epochs_yaml))
     points: list[GridPoint] = []
     for strategy in strategies:
         knobs = ratio_knobs(strategy)
-        for ratio in (ratios if knobs else [None]):
+        for ratio in ratios if knobs else [None]:
             if ratio is not None and len(ratio.split("x")) > len(knobs):
                 continue  # e.g. an SxT ratio: a pair for strategies with two knobs only
             ov, keep, tag_ = strategy_overrides(strategy, ratio)
@@ -138,10 +144,21 @@ def plan_grid(task: str, strategies: list[str], ratios: list[str], seeds: list[i
                 ep, budget_ov = budget_overrides(budget, base, keep)
                 name = "-".join(x for x in (strategy, variant, tag_, budget_name(budget), f"e{ep}") if x)
                 for seed in seeds:
-                    points.append(GridPoint(
-                        out / task / name / f"seed{seed}",
-                        [*task_ov, f"strategy={strategy}", *ov, f"epochs={ep}", *budget_ov,
-                         f"seed={seed}", "trainer.enable_progress_bar=false", *(extra or [])]))
+                    points.append(
+                        GridPoint(
+                            out / task / name / f"seed{seed}",
+                            [
+                                *task_ov,
+                                f"strategy={strategy}",
+                                *ov,
+                                f"epochs={ep}",
+                                *budget_ov,
+                                f"seed={seed}",
+                                "trainer.enable_progress_bar=false",
+                                *(extra or []),
+                            ],
+                        )
+                    )
     return points
 
 
@@ -217,14 +234,22 @@ def run_workers(argv: list[str], workers: int) -> int:
     with the cores split between them; the exit status is the worst of theirs."""
     threads = max(1, (os.cpu_count() or 1) // workers)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    procs = [subprocess.Popen([sys.executable, __file__, *argv, "--shard", f"{i}/{workers}",
-                               "--in-process", "--threads", str(threads)], env=env)
-             for i in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, *argv, "--shard", f"{i}/{workers}", "--in-process", "--threads", str(threads)],
+            env=env,
+        )
+        for i in range(workers)
+    ]
     return max(p.wait() for p in procs)
 
 
-def run_grid(points: list[GridPoint], runner: Callable[[GridPoint], int] = subprocess_runner,
-             dry_run: bool = False, log: Callable[[str], None] = print) -> dict[str, list[Path]]:
+def run_grid(
+    points: list[GridPoint],
+    runner: Callable[[GridPoint], int] = subprocess_runner,
+    dry_run: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, list[Path]]:
     """Run the unfinished points one after another; a failed point is reported, not fatal."""
     done: dict[str, list[Path]] = {"skipped": [], "ran": [], "failed": [], "planned": []}
     for i, point in enumerate(points, 1):
@@ -252,24 +277,45 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strategies", nargs="+", default=["full", "random"])
     ap.add_argument("--ratios", nargs="+", default=["0.5"], help="keep ratios (qtuning: S or SxT)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
-    ap.add_argument("--budgets", nargs="+", default=["same_epochs"],
-                    help="same_epochs, same_steps, or FLOPs fractions F in (0, 1] (budget=F)")
+    ap.add_argument(
+        "--budgets",
+        nargs="+",
+        default=["same_epochs"],
+        help="same_epochs, same_steps, or FLOPs fractions F in (0, 1] (budget=F)",
+    )
     ap.add_argument("--epochs", type=int, default=None, help="base epochs (default: the task's)")
     ap.add_argument("--out", type=Path, required=True, help="grid output root")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="extra qtune-train overrides for every point (e.g. export_plan=true)")
+    ap.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra qtune-train overrides for every point (e.g. export_plan=true)",
+    )
     ap.add_argument("--tag", default="", help="variant name added to the strategy's directory")
     ap.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
     ap.add_argument("--workers", type=int, default=1, help="parallel worker processes")
-    ap.add_argument("--in-process", action="store_true",
-                    help="run the points in this Python process instead of one qtune-train each")
+    ap.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the points in this Python process instead of one qtune-train each",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (in-process)")
     ap.add_argument("--shard", default=None, metavar="I/N", help="run only points I, I+N, ...")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
     try:
-        points = plan_grid(args.task, args.strategies, args.ratios, list(range(args.seeds)),
-                           args.budgets, args.out, args.epochs, args.set, args.tag)
+        points = plan_grid(
+            args.task,
+            args.strategies,
+            args.ratios,
+            list(range(args.seeds)),
+            args.budgets,
+            args.out,
+            args.epochs,
+            args.set,
+            args.tag,
+        )
     except ValueError as exc:
         ap.error(str(exc))
     if args.shard is None:  # the parent checks the whole grid once; shards were checked by it

@@ -89,9 +89,7 @@ class EpochPlan:
         if self.weights is not None:
             self.weights = torch.as_tensor(self.weights, dtype=torch.float32).flatten()
             if self.weights.numel() != self.sample_ids.numel():
-                raise ValueError(
-                    f"epoch plan has {self.sample_ids.numel()} ids but {self.weights.numel()} weights"
-                )
+                raise ValueError(f"epoch plan has {self.sample_ids.numel()} ids but {self.weights.numel()} weights")
 
 
 @dataclass

@@ -35,8 +35,9 @@ def stratum_budgets(counts: list[int], budget: int) -> list[int]:
     return out
 
 
-def select_ccs(scores: torch.Tensor, keep_ratio: float, beta: float, num_bins: int = 50,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+def select_ccs(
+    scores: torch.Tensor, keep_ratio: float, beta: float, num_bins: int = 50, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Ascending indices of a ⌊keep_ratio·N⌋ coreset (at least 1); higher score = harder.
 
     Drops the ⌊β·N⌋ hardest (ties: lower index counts as harder), splits the remaining scores'
@@ -91,20 +92,30 @@ class CCS(StaticSubset):
     renamed_options = {"score": "score_column"}  # EL2N's name for the same choice
     ratio_keys = {"keep_ratio": "keep", "beta": "shift"}
 
-    def __init__(self, seed: int = 0, keep_ratio: float = 0.5, beta: float = 0.1,
-                 num_bins: int = 50, score_column: str = "el2n", warmup_epochs: int = 1,
-                 scores_file: str | None = None) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        keep_ratio: float = 0.5,
+        beta: float = 0.1,
+        num_bins: int = 50,
+        score_column: str = "el2n",
+        warmup_epochs: int = 1,
+        scores_file: str | None = None,
+    ) -> None:
         super().__init__(seed)
         self.keep_ratio = check_ratio(keep_ratio, "strategy.keep_ratio")
         self.beta = check_fraction(beta, "strategy.beta")
-        check_skip_plus_keep(self.beta, "strategy.beta", self.keep_ratio,
-                             "after cutting the hardest samples too few remain to fill the coreset")
+        check_skip_plus_keep(
+            self.beta,
+            "strategy.beta",
+            self.keep_ratio,
+            "after cutting the hardest samples too few remain to fill the coreset",
+        )
         self.num_bins = int(num_bins)
         if self.num_bins < 1:
             raise ValueError(f"strategy.num_bins={num_bins} must be >= 1")
         if score_column not in SCORE_SIGNS:
-            raise ValueError(f"strategy.score_column={score_column!r}; choose one of "
-                             f"{sorted(SCORE_SIGNS)}")
+            raise ValueError(f"strategy.score_column={score_column!r}; choose one of {sorted(SCORE_SIGNS)}")
         self.score_column = score_column
         self.statistics = (score_column,)
         self.warmup_epochs = check_warmup(warmup_epochs)
@@ -118,8 +129,7 @@ class CCS(StaticSubset):
 
     def needs_scoring_pass(self, ctx: EpochContext) -> bool:
         dynamic = self.score_column in ("aum", "forgetting")
-        return (self._selected is None and not self.scores_file and not dynamic
-                and ctx.epoch == self.warmup_epochs)
+        return self._selected is None and not self.scores_file and not dynamic and ctx.epoch == self.warmup_epochs
 
     def _scores(self, ctx: EpochContext) -> torch.Tensor:
         if self.scores_file:
@@ -135,6 +145,8 @@ class CCS(StaticSubset):
         scores = self._scores(ctx)
         g = epoch_generator(self.seed, ctx.epoch, _SALT)
         selected = select_ccs(scores, self.keep_ratio, self.beta, self.num_bins, g)
-        return selected, {"scored_samples": int(torch.isfinite(scores).sum()),
-                          "cutoff": floor_count(self.beta, ctx.num_samples),
-                          "topped_up_unscored": int(torch.isnan(scores[selected]).sum())}
+        return selected, {
+            "scored_samples": int(torch.isfinite(scores).sum()),
+            "cutoff": floor_count(self.beta, ctx.num_samples),
+            "topped_up_unscored": int(torch.isnan(scores[selected]).sum()),
+        }

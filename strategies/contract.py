@@ -29,18 +29,18 @@ LOSS_DENOMINATORS = ("response", "all_attended")
 RATIO_KINDS = ("keep", "prune", "shift")
 # Per-sample statistics a plan may read: score-store columns (epoch plans; ``BatchStats``
 # carries loss, ppl and entropy as ``sample_<name>``) and per-token batch statistics.
-SAMPLE_STATISTICS = ("loss", "ppl", "entropy", "el2n", "p_label", "margin", "accuracy",
-                     "aum", "forgetting")
+SAMPLE_STATISTICS = ("loss", "ppl", "entropy", "el2n", "p_label", "margin", "accuracy", "aum", "forgetting")
 TOKEN_STATISTICS = ("token_loss", "token_entropy")
 STATISTICS = SAMPLE_STATISTICS + TOKEN_STATISTICS
 
-_CHOICES = {"scoring": SCORING, "entropy_scope": ENTROPY_SCOPES,
-            "loss_denominator": LOSS_DENOMINATORS}
+_CHOICES = {"scoring": SCORING, "entropy_scope": ENTROPY_SCOPES, "loss_denominator": LOSS_DENOMINATORS}
 
 
 def _fail(owner: str, attr: str, value: Any, expected: str) -> None:
-    raise TypeError(f"{owner}.{attr}={value!r} is not a valid strategy declaration: expected "
-                    f"{expected} (see qtune.strategies.base.PruningStrategy)")
+    raise TypeError(
+        f"{owner}.{attr}={value!r} is not a valid strategy declaration: expected "
+        f"{expected} (see qtune.strategies.base.PruningStrategy)"
+    )
 
 
 def _owner(target: Any) -> tuple[type, str]:
@@ -70,14 +70,12 @@ def check_contract(target: Any) -> None:
     if not isinstance(stats, (tuple, list)) or not all(s in STATISTICS for s in stats):
         _fail(owner, "statistics", stats, f"a tuple of names from {STATISTICS}")
     keys = target.ratio_keys
-    if not isinstance(keys, Mapping) or not all(
-            isinstance(k, str) and kind in RATIO_KINDS for k, kind in keys.items()):
+    if not isinstance(keys, Mapping) or not all(isinstance(k, str) and kind in RATIO_KINDS for k, kind in keys.items()):
         _fail(owner, "ratio_keys", keys, f"a mapping of option name to one of {RATIO_KINDS}")
     params = inspect.signature(cls.__init__).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     missing = [k for k in keys if k not in params and not takes_any]
     if missing:
-        _fail(owner, "ratio_keys", dict(keys),
-              f"option names of {cls.__qualname__}.__init__ ({missing} are not)")
+        _fail(owner, "ratio_keys", dict(keys), f"option names of {cls.__qualname__}.__init__ ({missing} are not)")
     if isinstance(target, type) and not isinstance(keys, MappingProxyType):
         target.ratio_keys = MappingProxyType(dict(keys))

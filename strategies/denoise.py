@@ -56,8 +56,10 @@ def unit_ranks(x: torch.Tensor) -> torch.Tensor:
 def suspicion(loss: torch.Tensor, entropy: torch.Tensor, entropy_weight: float) -> torch.Tensor:
     """rank(loss) − w·rank(entropy): high for confident (low-entropy) high-loss samples; NaN
     where either score is missing."""
-    known = ~(torch.isnan(torch.as_tensor(loss, dtype=torch.float64))
-              | torch.isnan(torch.as_tensor(entropy, dtype=torch.float64)))
+    known = ~(
+        torch.isnan(torch.as_tensor(loss, dtype=torch.float64))
+        | torch.isnan(torch.as_tensor(entropy, dtype=torch.float64))
+    )
     loss = torch.where(known, torch.as_tensor(loss, dtype=torch.float64), float("nan"))
     entropy = torch.where(known, torch.as_tensor(entropy, dtype=torch.float64), float("nan"))
     return unit_ranks(loss) - float(entropy_weight) * unit_ranks(entropy)
@@ -71,14 +73,19 @@ def estimated_noise_share(p_label: torch.Tensor, below: float) -> float:
     return float((scored < below).sum()) / scored.numel() if scored.numel() else 0.0
 
 
-def denoise_plan(loss: torch.Tensor, entropy: torch.Tensor, keep_ratio: float,
-                 suspect_fraction: float, entropy_weight: float,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def denoise_plan(
+    loss: torch.Tensor,
+    entropy: torch.Tensor,
+    keep_ratio: float,
+    suspect_fraction: float,
+    entropy_weight: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(ascending kept ids, ascending suspect ids) for one epoch."""
     s = suspicion(loss, entropy, entropy_weight)
     n = s.numel()
     scored = int((~torch.isnan(s)).sum())
-    suspects = nan_last_order(s, descending=True)[:floor_count(suspect_fraction, scored)]
+    suspects = nan_last_order(s, descending=True)[: floor_count(suspect_fraction, scored)]
     rest = torch.ones(n, dtype=torch.bool)
     rest[suspects] = False
     pool = torch.nonzero(rest).flatten()
@@ -92,20 +99,26 @@ class Denoise(PruningStrategy):
     statistics = ("loss", "entropy", "p_label")
     ratio_keys = {"keep_ratio": "keep", "suspect_fraction": "shift"}
 
-    def __init__(self, seed: int = 0, keep_ratio: float = 0.5,
-                 suspect_fraction: float | Literal["auto"] = "auto", auto_label_prob: float = 0.5,
-                 entropy_weight: float = 0.5, warmup_epochs: int = 2) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        keep_ratio: float = 0.5,
+        suspect_fraction: float | Literal["auto"] = "auto",
+        auto_label_prob: float = 0.5,
+        entropy_weight: float = 0.5,
+        warmup_epochs: int = 2,
+    ) -> None:
         super().__init__(seed)
         self.keep_ratio = check_ratio(keep_ratio, "strategy.keep_ratio")
         if suspect_fraction == "auto":
             self.suspect_fraction = "auto"
         elif isinstance(suspect_fraction, str):
-            raise ValueError(f"strategy.suspect_fraction={suspect_fraction!r} must be a fraction "
-                             "in [0, 1) or auto")
+            raise ValueError(f"strategy.suspect_fraction={suspect_fraction!r} must be a fraction in [0, 1) or auto")
         else:
             self.suspect_fraction = check_fraction(suspect_fraction, "strategy.suspect_fraction")
-        self.auto_label_prob = check_fraction(auto_label_prob, "strategy.auto_label_prob",
-                                              allow_zero=False, allow_one=True)
+        self.auto_label_prob = check_fraction(
+            auto_label_prob, "strategy.auto_label_prob", allow_zero=False, allow_one=True
+        )
         if float(entropy_weight) < 0:
             raise ValueError(f"strategy.entropy_weight={entropy_weight} must be >= 0")
         self.entropy_weight = float(entropy_weight)
@@ -118,19 +131,31 @@ class Denoise(PruningStrategy):
     def epoch_plan(self, ctx: EpochContext) -> EpochPlan:
         n = ctx.num_samples
         if ctx.epoch < self.warmup_epochs:
-            return EpochPlan(torch.arange(n), info={"planned_keep_ratio": 1.0, "warmup": 1,
-                                                    "suspects": 0, "suspect_fraction": 0.0})
+            return EpochPlan(
+                torch.arange(n), info={"planned_keep_ratio": 1.0, "warmup": 1, "suspects": 0, "suspect_fraction": 0.0}
+            )
         fraction = self.suspect_fraction
         if fraction == "auto":
             if self._auto_share is None:
                 self._auto_share = estimated_noise_share(ctx.scores.p_label, self.auto_label_prob)
             fraction = self._auto_share
-        kept, suspects = denoise_plan(ctx.scores.loss, ctx.scores.entropy, self.keep_ratio,
-                                      fraction, self.entropy_weight,
-                                      epoch_generator(self.seed, ctx.epoch, _SALT))
-        return EpochPlan(kept, info={"planned_keep_ratio": kept.numel() / max(1, n),
-                                     "warmup": 0, "suspects": int(suspects.numel()),
-                                     "suspect_fraction": fraction})
+        kept, suspects = denoise_plan(
+            ctx.scores.loss,
+            ctx.scores.entropy,
+            self.keep_ratio,
+            fraction,
+            self.entropy_weight,
+            epoch_generator(self.seed, ctx.epoch, _SALT),
+        )
+        return EpochPlan(
+            kept,
+            info={
+                "planned_keep_ratio": kept.numel() / max(1, n),
+                "warmup": 0,
+                "suspects": int(suspects.numel()),
+                "suspect_fraction": fraction,
+            },
+        )
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "auto_share": self._auto_share}

@@ -51,14 +51,22 @@ class EL2N(StaticSubset):
     statistics = ("el2n",)
     ratio_keys = {"keep_ratio": "keep", "offset": "shift"}
 
-    def __init__(self, seed: int = 0, keep_ratio: float = 0.5, offset: float = 0.0,
-                 warmup_epochs: int = 1, score_passes: int = 1, scores_file: str | None = None,
-                 score_column: str = "el2n") -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        keep_ratio: float = 0.5,
+        offset: float = 0.0,
+        warmup_epochs: int = 1,
+        score_passes: int = 1,
+        scores_file: str | None = None,
+        score_column: str = "el2n",
+    ) -> None:
         super().__init__(seed)
         self.keep_ratio = check_ratio(keep_ratio, "strategy.keep_ratio")
         self.offset = check_fraction(offset, "strategy.offset")
-        check_skip_plus_keep(self.offset, "strategy.offset", self.keep_ratio,
-                             "the kept window would run past the easiest sample")
+        check_skip_plus_keep(
+            self.offset, "strategy.offset", self.keep_ratio, "the kept window would run past the easiest sample"
+        )
         self.warmup_epochs = check_warmup(warmup_epochs)
         self.score_passes = int(score_passes)
         if not (1 <= self.score_passes <= self.warmup_epochs + 1):
@@ -107,13 +115,19 @@ class EL2N(StaticSubset):
         selected = select_el2n(scores, self.keep_ratio, self.offset)
         kept = scores[selected]
         finite = torch.isfinite(kept)
-        return selected, {"scored_samples": int(torch.isfinite(scores).sum()),
-                          "score_passes_done": len(self._scored_epochs),
-                          "kept_score_min": float(kept[finite].min()) if finite.any() else float("nan")}
+        return selected, {
+            "scored_samples": int(torch.isfinite(scores).sum()),
+            "score_passes_done": len(self._scored_epochs),
+            "kept_score_min": float(kept[finite].min()) if finite.any() else float("nan"),
+        }
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "sum": self._sum, "count": self._count,
-                "scored_epochs": list(self._scored_epochs)}
+        return {
+            **super().state_dict(),
+            "sum": self._sum,
+            "count": self._count,
+            "scored_epochs": list(self._scored_epochs),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)

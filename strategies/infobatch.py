@@ -22,8 +22,9 @@ from .registry import register_strategy
 _SALT = 0x1B
 
 
-def infobatch_plan(losses: torch.Tensor, prune_ratio: float,
-                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def infobatch_plan(
+    losses: torch.Tensor, prune_ratio: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(ascending kept indices, their weights).
 
     Well-learned set W = {i : loss_i < mean}; exactly ⌊(1 − r)·|W|⌋ of W, drawn uniformly, are
@@ -70,19 +71,34 @@ class InfoBatch(PruningStrategy):
     def epoch_plan(self, ctx: EpochContext) -> EpochPlan:
         n = ctx.num_samples
         if self.full_data(ctx):
-            return EpochPlan(torch.arange(n), torch.ones(n), info={
-                "planned_keep_ratio": 1.0, "realised_keep_ratio": 1.0, "annealing": int(ctx.epoch > 0),
-                "well_learned": 0, "upweighted": 0,
-            })
+            return EpochPlan(
+                torch.arange(n),
+                torch.ones(n),
+                info={
+                    "planned_keep_ratio": 1.0,
+                    "realised_keep_ratio": 1.0,
+                    "annealing": int(ctx.epoch > 0),
+                    "well_learned": 0,
+                    "upweighted": 0,
+                },
+            )
         losses = ctx.scores.loss
         idx, w = infobatch_plan(losses, self.prune_ratio, epoch_generator(self.seed, ctx.epoch, _SALT))
         known = ~torch.isnan(losses)
         tau = float(losses[known].double().mean()) if known.any() else float("nan")
         up = int((w > 1).sum())
         well = up + (n - idx.numel())  # |W| = kept-and-upweighted + dropped
-        return EpochPlan(idx, w, info={
-            "planned_keep_ratio": 1.0 - self.prune_ratio * well / max(1, n),
-            "realised_keep_ratio": idx.numel() / max(1, n),
-            "annealing": 0, "well_learned": well, "upweighted": up, "threshold": tau,
-            "weight": 1.0 / (1.0 - self.prune_ratio), "unseen": int((~known).sum()),
-        })
+        return EpochPlan(
+            idx,
+            w,
+            info={
+                "planned_keep_ratio": 1.0 - self.prune_ratio * well / max(1, n),
+                "realised_keep_ratio": idx.numel() / max(1, n),
+                "annealing": 0,
+                "well_learned": well,
+                "upweighted": up,
+                "threshold": tau,
+                "weight": 1.0 / (1.0 - self.prune_ratio),
+                "unseen": int((~known).sum()),
+            },
+        )

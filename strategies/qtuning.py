@@ -72,12 +72,23 @@ class QTuning(PruningStrategy):
     statistics = ("ppl", "entropy", "token_loss", "token_entropy")
     ratio_keys = {"sample_ratio": "keep", "token_ratio": "keep"}
 
-    def __init__(self, seed: int = 0, sample_ratio: float = 0.25, token_ratio: float = 0.5,
-                 lam: float = 0.5, tol: float = 0.01, max_iter: int = 10,
-                 policy: Mapping[str, str] | None = None, normalize: str = "minmax",
-                 level: str = "batch", scoring: str | None = None,
-                 entropy_scope: str = "response", token_budget: str = "per_sample",
-                 loss_denominator: str = "response", fill_up: bool = True) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        sample_ratio: float = 0.25,
+        token_ratio: float = 0.5,
+        lam: float = 0.5,
+        tol: float = 0.01,
+        max_iter: int = 10,
+        policy: Mapping[str, str] | None = None,
+        normalize: str = "minmax",
+        level: str = "batch",
+        scoring: str | None = None,
+        entropy_scope: str = "response",
+        token_budget: str = "per_sample",
+        loss_denominator: str = "response",
+        fill_up: bool = True,
+    ) -> None:
         super().__init__(seed)
         self.sample_ratio = check_ratio(sample_ratio, "strategy.sample_ratio")
         self.token_ratio = check_ratio(token_ratio, "strategy.token_ratio")
@@ -87,8 +98,14 @@ class QTuning(PruningStrategy):
         self.kept_quadrants = tuple(q for q, a in self.policy.items() if a != "drop")
         # an epoch-level plan still needs in-batch token PPL, which the training forward gives
         scoring = scoring or ("reuse" if level == "epoch" else "separate")
-        opts = dict(level=level, scoring=scoring, entropy_scope=entropy_scope,
-                    token_budget=token_budget, loss_denominator=loss_denominator, normalize=normalize)
+        opts = dict(
+            level=level,
+            scoring=scoring,
+            entropy_scope=entropy_scope,
+            token_budget=token_budget,
+            loss_denominator=loss_denominator,
+            normalize=normalize,
+        )
         for key, value in opts.items():
             if value not in _CHOICES[key]:
                 raise ValueError(f"strategy.{key}={value!r}; choose one of {_CHOICES[key]}")
@@ -115,8 +132,15 @@ class QTuning(PruningStrategy):
     def _split(self, ppl: torch.Tensor, ent: torch.Tensor):
         """Sample stage → (keep, quadrant, alpha, prune_rows, filled)."""
         keep, quad, alpha = split_samples(
-            ppl, ent, self.sample_ratio, self.tol, self.max_iter,
-            kept_quadrants=self.kept_quadrants, normalize=self.normalize, fill_up=self.fill_up)
+            ppl,
+            ent,
+            self.sample_ratio,
+            self.tol,
+            self.max_iter,
+            kept_quadrants=self.kept_quadrants,
+            normalize=self.normalize,
+            fill_up=self.fill_up,
+        )
         in_kept_quadrant = torch.zeros_like(keep)
         for q in self.kept_quadrants:
             in_kept_quadrant |= quad == q
@@ -152,8 +176,12 @@ class QTuning(PruningStrategy):
         info = {k: int(v) for k, v in self._counts(quad, keep, filled).items()}
         if ids.numel() == 0:  # a policy that leaves nothing eligible: never plan an empty epoch
             ids, self._prune_ids, info["empty_fallback"] = torch.arange(n), None, 1
-        info.update(alpha=float(alpha), prune_rows=int(prune_rows.sum()),
-                    planned_keep_ratio=self.sample_ratio, realised_keep_ratio=ids.numel() / max(1, n))
+        info.update(
+            alpha=float(alpha),
+            prune_rows=int(prune_rows.sum()),
+            planned_keep_ratio=self.sample_ratio,
+            realised_keep_ratio=ids.numel() / max(1, n),
+        )
         return EpochPlan(ids, info=info)
 
     # -- batch level ----------------------------------------------------------------------------
@@ -185,12 +213,24 @@ class QTuning(PruningStrategy):
         elif self.token_budget == "per_sample":
             mask = token_mask(stats.token_loss.double().exp(), resp, prune_rows, self.token_ratio, self.lam)
         else:
-            mask = token_mask_batch_code(stats.token_loss.double().exp(), resp, stats.attention_mask,
-                                         keep, prune_rows, self.sample_ratio, self.token_ratio, self.lam)
+            mask = token_mask_batch_code(
+                stats.token_loss.double().exp(),
+                resp,
+                stats.attention_mask,
+                keep,
+                prune_rows,
+                self.sample_ratio,
+                self.token_ratio,
+                self.lam,
+            )
         mask = mask & keep.unsqueeze(-1)
-        info.update(prune_rows=prune_rows.sum(), tokens_kept=mask.sum(),
-                    response_tokens=(resp & keep.unsqueeze(-1)).sum(), batch_size=keep.numel(),
-                    batches=1)  # the engine sums info over an epoch: alpha / batches = mean alpha
+        info.update(
+            prune_rows=prune_rows.sum(),
+            tokens_kept=mask.sum(),
+            response_tokens=(resp & keep.unsqueeze(-1)).sum(),
+            batch_size=keep.numel(),
+            batches=1,
+        )  # the engine sums info over an epoch: alpha / batches = mean alpha
         return BatchPlan(keep=keep, token_mask=mask, info=info)
 
     def state_dict(self) -> dict[str, Any]:

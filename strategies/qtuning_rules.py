@@ -101,9 +101,17 @@ def like_quadrant(ppl: torch.Tensor, ent: torch.Tensor, normalize: str = "minmax
     return torch.where(p >= e, 2, 4)
 
 
-def split_samples(ppl: torch.Tensor, ent: torch.Tensor, sample_ratio: float, tol: float = 0.01,
-                  max_iter: int = 10, *, kept_quadrants: Iterable[int] = (2, 4),
-                  normalize: str = "minmax", fill_up: bool = True):
+def split_samples(
+    ppl: torch.Tensor,
+    ent: torch.Tensor,
+    sample_ratio: float,
+    tol: float = 0.01,
+    max_iter: int = 10,
+    *,
+    kept_quadrants: Iterable[int] = (2, 4),
+    normalize: str = "minmax",
+    fill_up: bool = True,
+):
     """(keep bool[B], quadrant long[B] with 1..4 for Q1..Q4 and 0 for the middle band, alpha).
 
     Bisection over a ∈ [0, 0.49]: f = |kept quadrants|/B; stop when |f − ratio| < tol, f < ratio
@@ -154,8 +162,9 @@ def split_samples(ppl: torch.Tensor, ent: torch.Tensor, sample_ratio: float, tol
     return keep, quad, alpha
 
 
-def smoothed_token_scores(token_ppl: torch.Tensor, response_mask: torch.Tensor, lam: float = 0.5,
-                          context_mask: torch.Tensor | None = None) -> torch.Tensor:
+def smoothed_token_scores(
+    token_ppl: torch.Tensor, response_mask: torch.Tensor, lam: float = 0.5, context_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """s_t = (1 − λ)·PPL_t + λ·(PPL_{t−1} + PPL_{t+1}) on response tokens (−inf elsewhere).
 
     Neighbours outside the sequence or not in the response count 0; with ``context_mask``
@@ -183,8 +192,9 @@ def _rank_desc(key: torch.Tensor) -> torch.Tensor:
     return rank
 
 
-def token_mask(token_ppl: torch.Tensor, response_mask: torch.Tensor, prune_rows: torch.Tensor,
-               token_ratio: float, lam: float = 0.5) -> torch.Tensor:
+def token_mask(
+    token_ppl: torch.Tensor, response_mask: torch.Tensor, prune_rows: torch.Tensor, token_ratio: float, lam: float = 0.5
+) -> torch.Tensor:
     """bool[B, T], True = the token stays in the loss (per-sample budget, the paper's reading).
 
     Rows outside ``prune_rows`` keep every response token. A prune row keeps
@@ -202,10 +212,16 @@ def token_mask(token_ppl: torch.Tensor, response_mask: torch.Tensor, prune_rows:
     return resp & ~drop
 
 
-def token_mask_batch_code(token_ppl: torch.Tensor, response_mask: torch.Tensor,
-                          attention_mask: torch.Tensor | None, keep: torch.Tensor,
-                          prune_rows: torch.Tensor, sample_ratio: float, token_ratio: float,
-                          lam: float = 0.5) -> torch.Tensor:
+def token_mask_batch_code(
+    token_ppl: torch.Tensor,
+    response_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    keep: torch.Tensor,
+    prune_rows: torch.Tensor,
+    sample_ratio: float,
+    token_ratio: float,
+    lam: float = 0.5,
+) -> torch.Tensor:
     """The official code's batch-level token budget (``token_budget: batch_code``, §2.4 item 7).
 
     N_all = attended positions of the micro-batch (prompt + response, every row); target kept =

@@ -61,8 +61,7 @@ def get_strategy_class(name: str) -> type[PruningStrategy]:
     _load_entry_points()
     if name not in _REGISTRY:
         raise KeyError(
-            f"unknown strategy {name!r} (config key strategy.name); registered: "
-            + ", ".join(registered_names())
+            f"unknown strategy {name!r} (config key strategy.name); registered: " + ", ".join(registered_names())
         )
     return _REGISTRY[name]
 
@@ -76,13 +75,13 @@ def build_strategy(name: str, seed: int = 0, **params: Any) -> PruningStrategy:
             params = {k: v for k, v in params.items() if k != old}
             continue
         new = cls.renamed_options[old]
-        raise ValueError(f"strategy {name!r}: option {old!r} is now called {new!r} (config key "
-                         f"strategy.{new}, not strategy.{old})")
+        raise ValueError(
+            f"strategy {name!r}: option {old!r} is now called {new!r} (config key strategy.{new}, not strategy.{old})"
+        )
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ValueError(
-            f"strategy {name!r} got unknown option(s) {unknown} (config keys strategy.<option>); "
-            f"accepted: {accepted}"
+            f"strategy {name!r} got unknown option(s) {unknown} (config keys strategy.<option>); accepted: {accepted}"
         )
     check_option_types(cls, name, params)
     strategy = cls(seed=seed, **params)
@@ -112,5 +111,8 @@ def check_option_types(cls: type, name: str, params: dict[str, Any]) -> None:
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             ok = True
         if not ok:
-            raise ValueError(f"strategy.{key}={value!r} must be {_SCALARS[want]}"
-                             + (" or null" if nullable else "") + f" (strategy {name!r})")
+            raise ValueError(
+                f"strategy.{key}={value!r} must be {_SCALARS[want]}"
+                + (" or null" if nullable else "")
+                + f" (strategy {name!r})"
+            )

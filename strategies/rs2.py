@@ -22,8 +22,7 @@ def _perm(num_samples: int, seed: int, cycle: int) -> torch.Tensor:
     return torch.randperm(num_samples, generator=epoch_generator(seed, cycle, salt=_SALT))
 
 
-def rs2_plan(num_samples: int, keep_ratio: float, epoch: int, seed: int,
-             replacement: bool = False) -> torch.Tensor:
+def rs2_plan(num_samples: int, keep_ratio: float, epoch: int, seed: int, replacement: bool = False) -> torch.Tensor:
     """Ascending sample ids of round ``epoch``: max(1, round(keep_ratio·N)) distinct ids.
 
     Without replacement: rounds take consecutive slices of permutation 0, then 1, … When a round
@@ -78,7 +77,10 @@ class RS2(PruningStrategy):
 
     def epoch_plan(self, ctx: EpochContext) -> EpochPlan:
         ids = rs2_plan(ctx.num_samples, self.keep_ratio, ctx.epoch, self.seed, self.replacement)
-        return EpochPlan(ids, info={
-            "planned_keep_ratio": self.keep_ratio,
-            "realised_keep_ratio": ids.numel() / max(1, ctx.num_samples),
-        })
+        return EpochPlan(
+            ids,
+            info={
+                "planned_keep_ratio": self.keep_ratio,
+                "realised_keep_ratio": ids.numel() / max(1, ctx.num_samples),
+            },
+        )

@@ -36,17 +36,16 @@ def _parse_columns(path: Path) -> dict[str, np.ndarray]:
             data = json.load(fh)
         if isinstance(data, list):  # list of records {"sample_id": .., "el2n": ..}
             if not all(isinstance(row, dict) for row in data):
-                raise ValueError(f"scores file {path}: expected a JSON object of arrays or a "
-                                 "list of records")
+                raise ValueError(f"scores file {path}: expected a JSON object of arrays or a list of records")
             keys = sorted({k for row in data for k in row})
             data = {k: [row.get(k) for row in data] for k in keys}
         if not isinstance(data, dict):
             raise ValueError(f"scores file {path}: expected a JSON object of arrays")
         for k, v in data.items():
-            if isinstance(v, list) and not all(x is None or (isinstance(x, (int, float))
-                                                             and not isinstance(x, bool)) for x in v):
-                raise ValueError(f"scores file {path}: column {k!r} holds values that are not "
-                                 "numbers")
+            if isinstance(v, list) and not all(
+                x is None or (isinstance(x, (int, float)) and not isinstance(x, bool)) for x in v
+            ):
+                raise ValueError(f"scores file {path}: column {k!r} holds values that are not numbers")
         out = {}
         for k, v in data.items():
             if isinstance(v, list):
@@ -54,8 +53,7 @@ def _parse_columns(path: Path) -> dict[str, np.ndarray]:
         return out
     if suffix == ".npz":
         if not zipfile.is_zipfile(path):
-            raise ValueError(f"scores file {path}: not an NPZ archive (empty, truncated or "
-                             "another format)")
+            raise ValueError(f"scores file {path}: not an NPZ archive (empty, truncated or another format)")
         try:
             with np.load(path, allow_pickle=False) as z:
                 return {k: np.asarray(z[k]) for k in z.files}
@@ -91,12 +89,11 @@ def load_scores(path: str | Path, num_samples: int, column: str) -> torch.Tensor
             "was it scored on a different dataset or split?"
         )
     if ids.size and (ids.min() < 0 or ids.max() >= num_samples or np.unique(ids).size != ids.size):
-        raise ValueError(
-            f"scores file {path}: sample ids must be each of 0..{num_samples - 1} exactly once"
-        )
+        raise ValueError(f"scores file {path}: sample ids must be each of 0..{num_samples - 1} exactly once")
     if ids.size and not np.isfinite(vals).any():
-        raise ValueError(f"scores file {path}: column {column!r} has no finite value (all NaN or "
-                         "inf), so it cannot rank samples")
+        raise ValueError(
+            f"scores file {path}: column {column!r} has no finite value (all NaN or inf), so it cannot rank samples"
+        )
     out = torch.full((num_samples,), float("nan"), dtype=torch.float32)
     out[torch.from_numpy(ids)] = torch.from_numpy(vals).float()
     return out

@@ -85,8 +85,7 @@ class SeTa(PruningStrategy):
     statistics = ("loss",)
     ratio_keys = {"p": "prune"}
 
-    def __init__(self, seed: int = 0, p: float = 0.1, k: int = 5, w: float = 0.9,
-                 delta: float = 0.875) -> None:
+    def __init__(self, seed: int = 0, p: float = 0.1, k: int = 5, w: float = 0.9, delta: float = 0.875) -> None:
         super().__init__(seed)
         self.p = check_fraction(p, "strategy.p")
         self.k = int(k)
@@ -113,8 +112,7 @@ class SeTa(PruningStrategy):
             groups = seta_groups(losses, self.k)
             start, stop = seta_window(self.k, self.w, ctx.epoch)
             in_window = (groups >= start) & (groups < stop)
-            info.update({"window_start": start, "window_stop": stop,
-                         "unseen": int(torch.isnan(losses).sum())})
+            info.update({"window_start": start, "window_stop": stop, "unseen": int(torch.isnan(losses).sum())})
             for j in range(self.k):
                 info[f"group_size_{j}"] = int((groups == j).sum())
             ids = ids[in_window]

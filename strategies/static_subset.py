@@ -40,15 +40,18 @@ class StaticSubset(PruningStrategy, ABC):
         if self._selected is None:
             self.observe(ctx)
             if ctx.epoch < self.select_epoch:
-                return EpochPlan(torch.arange(ctx.num_samples),
-                                 info={"planned_keep_ratio": 1.0, "warmup": 1})
+                return EpochPlan(torch.arange(ctx.num_samples), info={"planned_keep_ratio": 1.0, "warmup": 1})
             self._selected, info = self.select(ctx)
             self._info = {**info, "selected_at_epoch": int(ctx.epoch)}
-        return EpochPlan(self._selected.clone(), info={
-            "planned_keep_ratio": self.keep_ratio,
-            "realised_keep_ratio": self._selected.numel() / max(1, ctx.num_samples),
-            "warmup": 0, **self._info,
-        })
+        return EpochPlan(
+            self._selected.clone(),
+            info={
+                "planned_keep_ratio": self.keep_ratio,
+                "realised_keep_ratio": self._selected.numel() / max(1, ctx.num_samples),
+                "warmup": 0,
+                **self._info,
+            },
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"selected": self._selected, "info": dict(self._info)}

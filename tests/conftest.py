@@ -25,6 +25,7 @@ def pytest_collection_modifyitems(config, items):
         if "gpu" in item.keywords:
             item.add_marker(skip)
 
+
 FAST = [
     "trainer.enable_progress_bar=false",
     "trainer.log_every_n_steps=1",
@@ -52,12 +53,23 @@ def make_cfg(tmp_path):
 
 def tiny_sft_overrides(cache_dir) -> list[str]:
     """The embedded SFT task in seconds: a two-layer base pretrained for three steps."""
-    return [f"model.cache_dir={cache_dir}", "model.hidden_size=32",
-            "model.intermediate_size=64", "model.num_hidden_layers=2",
-            "model.num_attention_heads=2", "model.num_key_value_heads=2",
-            "model.base.steps=3", "model.base.batch_size=8", "model.base.warmup_steps=1",
-            "model.base.eval_items=10", "data.num_train=120", "data.num_eval=30",
-            "epochs=2", "batch_size=16", "eval_batch_size=64"]
+    return [
+        f"model.cache_dir={cache_dir}",
+        "model.hidden_size=32",
+        "model.intermediate_size=64",
+        "model.num_hidden_layers=2",
+        "model.num_attention_heads=2",
+        "model.num_key_value_heads=2",
+        "model.base.steps=3",
+        "model.base.batch_size=8",
+        "model.base.warmup_steps=1",
+        "model.base.eval_items=10",
+        "data.num_train=120",
+        "data.num_eval=30",
+        "epochs=2",
+        "batch_size=16",
+        "eval_batch_size=64",
+    ]
 
 
 @pytest.fixture

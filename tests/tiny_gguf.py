@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-                 "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def _byte_tokens() -> list[str]:
@@ -20,8 +22,7 @@ def write_tiny_gguf(path: Path, arch: str = "llama", seed: int = 0) -> Path:
     from gguf import GGUFWriter
 
     merges = ["h e", "Ġ t", "i s"]
-    tokens = (["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + _byte_tokens()
-              + [m.replace(" ", "") for m in merges])
+    tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + _byte_tokens() + [m.replace(" ", "") for m in merges]
     vocab, hidden, ffn, heads, kv = len(tokens), 16, 32, 2, 1
     head_dim = hidden // heads
     w = GGUFWriter(str(path), arch)

@@ -14,8 +14,12 @@ SPECIALS = ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
 ROWS = [
     {"instruction": "add two and three", "input": "", "output": "five"},
     {"instruction": "reverse the words", "input": "red green blue", "output": "blue green red"},
-    {"messages": [{"role": "user", "content": "what colour is the sky"},
-                  {"role": "assistant", "content": "it is blue"}]},
+    {
+        "messages": [
+            {"role": "user", "content": "what colour is the sky"},
+            {"role": "assistant", "content": "it is blue"},
+        ]
+    },
     {"instruction": "sort these numbers", "input": "three one two", "output": "one two three"},
 ]
 CORPUS = [
@@ -34,8 +38,7 @@ def save_tiny_tokenizer(path: Path, chat_template: bool) -> Path:
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.train_from_iterator(CORPUS, trainers.WordLevelTrainer(special_tokens=SPECIALS))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     if chat_template:
         fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(str(path))
@@ -49,17 +52,28 @@ def save_tiny_llama(path: Path, chat_template: bool = False) -> Path:
 
     save_tiny_tokenizer(path, chat_template)
     from transformers import AutoTokenizer
+
     vocab = len(AutoTokenizer.from_pretrained(str(path)))
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32,
-                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                      max_position_embeddings=128, bos_token_id=1, eos_token_id=2)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     LlamaForCausalLM(cfg).save_pretrained(str(path))
     return path
 
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def save_tiny_chat_llama(path: Path) -> Path:
@@ -75,15 +89,29 @@ def save_tiny_chat_llama(path: Path) -> Path:
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>",
-                                   eos_token="<|im_end|>", pad_token="<|im_end|>",
-                                   unk_token="<|endoftext|>", additional_special_tokens=specials)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        additional_special_tokens=specials,
+    )
     fast.chat_template = CHATML
     fast.save_pretrained(str(path))
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
-                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                      max_position_embeddings=128, bos_token_id=1, eos_token_id=2,
-                      pad_token_id=2, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=True,
+    )
     LlamaForCausalLM(cfg).save_pretrained(str(path))
     return path

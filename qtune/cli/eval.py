@@ -35,19 +35,23 @@ def run_config(run_dir: Path, overrides: list[str]) -> DictConfig:
     from qtune.train import RUN_CONFIG
 
     if not (run_dir / "final").is_dir():
-        raise FileNotFoundError(f"{run_dir}: no final/ model to evaluate (qtune-train writes "
-                                f"{run_dir / 'final'} when training ends; pass a finished run's "
-                                "directory, or model=... to evaluate a model without a run)")
-    source = next((p for p in (run_dir / RUN_CONFIG, run_dir / ".hydra" / "config.yaml")
-                   if p.is_file()), None)
+        raise FileNotFoundError(
+            f"{run_dir}: no final/ model to evaluate (qtune-train writes "
+            f"{run_dir / 'final'} when training ends; pass a finished run's "
+            "directory, or model=... to evaluate a model without a run)"
+        )
+    source = next((p for p in (run_dir / RUN_CONFIG, run_dir / ".hydra" / "config.yaml") if p.is_file()), None)
     if source is None:
-        raise FileNotFoundError(f"{run_dir}: neither {RUN_CONFIG} nor .hydra/config.yaml; "
-                                "cannot tell which data the run trained on")
+        raise FileNotFoundError(
+            f"{run_dir}: neither {RUN_CONFIG} nor .hydra/config.yaml; cannot tell which data the run trained on"
+        )
     cfg = OmegaConf.load(source)
     groups = [o for o in overrides if o.split("=", 1)[0] in ("model", "data", "strategy", "trainer")]
     if groups:
-        raise SystemExit(f"qtune-eval {run_dir}: {groups[0]} would change what the run was; "
-                         "only keys such as eval.max_items=... apply to a finished run")
+        raise SystemExit(
+            f"qtune-eval {run_dir}: {groups[0]} would change what the run was; "
+            "only keys such as eval.max_items=... apply to a finished run"
+        )
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     cfg.run_dir = str(run_dir)
     return cfg
@@ -92,8 +96,10 @@ def evaluate(run_dir: Path | None, overrides: list[str]) -> dict[str, Any]:
         from qtune.eval.harness import task_names
 
         if task_names(cfg.eval.get("lm_eval")) and (run_dir / "final" / FILENAME).is_file():
-            raise ValueError(f"eval.lm_eval.tasks needs a Hugging Face tokenizer; {run_dir}/final "
-                             "holds qtune's character tokenizer (a model=tiny_llama run)")
+            raise ValueError(
+                f"eval.lm_eval.tasks needs a Hugging Face tokenizer; {run_dir}/final "
+                "holds qtune's character tokenizer (a model=tiny_llama run)"
+            )
         check_lm_eval(OmegaConf.merge(cfg, {"model": {"name": "hf"}}))  # final/ is an HF model
         from qtune.config.build import build_task_with_tokenizer
 
@@ -105,13 +111,13 @@ def evaluate(run_dir: Path | None, overrides: list[str]) -> dict[str, Any]:
         from qtune.config.build import build_task_and_model
 
         bundle, model = build_task_and_model(cfg)
-        source = f"model={cfg.model.name}" + (f" model.path={cfg.model.path}"
-                                              if cfg.model.get("path") else "")
+        source = f"model={cfg.model.name}" + (f" model.path={cfg.model.path}" if cfg.model.get("path") else "")
     out_dir = Path(cfg.run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = evaluate_model(model, bundle, cfg.eval, out_dir)
-    atomic_write_json(out_dir / "eval.json", {"model": source, "eval": result,
-                                              "config": OmegaConf.to_container(cfg.eval)})
+    atomic_write_json(
+        out_dir / "eval.json", {"model": source, "eval": result, "config": OmegaConf.to_container(cfg.eval)}
+    )
     summary_path = out_dir / "summary.json"
     if run_dir is not None and summary_path.is_file():
         summary = json.loads(summary_path.read_text())

@@ -40,8 +40,7 @@ class KeepFinishedRunConfig(Callback):
         for summary in sweep.glob("**/summary.json"):
             hydra_dir = summary.parent / ".hydra"
             files = hydra_dir.iterdir() if hydra_dir.is_dir() else []
-            self._saved[summary.parent.resolve()] = {f.name: f.read_bytes() for f in files
-                                                     if f.is_file()}
+            self._saved[summary.parent.resolve()] = {f.name: f.read_bytes() for f in files if f.is_file()}
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         run_dir = Path(str(HydraConfig.get().runtime.output_dir)).resolve()

@@ -19,8 +19,7 @@ from qtune.report.tables import markdown_table, point_rows
 from qtune.report.tokens import write_tokens_html
 
 
-def build_report(paths: list[str | Path], out: str | Path, tokens_rows: int = 80,
-                 metric: str | None = None) -> dict:
+def build_report(paths: list[str | Path], out: str | Path, tokens_rows: int = 80, metric: str | None = None) -> dict:
     """Write the report into ``out``; returns {"rows": [...], "files": [...]} for callers.
     ``metric`` picks the headline eval metric (table's Δ column, Pareto y axis)."""
     out = Path(out)
@@ -31,23 +30,25 @@ def build_report(paths: list[str | Path], out: str | Path, tokens_rows: int = 80
     if metric is not None:
         have = sorted({m for r in runs for m in r.eval_metrics})
         if metric not in have:
-            raise SystemExit(f"--metric={metric}: no run has it; the runs' eval metrics: "
-                             f"{', '.join(have) or 'none'}")
+            raise SystemExit(f"--metric={metric}: no run has it; the runs' eval metrics: {', '.join(have) or 'none'}")
     out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     runs_by_task = {task: [r for p in pts for r in p.runs] for task, pts in by_task.items()}
-    md = ["# qtune report", "",
-          f"{len(runs)} runs. Eval: mean ± sample std over seeds. Compute: mean FLOPs estimate "
-          "and mean train time relative to `full` of the same task at the same epochs (or, for a "
-          "run with more epochs than any full run, the full run with the most epochs below it: "
-          "column *full ref. epochs*). *Δ vs full*: difference of the eval means to that full "
-          "point, with the two-sided p of Welch's t-test over seeds; * marks p < 0.05, a "
-          "difference larger than the seed noise. Kept shares: share of the noisy / duplicate "
-          "items (and of wrong-answer tokens) of the training set trained, averaged over "
-          "epochs.", ""]
+    md = [
+        "# qtune report",
+        "",
+        f"{len(runs)} runs. Eval: mean ± sample std over seeds. Compute: mean FLOPs estimate "
+        "and mean train time relative to `full` of the same task at the same epochs (or, for a "
+        "run with more epochs than any full run, the full run with the most epochs below it: "
+        "column *full ref. epochs*). *Δ vs full*: difference of the eval means to that full "
+        "point, with the two-sided p of Welch's t-test over seeds; * marks p < 0.05, a "
+        "difference larger than the seed noise. Kept shares: share of the noisy / duplicate "
+        "items (and of wrong-answer tokens) of the training set trained, averaged over "
+        "epochs.",
+        "",
+    ]
     all_rows, files = [], []
     for task, points in sorted(by_task.items()):
-        rows = point_rows(points, metric if any(
-            metric in r.eval_metrics for p in points for r in p.runs) else None)
+        rows = point_rows(points, metric if any(metric in r.eval_metrics for p in points for r in p.runs) else None)
         all_rows += rows
         md += [f"## {task}", "", markdown_table(rows), ""]
         figures = [plot_pareto(task, rows, out), plot_keep_ratio(task, points, out)]
@@ -61,8 +62,7 @@ def build_report(paths: list[str | Path], out: str | Path, tokens_rows: int = 80
     files.append(tokens)
     md += ["[Trained and masked tokens per sample](tokens.html)", ""]
     (out / "report.md").write_text("\n".join(md), encoding="utf-8")
-    (out / "report.json").write_text(json.dumps({"rows": all_rows}, indent=1, default=_json_safe,
-                                                allow_nan=True))
+    (out / "report.json").write_text(json.dumps({"rows": all_rows}, indent=1, default=_json_safe, allow_nan=True))
     return {"rows": all_rows, "files": [out / "report.md", out / "report.json", *files]}
 
 
@@ -86,14 +86,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("runs", nargs="+", help="run directories or directories above them")
     ap.add_argument("--out", required=True, help="output directory for report.md and figures")
     ap.add_argument("--tokens-rows", type=int, default=80, help="rows per task in tokens.html")
-    ap.add_argument("--metric", default=None,
-                    help="headline eval metric (Δ vs full, Pareto y axis), e.g. token_f1 or "
-                         "qtune_embedded_chat/exact_match; default exact match, else accuracy")
+    ap.add_argument(
+        "--metric",
+        default=None,
+        help="headline eval metric (Δ vs full, Pareto y axis), e.g. token_f1 or "
+        "qtune_embedded_chat/exact_match; default exact match, else accuracy",
+    )
     args = ap.parse_args(argv)
     check_report_args(ap, args)
     result = build_report(args.runs, args.out, tokens_rows=args.tokens_rows, metric=args.metric)
-    print(f"wrote {len(result['files'])} files to {args.out}: "
-          + ", ".join(p.name for p in result["files"]))
+    print(f"wrote {len(result['files'])} files to {args.out}: " + ", ".join(p.name for p in result["files"]))
 
 
 if __name__ == "__main__":

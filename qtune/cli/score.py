@@ -32,8 +32,14 @@ def write_scores(path: str | Path, columns: dict[str, np.ndarray]) -> None:
         if tmp.suffix == ".npz":
             np.savez(tmp, **columns)
         else:
-            tmp.write_text(json.dumps({k: [None if isinstance(x, float) and np.isnan(x) else x
-                                           for x in v.tolist()] for k, v in columns.items()}))
+            tmp.write_text(
+                json.dumps(
+                    {
+                        k: [None if isinstance(x, float) and np.isnan(x) else x for x in v.tolist()]
+                        for k, v in columns.items()
+                    }
+                )
+            )
 
 
 def score(cfg: DictConfig) -> dict[str, np.ndarray]:
@@ -52,20 +58,24 @@ def score(cfg: DictConfig) -> dict[str, np.ndarray]:
     store = None
     if ckpt is not None:
         # not strict: a checkpoint also holds metric states; but every model weight must load
-        missing = [k for k in module.load_state_dict(ckpt["state_dict"], strict=False).missing_keys
-                   if k.startswith("model.")]
+        missing = [
+            k for k in module.load_state_dict(ckpt["state_dict"], strict=False).missing_keys if k.startswith("model.")
+        ]
         if missing:
-            raise ValueError(f"ckpt_path={cfg.ckpt_path}: lacks {len(missing)} weights of this "
-                             f"model (e.g. {missing[0]}); was it written for another model?")
+            raise ValueError(
+                f"ckpt_path={cfg.ckpt_path}: lacks {len(missing)} weights of this "
+                f"model (e.g. {missing[0]}); was it written for another model?"
+            )
         store = (ckpt.get("callbacks", {}).get("PruningCallback") or {}).get("store")
         if store is not None and int(store["num_samples"]) != len(bundle.train):
-            raise ValueError(f"ckpt_path={cfg.ckpt_path}: its score store covers "
-                             f"{int(store['num_samples'])} samples, this dataset has "
-                             f"{len(bundle.train)}; was it written for other data?")
+            raise ValueError(
+                f"ckpt_path={cfg.ckpt_path}: its score store covers "
+                f"{int(store['num_samples'])} samples, this dataset has "
+                f"{len(bundle.train)}; was it written for other data?"
+            )
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     module.to(device).eval()
-    loader = DataLoader(bundle.train, batch_size=int(cfg.eval_batch_size), shuffle=False,
-                        collate_fn=bundle.collate)
+    loader = DataLoader(bundle.train, batch_size=int(cfg.eval_batch_size), shuffle=False, collate_fn=bundle.collate)
     parts: dict[str, list[torch.Tensor]] = {}
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}

@@ -7,6 +7,7 @@ from typing import Any
 
 from qtune.data.bundle import TaskBundle
 
+
 def build_task_and_model(cfg: Any) -> tuple[TaskBundle, Any]:
     """The data first, then the model: a check that needs the data (``max_length`` that cuts
     answers, an empty JSONL file) fails before the base is pretrained or weights are loaded.
@@ -60,21 +61,37 @@ def check_context_length(cfg: Any, model: Any, bundle: TaskBundle) -> None:
     import torch
 
     config = getattr(model, "config", None)
-    limit = next((getattr(config, k) for k in ("n_positions", "max_position_embeddings")
-                  if isinstance(getattr(config, k, None), int)), None)
+    limit = next(
+        (
+            getattr(config, k)
+            for k in ("n_positions", "max_position_embeddings")
+            if isinstance(getattr(config, k, None), int)
+        ),
+        None,
+    )
     if limit is None:
         return
     inputs = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    learned = any(isinstance(m, torch.nn.Embedding) and m is not inputs
-                  and m.num_embeddings == limit for m in model.modules())
+    learned = any(
+        isinstance(m, torch.nn.Embedding) and m is not inputs and m.num_embeddings == limit for m in model.modules()
+    )
     if not learned:
         return
-    longest = max((len(ds.input_ids[i]) for ds in (bundle.train, bundle.eval)
-                   for i in range(len(ds)) if hasattr(ds, "input_ids")), default=0)
+    longest = max(
+        (
+            len(ds.input_ids[i])
+            for ds in (bundle.train, bundle.eval)
+            for i in range(len(ds))
+            if hasattr(ds, "input_ids")
+        ),
+        default=0,
+    )
     if longest > limit:
-        raise ValueError(f"data.path={cfg.data.get('path')}: a sequence of {longest} tokens "
-                         f"exceeds the model's {limit} learned positions (model.path="
-                         f"{cfg.model.get('path')}): set data.max_length<={limit}")
+        raise ValueError(
+            f"data.path={cfg.data.get('path')}: a sequence of {longest} tokens "
+            f"exceeds the model's {limit} learned positions (model.path="
+            f"{cfg.model.get('path')}): set data.max_length<={limit}"
+        )
 
 
 def build_task_with_tokenizer(cfg: Any, tokenizer: Any) -> TaskBundle:
@@ -87,9 +104,9 @@ def build_task_with_tokenizer(cfg: Any, tokenizer: Any) -> TaskBundle:
 
         return build_jsonl_task(cfg.data, tokenizer)
     if cfg.data.name != "embedded":
-        raise ValueError(f"data={cfg.data.name} has no generation eval; qtune-eval evaluates SFT "
-                         "runs (data=embedded or data=jsonl)")
+        raise ValueError(
+            f"data={cfg.data.name} has no generation eval; qtune-eval evaluates SFT runs (data=embedded or data=jsonl)"
+        )
     from qtune.data.embedded import build_embedded_task
 
     return build_embedded_task(cfg.data, None if isinstance(tokenizer, CharTokenizer) else tokenizer)
-

@@ -28,8 +28,15 @@ class ConfigError(ValueError):
     """A config value qtune refuses; the message names the key."""
 
 
-def knob(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,
-         le: float | None = None, lt: float | None = None, doc: str = "") -> Any:
+def knob(
+    default: Any = dataclasses.MISSING,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    doc: str = "",
+) -> Any:
     """A declared field with an optional range (ge/gt/le/lt apply to numbers and to each
     number of a list)."""
     meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, doc=doc).items() if v not in (None, "")}
@@ -125,8 +132,12 @@ def _check_range(value: Any, meta: dict, key: str, tp: Any) -> None:
         return
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
-    tests = {"ge": value >= meta.get("ge", -math.inf), "gt": value > meta.get("gt", -math.inf),
-             "le": value <= meta.get("le", math.inf), "lt": value < meta.get("lt", math.inf)}
+    tests = {
+        "ge": value >= meta.get("ge", -math.inf),
+        "gt": value > meta.get("gt", -math.inf),
+        "le": value <= meta.get("le", math.inf),
+        "lt": value < meta.get("lt", math.inf),
+    }
     bad = [op for op in ("ge", "gt", "le", "lt") if op in meta and not tests[op]]
     if not bad:
         return
@@ -154,8 +165,9 @@ def check_section(node: Any, schema: type, prefix: str, *, allow_extra: tuple[st
     for name in node:
         if name not in declared and name not in allow_extra:
             where = f"{prefix}.{name}" if prefix else name
-            raise ConfigError(f"{where} is not a known key{close_matches(name, declared)}; "
-                              f"known: {', '.join(sorted(declared))}")
+            raise ConfigError(
+                f"{where} is not a known key{close_matches(name, declared)}; known: {', '.join(sorted(declared))}"
+            )
     hints = typing.get_type_hints(schema)
     for name, f in declared.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -172,8 +184,9 @@ def check_section(node: Any, schema: type, prefix: str, *, allow_extra: tuple[st
         try:
             raw = node[name]
         except Exception as exc:  # an interpolation that cannot resolve
-            raise ConfigError(f"{key}: cannot resolve its value ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:200]})") from None
+            raise ConfigError(
+                f"{key}: cannot resolve its value ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            ) from None
         value = _coerce(raw, tp, key)
         _check_range(value, dict(f.metadata), key, tp)
         if isinstance(raw, str) and isinstance(value, (int, float)) and not isinstance(value, bool):

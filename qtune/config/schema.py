@@ -24,16 +24,20 @@ from qtune.models.hf import ATTN_IMPLEMENTATIONS
 TASKS = ("sft", "classify", "pretrain")
 DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "auto")
 # Trainer arguments qtune sets itself (a trainer.<key> for these would collide)
-SET_BY_QTUNE = {"callbacks": "add callbacks through qtune.train.run(cfg, extra_callbacks=[...])",
-                "logger": "choose logger=csv or logger=wandb", "default_root_dir": "set run_dir",
-                "use_distributed_sampler": "qtune shards each epoch's plan itself",
-                "reload_dataloaders_every_n_epochs": "qtune builds a loader per epoch plan",
-                "num_sanity_val_steps": "qtune runs no sanity validation"}
+SET_BY_QTUNE = {
+    "callbacks": "add callbacks through qtune.train.run(cfg, extra_callbacks=[...])",
+    "logger": "choose logger=csv or logger=wandb",
+    "default_root_dir": "set run_dir",
+    "use_distributed_sampler": "qtune shards each epoch's plan itself",
+    "reload_dataloaders_every_n_epochs": "qtune builds a loader per epoch plan",
+    "num_sanity_val_steps": "qtune runs no sanity validation",
+}
 
 
 @dataclasses.dataclass
 class RunConfig:
     """Run-level keys of ``conf/train.yaml`` (the groups are checked on their own)."""
+
     task: Literal[TASKS] = "sft"
     seed: int = 0
     epochs: int = knob(8, ge=1)
@@ -42,14 +46,14 @@ class RunConfig:
     num_workers: int = knob(0, ge=0)
     ckpt_path: Optional[str] = None
     export_plan: bool = False
-    budget: Optional[float] = knob(None, gt=0.0, le=1.0,
-                                   doc="fraction of the matching full run's training FLOPs")
+    budget: Optional[float] = knob(None, gt=0.0, le=1.0, doc="fraction of the matching full run's training FLOPs")
     run_dir: Any = None  # Hydra's output directory unless given
 
 
 @dataclasses.dataclass
 class ScoreConfig(RunConfig):
     """``qtune-score`` adds where to write and on which device to score."""
+
     out: str = "scores.npz"
     device: str = "auto"
 
@@ -191,8 +195,7 @@ MODELS = {"tiny_llama": TinyLlamaModel, "hf": HFModel, "mlp": MLPModel}
 DATASETS = {"embedded": EmbeddedConfig, "jsonl": JsonlData, "digits": DigitsData}
 LOGGERS = {"csv": CsvLogger, "wandb": WandbLogger}
 ADAPTERS = {"none": NoAdapter, "lora": LoraAdapter}
-GROUPS = {"optim": Optim, "scheduler": Scheduler, "checkpoint": Checkpoint, "kernels": Kernels,
-          "eval": Eval}
+GROUPS = {"optim": Optim, "scheduler": Scheduler, "checkpoint": Checkpoint, "kernels": Kernels, "eval": Eval}
 
 
 def _by_name(cfg: DictConfig, group: str, choices: dict[str, type]) -> type:
@@ -201,8 +204,10 @@ def _by_name(cfg: DictConfig, group: str, choices: dict[str, type]) -> type:
         raise ConfigError(f"{group} must be a config group (choose {group}=NAME)")
     name = node.get("name")
     if name not in choices:
-        raise ConfigError(f"{group}.name={name!r} is not known{close_matches(name, choices)}; "
-                          f"known: {', '.join(choices)} (choose {group}=NAME)")
+        raise ConfigError(
+            f"{group}.name={name!r} is not known{close_matches(name, choices)}; "
+            f"known: {', '.join(choices)} (choose {group}=NAME)"
+        )
     return choices[name]
 
 
@@ -237,12 +242,16 @@ def adopt_trainer_max_epochs(cfg: DictConfig) -> None:
     if isinstance(raw, str) and raw.strip().isdigit():
         raw = int(raw)
     if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
-        raise ConfigError(f"trainer.max_epochs={raw!r} must be an integer, at least 1 (it is the "
-                          "same as epochs=N; an endless run, -1 or null, is not supported)")
+        raise ConfigError(
+            f"trainer.max_epochs={raw!r} must be an integer, at least 1 (it is the "
+            "same as epochs=N; an endless run, -1 or null, is not supported)"
+        )
     given = _epochs_given_on_command_line()
     if given is not None and str(given) != str(raw):
-        raise ConfigError(f"trainer.max_epochs={raw} and epochs={given} disagree: give one of "
-                          "them (qtune counts epochs with the run-level key epochs=N)")
+        raise ConfigError(
+            f"trainer.max_epochs={raw} and epochs={given} disagree: give one of "
+            "them (qtune counts epochs with the run-level key epochs=N)"
+        )
     with open_dict(cfg), open_dict(trainer):
         cfg.epochs = raw
         trainer.max_epochs = EPOCHS_LINK
@@ -257,11 +266,12 @@ def check_trainer_keys(trainer_cfg: DictConfig) -> None:
     accepted = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"} - set(SET_BY_QTUNE)
     for key in trainer_cfg:
         if key in SET_BY_QTUNE:
-            raise ConfigError(f"trainer.{key} is set by qtune itself; {SET_BY_QTUNE[key]} "
-                              "(remove it from the config)")
+            raise ConfigError(f"trainer.{key} is set by qtune itself; {SET_BY_QTUNE[key]} (remove it from the config)")
         if key not in accepted:
-            raise ConfigError(f"trainer.{key} is not an argument of lightning.Trainer"
-                              f"{close_matches(key, accepted)}; accepted: {sorted(accepted)}")
+            raise ConfigError(
+                f"trainer.{key} is not an argument of lightning.Trainer"
+                f"{close_matches(key, accepted)}; accepted: {sorted(accepted)}"
+            )
 
 
 def try_trainer(trainer_cfg: DictConfig) -> None:
@@ -273,10 +283,10 @@ def try_trainer(trainer_cfg: DictConfig) -> None:
     import lightning as L
 
     kwargs = OmegaConf.to_container(trainer_cfg, resolve=True)
-    kwargs.update(logger=False, enable_checkpointing=False, enable_model_summary=False,
-                  enable_progress_bar=False)
-    quiet = [logging.getLogger(n) for n in ("lightning.pytorch.utilities.rank_zero",
-                                            "lightning.fabric.utilities.rank_zero")]
+    kwargs.update(logger=False, enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
+    quiet = [
+        logging.getLogger(n) for n in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+    ]
     levels = [q.level for q in quiet]
     for q in quiet:
         q.setLevel(logging.WARNING)
@@ -285,8 +295,9 @@ def try_trainer(trainer_cfg: DictConfig) -> None:
     except Exception as exc:
         text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         named = [f"trainer.{k}={trainer_cfg[k]}" for k in trainer_cfg if k.lower() in text.lower()]
-        raise ConfigError(f"{', '.join(named) or 'trainer'}: lightning.Trainer refuses this "
-                          f"({type(exc).__name__}: {text})") from None
+        raise ConfigError(
+            f"{', '.join(named) or 'trainer'}: lightning.Trainer refuses this ({type(exc).__name__}: {text})"
+        ) from None
     finally:
         for q, level in zip(quiet, levels):
             q.setLevel(level)
@@ -297,19 +308,22 @@ def check_pairing(cfg: Any) -> None:
     checked before anything is built."""
     model, data, task = cfg.model.name, cfg.data.name, OmegaConf.select(cfg, "task", default=None)
     if data == "digits" and model != "mlp":
-        raise ConfigError("data=digits is a classification task: use model=mlp "
-                          "(or experiment=digits)")
+        raise ConfigError("data=digits is a classification task: use model=mlp (or experiment=digits)")
     if model == "mlp" and data != "digits":
         raise ConfigError(f"model=mlp is a classifier; data={data} needs a causal LM")
     if data == "jsonl" and model == "tiny_llama":
-        raise ConfigError("data=jsonl needs a model with a real tokenizer: use model=hf "
-                          "model.path=DIR (model=tiny_llama only knows the embedded task's "
-                          "characters)")
+        raise ConfigError(
+            "data=jsonl needs a model with a real tokenizer: use model=hf "
+            "model.path=DIR (model=tiny_llama only knows the embedded task's "
+            "characters)"
+        )
     adapter = OmegaConf.select(cfg, "adapter.name", default=None)
     if adapter not in (None, "none") and model == "mlp":
-        raise ConfigError(f"adapter={adapter} needs a causal LM (model=hf, model=smollm2_135m or "
-                          "model=tiny_llama): peft cannot wrap model=mlp, qtune's own "
-                          "classifier; use adapter=none")
+        raise ConfigError(
+            f"adapter={adapter} needs a causal LM (model=hf, model=smollm2_135m or "
+            "model=tiny_llama): peft cannot wrap model=mlp, qtune's own "
+            "classifier; use adapter=none"
+        )
     expected = "classify" if data == "digits" else "sft"
     if task not in (None, "pretrain", expected):
         raise ConfigError(f"task={task} but data={data} is a {expected} task (set task={expected})")

@@ -34,8 +34,7 @@ class ClassifyDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, idx: int) -> dict:
-        return {"sample_id": int(idx), "inputs": self.inputs[idx],
-                "labels": self.labels[idx:idx + 1]}
+        return {"sample_id": int(idx), "inputs": self.inputs[idx], "labels": self.labels[idx : idx + 1]}
 
 
 def collate_classify(items: Sequence[dict]) -> dict:
@@ -53,8 +52,9 @@ def split_indices(labels: np.ndarray, eval_fraction: float, seed: int):
 
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"data.eval_fraction must be in (0, 1), got {eval_fraction}")
-    idx_train, idx_eval = train_test_split(np.arange(len(labels)), test_size=eval_fraction,
-                                           random_state=seed, stratify=labels)
+    idx_train, idx_eval = train_test_split(
+        np.arange(len(labels)), test_size=eval_fraction, random_state=seed, stratify=labels
+    )
     return np.sort(idx_train), np.sort(idx_eval)
 
 
@@ -65,18 +65,28 @@ def split_digits(eval_fraction: float = 0.2, seed: int = 0):
     x, y = load_digits(return_X_y=True)
     x = (x / PIXEL_MAX).astype(np.float32)
     idx_train, idx_eval = split_indices(y, eval_fraction, seed)
-    return (torch.from_numpy(x[idx_train]), torch.from_numpy(y[idx_train]),
-            torch.from_numpy(x[idx_eval]), torch.from_numpy(y[idx_eval]))
+    return (
+        torch.from_numpy(x[idx_train]),
+        torch.from_numpy(y[idx_train]),
+        torch.from_numpy(x[idx_eval]),
+        torch.from_numpy(y[idx_eval]),
+    )
 
 
 def build_digits_task(cfg: Any) -> TaskBundle:
     """TaskBundle (task="classify"); ``info`` carries the model's input and output sizes."""
-    x_tr, y_tr, x_ev, y_ev = split_digits(float(cfg.get("eval_fraction", 0.2)),
-                                          int(cfg.get("seed", 0)))
+    x_tr, y_tr, x_ev, y_ev = split_digits(float(cfg.get("eval_fraction", 0.2)), int(cfg.get("seed", 0)))
     train = ClassifyDataset(x_tr, y_tr)
     return TaskBundle(
-        task="classify", train=train, eval=ClassifyDataset(x_ev, y_ev),
-        collate=collate_classify, train_meta=[{"label": int(c)} for c in y_tr],
-        info={"num_features": NUM_FEATURES, "num_classes": NUM_CLASSES,
-              "train_size": len(train), "eval_size": len(y_ev)},
+        task="classify",
+        train=train,
+        eval=ClassifyDataset(x_ev, y_ev),
+        collate=collate_classify,
+        train_meta=[{"label": int(c)} for c in y_tr],
+        info={
+            "num_features": NUM_FEATURES,
+            "num_classes": NUM_CLASSES,
+            "train_size": len(train),
+            "eval_size": len(y_ev),
+        },
     )

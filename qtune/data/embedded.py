@@ -40,12 +40,13 @@ class EmbeddedConfig:
     """The ``data=embedded`` group, declared: ``qtune.config.schema`` checks a config against
     these types and ranges before anything is built; ``__post_init__`` adds the cross-field
     rules."""
+
     num_train: int = knob(6000, ge=1)
     num_eval: int = knob(500, ge=1)
     seed: int = 0
     skills: list[Literal[SKILLS]] = knob(list(SKILLS))
-    noise_fraction: float = knob(0.2, ge=0.0, le=1.0)      # share of training items with a wrong answer
-    near_miss_share: float = knob(0.5, ge=0.0, le=1.0)     # share of the noisy items that are near misses
+    noise_fraction: float = knob(0.2, ge=0.0, le=1.0)  # share of training items with a wrong answer
+    near_miss_share: float = knob(0.5, ge=0.0, le=1.0)  # share of the noisy items that are near misses
     duplicate_fraction: float = knob(0.1, ge=0.0, le=1.0)  # share of training items that copy a clean item
     max_digits: int = knob(2, ge=1)
     min_len: int = knob(2, ge=1)
@@ -82,6 +83,7 @@ def config_from(cfg: Any = None, **overrides) -> EmbeddedConfig:
     else:
         if cfg is not None and not isinstance(cfg, Mapping):
             from omegaconf import OmegaConf
+
             cfg = OmegaConf.to_container(cfg, resolve=True)
         values = dict(cfg or {})
     values.update(overrides)
@@ -123,9 +125,18 @@ def generate(cfg: EmbeddedConfig) -> tuple[list[dict], list[dict]]:
     n_unique = cfg.num_train - n_dup
     train_problems = _unique_problems(n_unique, skills, rng, spec, taken)
 
-    records = [{"prompt": instruction_prompt(p), "response": p.answer, "true_response": p.answer,
-                "skill": p.skill, "kind": "clean", "noise": None, "duplicate_of": None}
-               for p in train_problems]
+    records = [
+        {
+            "prompt": instruction_prompt(p),
+            "response": p.answer,
+            "true_response": p.answer,
+            "skill": p.skill,
+            "kind": "clean",
+            "noise": None,
+            "duplicate_of": None,
+        }
+        for p in train_problems
+    ]
     noisy_idx = sorted(rng.sample(range(n_unique), n_noisy))
     n_near = round(cfg.near_miss_share * n_noisy)
     near_idx = set(rng.sample(noisy_idx, n_near))
@@ -161,9 +172,18 @@ def generate(cfg: EmbeddedConfig) -> tuple[list[dict], list[dict]]:
         if rec["duplicate_of"] is not None:
             rec["duplicate_of"] = new_pos[rec["duplicate_of"]]
 
-    evals = [{"prompt": instruction_prompt(p), "response": p.answer, "true_response": p.answer,
-              "skill": p.skill, "kind": "clean", "noise": None, "duplicate_of": None}
-             for p in eval_problems]
+    evals = [
+        {
+            "prompt": instruction_prompt(p),
+            "response": p.answer,
+            "true_response": p.answer,
+            "skill": p.skill,
+            "kind": "clean",
+            "noise": None,
+            "duplicate_of": None,
+        }
+        for p in eval_problems
+    ]
     return train, evals
 
 
@@ -178,8 +198,7 @@ def _encode(records: list[dict], tok) -> tuple[list[TokenizedExample], list[dict
         response_ids = tok.encode(rec["response"], add_eos=True)
         true_ids = tok.encode(rec["true_response"], add_eos=True)
         examples.append(TokenizedExample(prompt_ids, response_ids))
-        meta.append(dict(rec, response_start=len(prompt_ids),
-                         wrong_positions=_wrong_positions(response_ids, true_ids)))
+        meta.append(dict(rec, response_start=len(prompt_ids), wrong_positions=_wrong_positions(response_ids, true_ids)))
     return examples, meta
 
 
@@ -200,15 +219,20 @@ def build_embedded_task(cfg: Any = None, tokenizer: CharTokenizer | None = None)
     need = max(len(ex.prompt_ids) + len(ex.response_ids) for ex in train_ex + eval_ex)
     if c.max_length is not None and c.max_length < need:  # a cut answer teaches (and is scored against) a wrong target
         cut = sum(len(ex.prompt_ids) + len(ex.response_ids) > c.max_length for ex in train_ex)
-        raise ValueError(f"data.max_length={c.max_length} cuts the responses of {cut} of "
-                         f"{len(train_ex)} training items (and eval items alike); these "
-                         f"items need up to {need} tokens: set data.max_length>={need}")
+        raise ValueError(
+            f"data.max_length={c.max_length} cuts the responses of {cut} of "
+            f"{len(train_ex)} training items (and eval items alike); these "
+            f"items need up to {need} tokens: set data.max_length>={need}"
+        )
     train = SFTDataset(train_ex, max_length=c.max_length, meta=train_meta)
     evals = SFTDataset(eval_ex, max_length=c.max_length, meta=eval_meta)
     targets = [ex.response_ids for ex in eval_ex]
     generation = GenerationEval(
-        prompt_ids=[ex.prompt_ids for ex in eval_ex], target_ids=targets,
-        groups=[m["skill"] for m in eval_meta], max_new_tokens=max(len(t) for t in targets))
+        prompt_ids=[ex.prompt_ids for ex in eval_ex],
+        target_ids=targets,
+        groups=[m["skill"] for m in eval_meta],
+        max_new_tokens=max(len(t) for t in targets),
+    )
     kinds = Counter(m["kind"] for m in train_meta)
     info = {
         "config": asdict(c) | {"skills": list(c.skills), "drop_kinds": list(c.drop_kinds)},
@@ -224,6 +248,15 @@ def build_embedded_task(cfg: Any = None, tokenizer: CharTokenizer | None = None)
 
         eos_id, pad_id = special_ids(tok)
         info["chat_form"] = True
-    return TaskBundle(task="sft", train=train, eval=evals, collate=partial(collate_sft, pad_id=pad_id),
-                      train_meta=train_meta, generation=generation, tokenizer=tok,
-                      eos_id=eos_id, pad_id=pad_id, info=info)
+    return TaskBundle(
+        task="sft",
+        train=train,
+        eval=evals,
+        collate=partial(collate_sft, pad_id=pad_id),
+        train_meta=train_meta,
+        generation=generation,
+        tokenizer=tok,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        info=info,
+    )

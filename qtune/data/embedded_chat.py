@@ -23,17 +23,19 @@ def chat_encode(records: list[dict], tokenizer) -> tuple[list[TokenizedExample],
     """(examples, meta) of embedded records through ``tokenizer``'s chat template; meta as the
     character encoding gives it (``response_start``, ``wrong_positions`` against the true
     answer's tokens)."""
-    chats = [Record([{"role": "user", "content": r["prompt"].removesuffix(MARKER)}],
-                    r["response"], i + 1, "chat") for i, r in enumerate(records)]
-    examples, _, info = tokenize_records(chats, tokenizer, max_length=None,
-                                         path="<embedded task>")
+    chats = [
+        Record([{"role": "user", "content": r["prompt"].removesuffix(MARKER)}], r["response"], i + 1, "chat")
+        for i, r in enumerate(records)
+    ]
+    examples, _, info = tokenize_records(chats, tokenizer, max_length=None, path="<embedded task>")
     if len(examples) != len(records):  # an empty answer: the embedded task never makes one
         raise ValueError(f"embedded task: {info['dropped_empty']} item(s) with an empty answer")
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     true_ids = [ids + eos for ids in _ids(tokenizer, [r["true_response"] for r in records])]
-    meta = [dict(rec, response_start=len(ex.prompt_ids),
-                 wrong_positions=_wrong_positions(ex.response_ids, true))
-            for rec, ex, true in zip(records, examples, true_ids)]
+    meta = [
+        dict(rec, response_start=len(ex.prompt_ids), wrong_positions=_wrong_positions(ex.response_ids, true))
+        for rec, ex, true in zip(records, examples, true_ids)
+    ]
     return examples, meta
 
 

@@ -73,8 +73,9 @@ def _field(obj: dict, key: str, where: str, *, required: bool = True) -> str | N
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:  # JSON allows "\ud800"; no tokenizer does
-        raise DataError(f"{where}: field '{key}' is not valid Unicode ({exc.reason} at "
-                        f"character {exc.start})") from None
+        raise DataError(
+            f"{where}: field '{key}' is not valid Unicode ({exc.reason} at character {exc.start})"
+        ) from None
     return value
 
 
@@ -83,8 +84,9 @@ def _parse_alpaca(obj: dict, where: str, line: int) -> Record:
     extra = _field(obj, "input", where, required=False)
     output = _field(obj, "output", where)
     content = instruction if not extra else f"{instruction}\n\n{extra}"
-    return Record([{"role": "user", "content": content}], output, line, "alpaca",
-                  _field(obj, "group", where, required=False))
+    return Record(
+        [{"role": "user", "content": content}], output, line, "alpaca", _field(obj, "group", where, required=False)
+    )
 
 
 def _parse_chat(obj: dict, where: str, line: int) -> Record:
@@ -102,10 +104,11 @@ def _parse_chat(obj: dict, where: str, line: int) -> Record:
         clean.append({"role": role, "content": content})
     last = max((i for i, m in enumerate(clean) if m["role"] == "assistant"), default=None)
     if last is None:
-        raise DataError(f"{where}: field 'messages' has no message with role 'assistant' "
-                        "(the last assistant message is the response)")
-    return Record(clean[:last], clean[last]["content"], line, "chat",
-                  _field(obj, "group", where, required=False))
+        raise DataError(
+            f"{where}: field 'messages' has no message with role 'assistant' "
+            "(the last assistant message is the response)"
+        )
+    return Record(clean[:last], clean[last]["content"], line, "chat", _field(obj, "group", where, required=False))
 
 
 def parse_line(text: str, path: str | Path, line: int, fmt: str = "auto") -> Record:
@@ -124,8 +127,7 @@ def parse_line(text: str, path: str | Path, line: int, fmt: str = "auto") -> Rec
         elif "instruction" in obj or "output" in obj:
             form = "alpaca"
         else:
-            raise DataError(f"{where}: missing field 'messages' (chat form) or "
-                            "'instruction'/'output' (Alpaca form)")
+            raise DataError(f"{where}: missing field 'messages' (chat form) or 'instruction'/'output' (Alpaca form)")
     return _parse_chat(obj, where, line) if form == "chat" else _parse_alpaca(obj, where, line)
 
 
@@ -142,8 +144,7 @@ def read_jsonl(path: str | Path, fmt: str = "auto") -> list[Record]:
             try:
                 text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{line_no}: not valid UTF-8 ({e.reason} at byte "
-                                f"{e.start})") from None
+                raise DataError(f"{path}:{line_no}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
             if text.strip():
                 records.append(parse_line(text, path, line_no, fmt))
     return records
@@ -160,8 +161,7 @@ def plain_prompt(messages: Sequence[dict[str, str]]) -> str:
     A single user turn renders as ``### Instruction:\\n...\\n\\n### Response:\\n``; more turns
     repeat the ``### Role:`` blocks in order, always ending with the response header.
     """
-    parts = [f"### {PLAIN_ROLES.get(m['role'], m['role'].capitalize())}:\n{m['content']}\n\n"
-             for m in messages]
+    parts = [f"### {PLAIN_ROLES.get(m['role'], m['role'].capitalize())}:\n{m['content']}\n\n" for m in messages]
     return "".join(parts) + "### Response:\n"
 
 
@@ -173,16 +173,14 @@ def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
 
 def _render_chat(tokenizer, rec: Record, path) -> str:
     try:
-        return tokenizer.apply_chat_template(rec.messages, add_generation_prompt=True,
-                                             tokenize=False)
+        return tokenizer.apply_chat_template(rec.messages, add_generation_prompt=True, tokenize=False)
     except Exception as e:  # templates raise their own errors, e.g. on role order
-        raise DataError(f"{path}:{rec.line}: the tokenizer's chat template rejected this "
-                        f"conversation: {e}") from e
+        raise DataError(f"{path}:{rec.line}: the tokenizer's chat template rejected this conversation: {e}") from e
 
 
-def tokenize_records(records: Sequence[Record], tokenizer, max_length: int | None = None,
-                     path: str | Path = "<jsonl>"
-                     ) -> tuple[list[TokenizedExample], list[dict], dict[str, int]]:
+def tokenize_records(
+    records: Sequence[Record], tokenizer, max_length: int | None = None, path: str | Path = "<jsonl>"
+) -> tuple[list[TokenizedExample], list[dict], dict[str, int]]:
     """Tokenise records into (prompt, response+eos) pairs, dropping items without signal.
 
     Returns ``(examples, meta, info)`` with ``meta`` per kept item (source line and form) and
@@ -210,14 +208,13 @@ def tokenize_records(records: Sequence[Record], tokenizer, max_length: int | Non
             info["dropped_truncated"] += 1
             continue
         examples.append(TokenizedExample(p, r + suffix))
-        meta.append({"line": rec.line, "format": rec.form}
-                    | ({"group": rec.group} if rec.group is not None else {}))
+        meta.append({"line": rec.line, "format": rec.form} | ({"group": rec.group} if rec.group is not None else {}))
     return examples, meta, info
 
 
-def load_jsonl_examples(path: str | Path, tokenizer, fmt: str = "auto",
-                        max_length: int | None = None
-                        ) -> tuple[list[TokenizedExample], list[dict], dict[str, int]]:
+def load_jsonl_examples(
+    path: str | Path, tokenizer, fmt: str = "auto", max_length: int | None = None
+) -> tuple[list[TokenizedExample], list[dict], dict[str, int]]:
     """Read and tokenise one file: ``(examples, meta, info)``; no usable item is an error."""
     records = read_jsonl(path, fmt)
     examples, meta, info = tokenize_records(records, tokenizer, max_length, path)
@@ -225,8 +222,9 @@ def load_jsonl_examples(path: str | Path, tokenizer, fmt: str = "auto",
     return examples, meta, info
 
 
-def load_jsonl_dataset(path: str | Path, tokenizer, fmt: str = "auto",
-                       max_length: int | None = None) -> tuple[SFTDataset, dict[str, int]]:
+def load_jsonl_dataset(
+    path: str | Path, tokenizer, fmt: str = "auto", max_length: int | None = None
+) -> tuple[SFTDataset, dict[str, int]]:
     """Read, tokenise and truncate one file into an :class:`SFTDataset`; empty is an error."""
     examples, meta, info = load_jsonl_examples(path, tokenizer, fmt, max_length)
     return SFTDataset(examples, max_length=max_length, meta=meta), info
@@ -236,21 +234,30 @@ def generation_eval(examples: Sequence[TokenizedExample], meta: Sequence[dict]) 
     """The eval split's prompts and full reference responses (never truncated: a reference is
     what the answer should be), grouped when every item carries a ``group``."""
     groups = [m.get("group") for m in meta]
-    return GenerationEval(prompt_ids=[ex.prompt_ids for ex in examples],
-                          target_ids=[ex.response_ids for ex in examples],
-                          groups=groups if groups and all(g is not None for g in groups) else None,
-                          max_new_tokens=max(len(ex.response_ids) for ex in examples))
+    return GenerationEval(
+        prompt_ids=[ex.prompt_ids for ex in examples],
+        target_ids=[ex.response_ids for ex in examples],
+        groups=groups if groups and all(g is not None for g in groups) else None,
+        max_new_tokens=max(len(ex.response_ids) for ex in examples),
+    )
 
 
 def _require_items(path, n_records: int, examples: Sequence, info: dict) -> None:
     if info["dropped_empty"] or info["dropped_truncated"]:
-        log.warning("%s: kept %d of %d items; dropped %d with an empty response and %d whose "
-                    "response was entirely truncated", path, len(examples), n_records,
-                    info["dropped_empty"], info["dropped_truncated"])
+        log.warning(
+            "%s: kept %d of %d items; dropped %d with an empty response and %d whose response was entirely truncated",
+            path,
+            len(examples),
+            n_records,
+            info["dropped_empty"],
+            info["dropped_truncated"],
+        )
     if not examples:
-        raise DataError(f"{path}: no usable items (read {n_records} records; "
-                        f"dropped_empty={info['dropped_empty']}, "
-                        f"dropped_truncated={info['dropped_truncated']})")
+        raise DataError(
+            f"{path}: no usable items (read {n_records} records; "
+            f"dropped_empty={info['dropped_empty']}, "
+            f"dropped_truncated={info['dropped_truncated']})"
+        )
 
 
 # ----------------------------------------------------------------------------- task
@@ -284,14 +291,15 @@ def build_jsonl_task(cfg: Any, tokenizer) -> TaskBundle:
     else:
         fraction = float(cfg.get("eval_fraction", 0.1))
         if not 0.0 < fraction < 1.0:
-            raise DataError(f"data.eval_fraction must be in (0, 1) when data.eval_path is "
-                            f"not set, got {fraction}")
+            raise DataError(f"data.eval_fraction must be in (0, 1) when data.eval_path is not set, got {fraction}")
         records = read_jsonl(path, fmt)
         examples, meta, info = tokenize_records(records, tokenizer, max_length, path)
         _require_items(path, len(records), examples, info)
         if len(examples) < 2:
-            raise DataError(f"{path}: only {len(examples)} usable item; holding out an eval "
-                            "split needs at least 2 (or set data.eval_path)")
+            raise DataError(
+                f"{path}: only {len(examples)} usable item; holding out an eval "
+                "split needs at least 2 (or set data.eval_path)"
+            )
         tr, ev = _split(len(examples), fraction, int(cfg.get("seed", 0)))
         train = SFTDataset([examples[i] for i in tr], max_length, meta=[meta[i] for i in tr])
         eval_ex, eval_meta = [examples[i] for i in ev], [meta[i] for i in ev]
@@ -304,7 +312,14 @@ def build_jsonl_task(cfg: Any, tokenizer) -> TaskBundle:
     info = {k: train_info[k] + eval_info[k] for k in ("dropped_empty", "dropped_truncated")}
     info.update(train=train_info, eval=eval_info, train_size=len(train), eval_size=len(evalset))
     return TaskBundle(
-        task="sft", train=train, eval=evalset, collate=partial(collate_sft, pad_id=pad_id),
-        train_meta=train.meta, generation=generation_eval(eval_ex, eval_meta), tokenizer=tokenizer,
-        eos_id=tokenizer.eos_token_id, pad_id=pad_id, info=info,
+        task="sft",
+        train=train,
+        eval=evalset,
+        collate=partial(collate_sft, pad_id=pad_id),
+        train_meta=train.meta,
+        generation=generation_eval(eval_ex, eval_meta),
+        tokenizer=tokenizer,
+        eos_id=tokenizer.eos_token_id,
+        pad_id=pad_id,
+        info=info,
     )

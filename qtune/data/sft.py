@@ -35,8 +35,9 @@ class SFTDataset(Dataset):
     """In-memory tokenised SFT set. ``meta`` (optional) is a per-item list of dicts describing
     each item (skill, kind, ...) for analyses; it never reaches the model."""
 
-    def __init__(self, examples: Sequence[TokenizedExample], max_length: int | None = None,
-                 meta: Sequence[dict] | None = None) -> None:
+    def __init__(
+        self, examples: Sequence[TokenizedExample], max_length: int | None = None, meta: Sequence[dict] | None = None
+    ) -> None:
         self.input_ids: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
         for ex in examples:

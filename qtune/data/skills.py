@@ -24,8 +24,8 @@ ALL_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 class SkillSpec:
     """Sizes of the problems: shared by the SFT set and the pretraining corpus."""
 
-    max_digits: int = 2          # addition operands have 1..max_digits digits
-    min_len: int = 2             # string length range for reverse / sort / copy / count
+    max_digits: int = 2  # addition operands have 1..max_digits digits
+    min_len: int = 2  # string length range for reverse / sort / copy / count
     max_len: int = 6
     letters: str = "abcdefghijklmnopqrstuvwxyz"
     count_letters: str = "abcde"  # a small alphabet, so counts are rarely all zero
@@ -62,7 +62,7 @@ def check_skills(skills) -> tuple[str, ...]:
 
 def _number(rng: random.Random, max_digits: int) -> int:
     d = rng.randint(1, max_digits)
-    return rng.randint(0 if d == 1 else 10 ** (d - 1), 10 ** d - 1)
+    return rng.randint(0 if d == 1 else 10 ** (d - 1), 10**d - 1)
 
 
 def _word(rng: random.Random, spec: SkillSpec, letters: str | None = None) -> str:
@@ -119,7 +119,7 @@ def near_miss(p: Problem, rng: random.Random) -> str:
         for step in (first, -first):
             nd = d + step
             if 0 <= nd <= 9 and not (nd == 0 and i == 0 and len(ans) > 1):
-                return ans[:i] + str(nd) + ans[i + 1:]
+                return ans[:i] + str(nd) + ans[i + 1 :]
         raise AssertionError("unreachable: some neighbouring digit is always valid")
     pairs = [(i, i + 1) for i in range(len(ans) - 1) if ans[i] != ans[i + 1]]
     if not pairs:
@@ -131,7 +131,7 @@ def near_miss(p: Problem, rng: random.Random) -> str:
         return "".join(chars)
     i = rng.randrange(len(ans))  # all characters equal: shift one letter instead
     k = ALL_LETTERS.find(ans[i])
-    return ans[:i] + ALL_LETTERS[(k + 1) % len(ALL_LETTERS)] + ans[i + 1:]
+    return ans[:i] + ALL_LETTERS[(k + 1) % len(ALL_LETTERS)] + ans[i + 1 :]
 
 
 def raw_corpus(n: int, seed: int, spec: SkillSpec, skills=SKILLS) -> list[Problem]:

@@ -15,8 +15,7 @@ SAMPLES = "eval_samples.jsonl"
 LM_EVAL_RESULTS = "lm_eval_results.json"
 
 
-def evaluate_model(model, bundle, eval_cfg, out_dir: str | Path | None,
-                   suffix: str = "") -> dict[str, Any]:
+def evaluate_model(model, bundle, eval_cfg, out_dir: str | Path | None, suffix: str = "") -> dict[str, Any]:
     """Generation metrics and harness results of ``model`` on ``bundle``; per-item samples and
     the harness's JSON go to ``out_dir`` (file names end in ``suffix``, e.g. ``_before``)."""
     out: dict[str, Any] = {}
@@ -31,9 +30,15 @@ def evaluate_model(model, bundle, eval_cfg, out_dir: str | Path | None,
     if bundle.task == "sft" and bundle.generation is not None and eval_cfg.get("exact_match", True):
         from qtune.eval.generation import evaluate_generation
 
-        result = evaluate_generation(model, bundle.tokenizer, bundle.generation, bundle.eos_id,
-                                     bundle.pad_id, eval_cfg,
-                                     where(SAMPLES) if eval_cfg.get("samples", True) else None)
+        result = evaluate_generation(
+            model,
+            bundle.tokenizer,
+            bundle.generation,
+            bundle.eos_id,
+            bundle.pad_id,
+            eval_cfg,
+            where(SAMPLES) if eval_cfg.get("samples", True) else None,
+        )
         per_group = result.pop("per_group", None)
         out.update(result)
         if per_group:

@@ -41,13 +41,15 @@ def uses_hf_generate(tokenizer) -> bool:
 def subset(gen: GenerationEval, max_items: int | None, max_new_tokens: int | None) -> GenerationEval:
     """The first ``max_items`` items, decoding at most ``max_new_tokens`` (None: as built)."""
     n = len(gen.prompt_ids) if not max_items else min(int(max_items), len(gen.prompt_ids))
-    return GenerationEval(list(gen.prompt_ids[:n]), list(gen.target_ids[:n]),
-                          list(gen.groups[:n]) if gen.groups else None,
-                          int(max_new_tokens or gen.max_new_tokens))
+    return GenerationEval(
+        list(gen.prompt_ids[:n]),
+        list(gen.target_ids[:n]),
+        list(gen.groups[:n]) if gen.groups else None,
+        int(max_new_tokens or gen.max_new_tokens),
+    )
 
 
-def predict(model, tokenizer, gen: GenerationEval, eos_id: int, pad_id: int,
-            batch_size: int) -> list[list[int]]:
+def predict(model, tokenizer, gen: GenerationEval, eos_id: int, pad_id: int, batch_size: int) -> list[list[int]]:
     """Greedy continuations (token ids) of every prompt of ``gen``, in order."""
     if uses_hf_generate(tokenizer):
         from qtune.eval.hf_generate import hf_generate
@@ -55,12 +57,18 @@ def predict(model, tokenizer, gen: GenerationEval, eos_id: int, pad_id: int,
         return hf_generate(model, gen.prompt_ids, eos_id, pad_id, gen.max_new_tokens, batch_size)
     from qtune.eval.greedy import greedy_generate
 
-    return greedy_generate(model, gen.prompt_ids, eos_id, pad_id, gen.max_new_tokens,
-                           max(batch_size, 1))
+    return greedy_generate(model, gen.prompt_ids, eos_id, pad_id, gen.max_new_tokens, max(batch_size, 1))
 
 
-def evaluate_generation(model, tokenizer, generation: GenerationEval, eos_id: int, pad_id: int,
-                        eval_cfg: Any, samples_path: str | Path | None = None) -> dict:
+def evaluate_generation(
+    model,
+    tokenizer,
+    generation: GenerationEval,
+    eos_id: int,
+    pad_id: int,
+    eval_cfg: Any,
+    samples_path: str | Path | None = None,
+) -> dict:
     """``{"exact_match", "token_f1", "per_group"?, "num_items", "max_new_tokens"}``; writes
     ``samples_path`` (one JSON line per item) when given."""
     gen = subset(generation, eval_cfg.get("max_items"), eval_cfg.get("max_new_tokens"))
@@ -76,10 +84,19 @@ def evaluate_generation(model, tokenizer, generation: GenerationEval, eos_id: in
     metrics.update(num_items=len(rows), max_new_tokens=gen.max_new_tokens)
     if samples_path is not None:
         groups = gen.groups or [None] * len(rows)
-        write_samples(samples_path, [
-            {"prompt": decode(tokenizer, p, None), "reference": r, "prediction": t,
-             **({"group": g} if g is not None else {}), **scores}
-            for p, r, t, g, scores in zip(gen.prompt_ids, ref_text, pred_text, groups, rows)])
+        write_samples(
+            samples_path,
+            [
+                {
+                    "prompt": decode(tokenizer, p, None),
+                    "reference": r,
+                    "prediction": t,
+                    **({"group": g} if g is not None else {}),
+                    **scores,
+                }
+                for p, r, t, g, scores in zip(gen.prompt_ids, ref_text, pred_text, groups, rows)
+            ],
+        )
     return metrics
 
 

@@ -23,8 +23,14 @@ def _until_eos(ids: Sequence[int], eos_id: int | None) -> list[int]:
 
 
 @torch.no_grad()
-def greedy_generate(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id: int = 0,
-                    max_new_tokens: int = 16, batch_size: int = 256) -> list[list[int]]:
+def greedy_generate(
+    model,
+    prompts: Sequence[Sequence[int]],
+    eos_id: int,
+    pad_id: int = 0,
+    max_new_tokens: int = 16,
+    batch_size: int = 256,
+) -> list[list[int]]:
     """Greedy continuations of ``prompts`` (lists of ids), each cut after its first eos (the eos
     kept) or after ``max_new_tokens``. Returned in the order of ``prompts``."""
     was_training = model.training
@@ -37,9 +43,13 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], eos_id: int, pad_id
     results: list[list[int]] = [[] for _ in prompts]
     try:
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            for i, row in zip(idx, _decode_batch(model, [prompts[i] for i in idx], eos_id, pad_id,
-                                                 max_new_tokens, device, keep_arg, cache_arg)):
+            idx = order[start : start + batch_size]
+            for i, row in zip(
+                idx,
+                _decode_batch(
+                    model, [prompts[i] for i in idx], eos_id, pad_id, max_new_tokens, device, keep_arg, cache_arg
+                ),
+            ):
                 results[i] = row
     finally:
         model.train(was_training)
@@ -52,8 +62,8 @@ def _decode_batch(model, prompts, eos_id, pad_id, max_new_tokens, device, keep_a
     mask = torch.zeros((b, length), dtype=torch.long)
     for r, p in enumerate(prompts):
         if len(p):
-            ids[r, length - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
-            mask[r, length - len(p):] = 1
+            ids[r, length - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+            mask[r, length - len(p) :] = 1
     ids, mask = ids.to(device), mask.to(device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     extra = {"logits_to_keep": 1} if keep_arg else {}
@@ -70,8 +80,7 @@ def _decode_batch(model, prompts, eos_id, pad_id, max_new_tokens, device, keep_a
             break
         mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=device)], dim=1)
         pos = pos + 1
-        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
-                    use_cache=True, **{cache_arg: past})
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, use_cache=True, **{cache_arg: past})
         past = _cache_of(out)
     gen = torch.stack(steps, dim=1).tolist()
     rows = []
@@ -86,14 +95,19 @@ def _cache_of(out):
     return cache if cache is not None else out.past_key_values
 
 
-def greedy_exact_match(model, generation: GenerationEval, eos_id: int, pad_id: int = 0,
-                       batch_size: int = 256, return_predictions: bool = False) -> dict:
+def greedy_exact_match(
+    model,
+    generation: GenerationEval,
+    eos_id: int,
+    pad_id: int = 0,
+    batch_size: int = 256,
+    return_predictions: bool = False,
+) -> dict:
     """``{"exact_match": float, "per_group": {group: float}}``: a prediction matches when its
     tokens up to eos equal the target's tokens up to eos (a continuation that never emits eos
     matches only if it equals the whole target, which ``max_new_tokens`` >= target length + 1
     rules out for an over-long answer)."""
-    preds = greedy_generate(model, generation.prompt_ids, eos_id, pad_id,
-                            generation.max_new_tokens, batch_size)
+    preds = greedy_generate(model, generation.prompt_ids, eos_id, pad_id, generation.max_new_tokens, batch_size)
     hits = [_until_eos(p, eos_id) == _until_eos(t, eos_id) for p, t in zip(preds, generation.target_ids)]
     groups = generation.groups or ["all"] * len(hits)
     per: dict[str, list[bool]] = defaultdict(list)

@@ -46,8 +46,7 @@ def task_manager(lm_cfg: Any, tasks: list[str] | None = None):
     try:
         from lm_eval.tasks import TaskManager
     except ImportError:
-        raise ConfigError(f"eval.lm_eval.tasks is set but lm-evaluation-harness is not "
-                          f"installed: {INSTALL}") from None
+        raise ConfigError(f"eval.lm_eval.tasks is set but lm-evaluation-harness is not installed: {INSTALL}") from None
     paths = _include_paths(lm_cfg)
     local = TaskManager(verbosity="ERROR", include_path=paths, include_defaults=False)
     if tasks is not None and all(t in local.all_tasks for t in tasks):
@@ -62,15 +61,19 @@ def check_lm_eval(cfg: Any) -> None:
     if not tasks:
         return
     if cfg.model.name != "hf":
-        raise ConfigError(f"eval.lm_eval.tasks needs a Hugging Face model and tokenizer; "
-                          f"model={cfg.model.name} has neither (use model=hf model.path=DIR "
-                          "or model=smollm2_135m)")
+        raise ConfigError(
+            f"eval.lm_eval.tasks needs a Hugging Face model and tokenizer; "
+            f"model={cfg.model.name} has neither (use model=hf model.path=DIR "
+            "or model=smollm2_135m)"
+        )
     manager = task_manager(lm_cfg, tasks)
     known = set(manager.all_tasks)
     for t in tasks:
         if t not in known:
-            raise ConfigError(f"eval.lm_eval.tasks: unknown task {t!r}{close_matches(t, known)}; "
-                              f"qtune's own: {', '.join(sorted(qtune_task_names()))}")
+            raise ConfigError(
+                f"eval.lm_eval.tasks: unknown task {t!r}{close_matches(t, known)}; "
+                f"qtune's own: {', '.join(sorted(qtune_task_names()))}"
+            )
 
 
 def qtune_task_names() -> list[str]:
@@ -104,16 +107,26 @@ def run_lm_eval(model, tokenizer, lm_cfg: Any, out_path: str | Path | None) -> d
     was_training = base.training
     base.eval()
     try:
-        lm = HFLM(pretrained=base, tokenizer=tokenizer, batch_size=int(lm_cfg.get("batch_size") or 8),
-                  max_length=lm_cfg.get("max_length"))
+        lm = HFLM(
+            pretrained=base,
+            tokenizer=tokenizer,
+            batch_size=int(lm_cfg.get("batch_size") or 8),
+            max_length=lm_cfg.get("max_length"),
+        )
         limit = lm_cfg.get("limit")
         results = simple_evaluate(
-            model=lm, tasks=tasks, num_fewshot=lm_cfg.get("num_fewshot"),
+            model=lm,
+            tasks=tasks,
+            num_fewshot=lm_cfg.get("num_fewshot"),
             limit=(int(limit) if limit is not None and float(limit) >= 1 else limit),
             task_manager=task_manager(lm_cfg, tasks),
             log_samples=bool(lm_cfg.get("log_samples", False)),
             apply_chat_template=bool(lm_cfg.get("apply_chat_template", False)),
-            random_seed=0, numpy_random_seed=1234, torch_random_seed=1234, fewshot_random_seed=1234)
+            random_seed=0,
+            numpy_random_seed=1234,
+            torch_random_seed=1234,
+            fewshot_random_seed=1234,
+        )
     finally:
         base.train(was_training)
     if out_path is not None:

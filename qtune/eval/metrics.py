@@ -33,15 +33,15 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def score_predictions(predictions: Sequence[str], references: Sequence[str],
-                      groups: Iterable[str] | None = None) -> tuple[dict, list[dict]]:
+def score_predictions(
+    predictions: Sequence[str], references: Sequence[str], groups: Iterable[str] | None = None
+) -> tuple[dict, list[dict]]:
     """``(metrics, rows)``: ``metrics`` holds ``exact_match`` and ``token_f1`` (means over the
     items) and, when items carry groups, ``per_group: {group: {exact_match, token_f1, n}}``;
     ``rows`` the two scores of each item, in order."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-    rows = [{"exact_match": exact_match(p, r), "token_f1": token_f1(p, r)}
-            for p, r in zip(predictions, references)]
+    rows = [{"exact_match": exact_match(p, r), "token_f1": token_f1(p, r)} for p, r in zip(predictions, references)]
     n = max(len(rows), 1)
     metrics: dict = {k: sum(row[k] for row in rows) / n for k in ("exact_match", "token_f1")}
     groups = list(groups) if groups is not None else None
@@ -50,9 +50,13 @@ def score_predictions(predictions: Sequence[str], references: Sequence[str],
         for g, row in zip(groups, rows):
             by[str(g)].append(row)
         metrics["per_group"] = {
-            g: {"exact_match": sum(r["exact_match"] for r in rs) / len(rs),
-                "token_f1": sum(r["token_f1"] for r in rs) / len(rs), "n": len(rs)}
-            for g, rs in sorted(by.items())}
+            g: {
+                "exact_match": sum(r["exact_match"] for r in rs) / len(rs),
+                "token_f1": sum(r["token_f1"] for r in rs) / len(rs),
+                "n": len(rs),
+            }
+            for g, rs in sorted(by.items())
+        }
     return metrics, rows
 
 
@@ -64,9 +68,11 @@ def flatten_eval(ev: dict | None) -> dict[str, float]:
     (``exact_match``, ``token_f1``, ``loss``, ...) and harness results as ``task/metric``;
     counts and standard errors are left out."""
     ev = ev or {}
-    out = {k: float(v) for k, v in ev.items() if k not in BOOKKEEPING
-           and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    out = {
+        k: float(v)
+        for k, v in ev.items()
+        if k not in BOOKKEEPING and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     for task, metrics in sorted((ev.get("lm_eval") or {}).items()):
-        out.update({f"{task}/{m}": float(v) for m, v in metrics.items()
-                    if not m.endswith("_stderr")})
+        out.update({f"{task}/{m}": float(v) for m, v in metrics.items() if not m.endswith("_stderr")})
     return out

@@ -63,8 +63,7 @@ from qtune.strategies import build_strategy
 from qtune.strategies.base import PruningStrategy
 
 STATE_FILE = "qtune_pruning.pt"
-SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant",
-             "constant_with_warmup": "constant"}
+SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant", "constant_with_warmup": "constant"}
 
 
 def with_sample_id(dataset):
@@ -139,13 +138,19 @@ class PruningMixin:
     plans, scores, history and resumable state are a :class:`qtune.pruning.core.PruningCore`,
     the same one ``qtune-train``'s Lightning callback drives."""
 
-    def __init__(self, *args, pruning: str | PruningStrategy | None = "full",
-                 pruning_options: dict[str, Any] | None = None,
-                 pruning_budget: float | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        pruning: str | PruningStrategy | None = "full",
+        pruning_options: dict[str, Any] | None = None,
+        pruning_budget: float | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         if self.args.world_size > 1:
-            raise NotImplementedError("PruningMixin runs in one process; for DDP/FSDP use "
-                                      "qtune-train trainer=ddp (the Lightning engine)")
+            raise NotImplementedError(
+                "PruningMixin runs in one process; for DDP/FSDP use qtune-train trainer=ddp (the Lightning engine)"
+            )
         if self.train_dataset is None:
             raise ValueError("PruningMixin needs a train_dataset")
         if not isinstance(pruning, PruningStrategy):
@@ -154,10 +159,14 @@ class PruningMixin:
         self.data_collator = KeepSampleId(self.data_collator)
         self.model_accepts_loss_kwargs = False  # our loss is a token mean: Trainer scales by GA
         self.pruning_budget = self._build_budget(pruning, pruning_budget)
-        self._pruning_core = PruningCore(pruning, seed=self.args.seed,
-                                         num_samples=len(self.train_dataset),
-                                         strategy_config=dict(pruning_options or {}),
-                                         keep_past_plans=True, budget=self.pruning_budget)
+        self._pruning_core = PruningCore(
+            pruning,
+            seed=self.args.seed,
+            num_samples=len(self.train_dataset),
+            strategy_config=dict(pruning_options or {}),
+            keep_past_plans=True,
+            budget=self.pruning_budget,
+        )
         self._pruning_core.batch_size = self.args.per_device_train_batch_size
         self._epoch = 0
         self._step_flops = 0.0  # this optimiser step's FLOPs so far (a device tensor in a step)
@@ -169,16 +178,26 @@ class PruningMixin:
         if fraction is None:
             return None
         if self.args.max_steps > 0:
-            raise ValueError(f"pruning_budget={fraction} and max_steps={self.args.max_steps} both "
-                             "decide when training stops; set one of them")
+            raise ValueError(
+                f"pruning_budget={fraction} and max_steps={self.args.max_steps} both "
+                "decide when training stops; set one of them"
+            )
         if not 0.0 < float(fraction) <= 1.0:
             raise ValueError(f"pruning_budget={fraction} is out of range; expected a value in (0.0, 1.0]")
         from qtune.models.adapters import parameter_counts
 
         num_params, trainable = parameter_counts(self.model)
         batch = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
-        return build_budget(float(fraction), self._num_epochs(), strategy, self.train_dataset,
-                            batch, num_params, trainable, read_items=True)
+        return build_budget(
+            float(fraction),
+            self._num_epochs(),
+            strategy,
+            self.train_dataset,
+            batch,
+            num_params,
+            trainable,
+            read_items=True,
+        )
 
     # the core's state, under the names a Trainer user reads
     pruning_strategy = property(lambda self: self._pruning_core.strategy)
@@ -211,8 +230,9 @@ class PruningMixin:
     def _epoch_ids(self, epoch: int) -> torch.Tensor:
         """This epoch's shuffled plan, padded to whole optimiser steps."""
         plan = self.plan_epoch(epoch)
-        return shard_plan(plan.sample_ids, seed=self.args.seed, epoch=epoch, rank=0, world_size=1,
-                          multiple=self._steps_multiple())
+        return shard_plan(
+            plan.sample_ids, seed=self.args.seed, epoch=epoch, rank=0, world_size=1, multiple=self._steps_multiple()
+        )
 
     # -- plans -----------------------------------------------------------------------------
     def _num_epochs(self) -> int:
@@ -232,8 +252,9 @@ class PruningMixin:
         model = self.model
         was_training = model.training
         model.eval()
-        loader = DataLoader(self.train_dataset, batch_size=self.args.per_device_train_batch_size,
-                            collate_fn=self.data_collator)
+        loader = DataLoader(
+            self.train_dataset, batch_size=self.args.per_device_train_batch_size, collate_fn=self.data_collator
+        )
 
         def score_batch(batch):
             batch = self._prepare_inputs(batch)
@@ -248,8 +269,7 @@ class PruningMixin:
         if not model.training or "sample_id" not in inputs:  # evaluation: the model's own loss
             inputs = {k: v for k, v in inputs.items() if k != "sample_id"}
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        batch = {k: inputs[k] for k in ("input_ids", "attention_mask", "labels", "sample_id")
-                 if k in inputs}
+        batch = {k: inputs[k] for k in ("input_ids", "attention_mask", "labels", "sample_id") if k in inputs}
         weights = self._pruning_core.sample_weights(batch["sample_id"])
         if weights is not None:  # the plan's weights reach the loss on the batch, as in qtune-train
             batch["sample_weight"] = weights
@@ -281,38 +301,43 @@ class PruningMixin:
             return self._epoch / self._num_epochs()
         step = self._steps_multiple()
         batches = -(-plan.sample_ids.numel() // step) * step // self.args.per_device_train_batch_size
-        return training_progress(self._epoch, self._pruning_core.batches_done, batches,
-                                 self._num_epochs(), self.pruning_budget)
+        return training_progress(
+            self._epoch, self._pruning_core.batches_done, batches, self._num_epochs(), self.pruning_budget
+        )
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None:
             kind = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
             if kind not in SCHEDULES:
-                raise ValueError(f"PruningMixin supports lr_scheduler_type {sorted(SCHEDULES)}; "
-                                 f"got {kind!r}")
+                raise ValueError(f"PruningMixin supports lr_scheduler_type {sorted(SCHEDULES)}; got {kind!r}")
             warmup = float(self.args.warmup_steps or 0)
             warmup = warmup if warmup < 1 else warmup / max(num_training_steps, 1)
             name = SCHEDULES[kind]
             self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer or self.optimizer,
-                lambda _: lr_factor(self.training_progress(), name, warmup, 0.0))
+                optimizer or self.optimizer, lambda _: lr_factor(self.training_progress(), name, warmup, 0.0)
+            )
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
     # -- checkpoints -----------------------------------------------------------------------
     def pruning_state_dict(self) -> dict[str, Any]:
         budget = self.pruning_budget
-        return {"core": self._pruning_core.state_dict(self._epoch), "epoch": self._epoch,
-                "budget": None if budget is None else budget.state_dict()}
+        return {
+            "core": self._pruning_core.state_dict(self._epoch),
+            "epoch": self._epoch,
+            "budget": None if budget is None else budget.state_dict(),
+        }
 
     def load_pruning_state_dict(self, state: dict[str, Any]) -> None:
         """Refused, naming the difference, when the strategy or its options differ."""
         saved, budget = state.get("budget"), self.pruning_budget
         if (saved is None) != (budget is None):
-            raise ValueError(f"this checkpoint was written with pruning_budget="
-                             f"{None if saved is None else saved['fraction']}; this trainer has "
-                             f"pruning_budget={None if budget is None else budget.fraction}: "
-                             "resume with the same budget, or start a new run")
+            raise ValueError(
+                f"this checkpoint was written with pruning_budget="
+                f"{None if saved is None else saved['fraction']}; this trainer has "
+                f"pruning_budget={None if budget is None else budget.fraction}: "
+                "resume with the same budget, or start a new run"
+            )
         self._pruning_core.load_state_dict(state["core"])
         if budget is not None:
             budget.load_state_dict(saved)
@@ -322,27 +347,30 @@ class PruningMixin:
         super()._save_checkpoint(model, trial)
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-        folder = os.path.join(self._get_output_dir(trial=trial),
-                              f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if os.path.isdir(folder) and self.args.should_save:
             torch.save(self.pruning_state_dict(), os.path.join(folder, STATE_FILE))
 
-    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs,
-                             resume_from_checkpoint, trial):
+    def _init_training_state(
+        self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+    ):
         """Trainer assumes equal epochs; the saved pruning state knows the real position."""
-        epochs, steps = super()._init_training_state(max_steps, num_update_steps_per_epoch,
-                                                     num_train_epochs, resume_from_checkpoint, trial)
+        epochs, steps = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+        )
         if resume_from_checkpoint is None:
             return epochs, steps
         path = os.path.join(resume_from_checkpoint, STATE_FILE)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{resume_from_checkpoint}: no {STATE_FILE}; this checkpoint "
-                                    "was not written by a PruningMixin trainer")
+            raise FileNotFoundError(
+                f"{resume_from_checkpoint}: no {STATE_FILE}; this checkpoint was not written by a PruningMixin trainer"
+            )
         self.load_pruning_state_dict(torch.load(path, weights_only=True))
         core, epoch = self._pruning_core, self._epoch
         done = core.batches_done
-        core.samples_to_skip(epoch, self.args.per_device_train_batch_size,
-                             key="per_device_train_batch_size")  # refuses another batch size
+        core.samples_to_skip(
+            epoch, self.args.per_device_train_batch_size, key="per_device_train_batch_size"
+        )  # refuses another batch size
         self.plan_epoch(epoch)
         core.epoch_clock.start(core.resumed_epoch_seconds)
         if done * self.args.per_device_train_batch_size >= len(self._epoch_ids(epoch)):

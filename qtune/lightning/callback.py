@@ -43,12 +43,25 @@ class PruningCallback(Callback):
     """`strategy_config` (the strategy's settings, e.g. its Hydra node) is stored in
     checkpoints, and resuming with other settings or another seed is refused."""
 
-    def __init__(self, strategy: PruningStrategy, seed: int = 0, num_samples: int | None = None,
-                 item_meta: list[dict] | None = None, export_dir=None,
-                 strategy_config: dict | None = None, budget=None) -> None:
-        self.core = PruningCore(strategy, seed=seed, num_samples=num_samples, item_meta=item_meta,
-                                export_dir=export_dir, strategy_config=strategy_config,
-                                budget=budget)
+    def __init__(
+        self,
+        strategy: PruningStrategy,
+        seed: int = 0,
+        num_samples: int | None = None,
+        item_meta: list[dict] | None = None,
+        export_dir=None,
+        strategy_config: dict | None = None,
+        budget=None,
+    ) -> None:
+        self.core = PruningCore(
+            strategy,
+            seed=seed,
+            num_samples=num_samples,
+            item_meta=item_meta,
+            export_dir=export_dir,
+            strategy_config=strategy_config,
+            budget=budget,
+        )
         self._trainer = None
         self._module = None
 
@@ -76,11 +89,15 @@ class PruningCallback(Callback):
         if stage != "fit":
             return
         if trainer.reload_dataloaders_every_n_epochs != 1:
-            raise ValueError("PruningCallback needs Trainer(reload_dataloaders_every_n_epochs=1): "
-                             "each epoch's loader is built from that epoch's plan")
+            raise ValueError(
+                "PruningCallback needs Trainer(reload_dataloaders_every_n_epochs=1): "
+                "each epoch's loader is built from that epoch's plan"
+            )
         if getattr(trainer, "_accelerator_connector").use_distributed_sampler:
-            raise ValueError("PruningCallback needs Trainer(use_distributed_sampler=False): "
-                             "the plan sampler shards the plan over ranks itself")
+            raise ValueError(
+                "PruningCallback needs Trainer(use_distributed_sampler=False): "
+                "the plan sampler shards the plan over ranks itself"
+            )
         self._attach(trainer)
         self._module = pl_module
         pl_module.pruning = self  # the loader protocol for a user's module
@@ -127,8 +144,7 @@ class PruningCallback(Callback):
     def _log(trainer, entry: dict[str, Any] | None) -> None:
         if entry is None:
             return
-        loggable = {f"prune/{k}": float(v) for k, v in entry.items()
-                    if isinstance(v, (int, float)) and k != "epoch"}
+        loggable = {f"prune/{k}": float(v) for k, v in entry.items() if isinstance(v, (int, float)) and k != "epoch"}
         for logger in trainer.loggers if loggable else []:
             logger.log_metrics(loggable, step=trainer.global_step)
             logger.save()  # written now: a crash before the next flush must not lose it
@@ -159,8 +175,7 @@ class PruningCallback(Callback):
         return self.core.wrong_tokens(sample_ids, length)
 
     # -- plans ---------------------------------------------------------------------------------
-    def dataloader(self, dataset, batch_size: int, collate_fn=None, num_workers: int = 0,
-                   **kwargs) -> DataLoader:
+    def dataloader(self, dataset, batch_size: int, collate_fn=None, num_workers: int = 0, **kwargs) -> DataLoader:
         """The train loader of the current epoch: only the planned ids, sharded for this rank,
         and batches that carry the plan's extras (``sample_weight``, ``wrong_tokens``)."""
         trainer = self._trainer
@@ -174,26 +189,52 @@ class PruningCallback(Callback):
         self._settle_resume(trainer)  # an epoch the checkpoint holds complete is booked first
         plan = core.plan_epoch(epoch, int(trainer.max_epochs or 1), self.scoring_pass)
         skip = core.samples_to_skip(epoch, batch_size, key="config key batch_size")
-        sampler = PlanSampler(plan.sample_ids, seed=self.seed, epoch=epoch, skip=skip,
-                              rank=trainer.global_rank, world_size=trainer.world_size)
+        sampler = PlanSampler(
+            plan.sample_ids,
+            seed=self.seed,
+            epoch=epoch,
+            skip=skip,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+        )
         # a private generator: creating the loader's iterator must not consume the global RNG
         kwargs.setdefault("generator", epoch_generator(self.seed, epoch, salt=29))
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
-                          collate_fn=core.batch_extras(collate_fn), num_workers=num_workers,
-                          drop_last=False, **kwargs)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=core.batch_extras(collate_fn),
+            num_workers=num_workers,
+            drop_last=False,
+            **kwargs,
+        )
 
     def scoring_pass(self, epoch: int) -> None:
         """Score every training sample without gradients, sharded over ranks; the core gathers."""
         module, trainer = self._module, self._trainer
         if not hasattr(module, "score_batch"):
-            raise TypeError(f"strategy {self.strategy.name!r} needs a scoring pass: the "
-                            "LightningModule must implement score_batch(batch)")
-        ids = shard_plan(torch.arange(self.store.num_samples), seed=self.seed, epoch=epoch,
-                         rank=trainer.global_rank, world_size=trainer.world_size, shuffle=False)
-        loader = DataLoader(self._dataset, batch_size=self.core.batch_size, sampler=ids.tolist(),
-                            collate_fn=self._collate, num_workers=0)
+            raise TypeError(
+                f"strategy {self.strategy.name!r} needs a scoring pass: the "
+                "LightningModule must implement score_batch(batch)"
+            )
+        ids = shard_plan(
+            torch.arange(self.store.num_samples),
+            seed=self.seed,
+            epoch=epoch,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+            shuffle=False,
+        )
+        loader = DataLoader(
+            self._dataset,
+            batch_size=self.core.batch_size,
+            sampler=ids.tolist(),
+            collate_fn=self._collate,
+            num_workers=0,
+        )
         was_training = module.training
         module.eval()
         self.core.run_scoring_pass(
-            epoch, loader, lambda batch: module.score_batch(trainer.strategy.batch_to_device(batch)))
+            epoch, loader, lambda batch: module.score_batch(trainer.strategy.batch_to_device(batch))
+        )
         module.train(was_training)

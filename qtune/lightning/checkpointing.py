@@ -18,9 +18,13 @@ class LastCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, dirpath: str, every_n_train_steps: int | None = None) -> None:
-        super().__init__(dirpath=dirpath, save_last=True, save_top_k=0,
-                         save_on_train_epoch_end=True,
-                         every_n_train_steps=every_n_train_steps or None)
+        super().__init__(
+            dirpath=dirpath,
+            save_last=True,
+            save_top_k=0,
+            save_on_train_epoch_end=True,
+            every_n_train_steps=every_n_train_steps or None,
+        )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:

@@ -62,8 +62,15 @@ class QTuneModelSummary(RichModelSummary):
         super().__init__(max_depth=1, flops_per_token=(grad_flops_per_token, forward_flops_per_token))
 
     @staticmethod
-    def summarize(summary_data, total_parameters, trainable_parameters, model_size,
-                  total_training_modes, total_flops=0, **summarize_kwargs) -> None:
+    def summarize(
+        summary_data,
+        total_parameters,
+        trainable_parameters,
+        model_size,
+        total_training_modes,
+        total_flops=0,
+        **summarize_kwargs,
+    ) -> None:
         from rich import get_console
         from rich.table import Table
 
@@ -82,7 +89,8 @@ class QTuneModelSummary(RichModelSummary):
             f"[bold]Total params[/]: {get_human_readable_count(int(total_parameters))}   "
             f"[bold]Size[/]: {model_size:,.3f} MB\n"
             f"[bold]FLOPs per token[/] (qtune's estimate): {get_human_readable_count(int(grad))} "
-            f"trained, {get_human_readable_count(int(forward))} scored (no gradient)")
+            f"trained, {get_human_readable_count(int(forward))} scored (no gradient)"
+        )
 
 
 class QTuneProgressBar(RichProgressBar):
@@ -103,16 +111,25 @@ class QTuneProgressBar(RichProgressBar):
 def result_rows(summary: dict, run_dir: Path) -> list[tuple[str, str]]:
     """(what, value) rows of a finished run's summary."""
     evaluation = summary.get("eval") or {}
-    rows = [(f"eval {k}", f"{v:.4f}") for k, v in evaluation.items()
-            if k in ("exact_match", "token_f1", "accuracy", "loss") and isinstance(v, (int, float))]
+    rows = [
+        (f"eval {k}", f"{v:.4f}")
+        for k, v in evaluation.items()
+        if k in ("exact_match", "token_f1", "accuracy", "loss") and isinstance(v, (int, float))
+    ]
     n, epochs = summary["train_samples_total"], summary.get("epochs_run") or summary["epochs"]
-    rows += [("samples trained", f"{summary['samples_trained']:,.0f} of {n:,} x {epochs} epochs "
-                                 f"({summary['realised_keep_ratio']:.2f})"),
-             ("tokens trained", f"{summary['tokens_trained']:,.0f}"),
-             ("FLOPs vs full", f"{summary['flops_vs_full']:.3f}"
-                               + (f" (budget {summary['budget']})" if summary.get("budget") else "")),
-             ("train time", f"{summary['train_time_s']:.1f} s"),
-             ("run directory", str(run_dir))]
+    rows += [
+        (
+            "samples trained",
+            f"{summary['samples_trained']:,.0f} of {n:,} x {epochs} epochs ({summary['realised_keep_ratio']:.2f})",
+        ),
+        ("tokens trained", f"{summary['tokens_trained']:,.0f}"),
+        (
+            "FLOPs vs full",
+            f"{summary['flops_vs_full']:.3f}" + (f" (budget {summary['budget']})" if summary.get("budget") else ""),
+        ),
+        ("train time", f"{summary['train_time_s']:.1f} s"),
+        ("run directory", str(run_dir)),
+    ]
     return rows
 
 

@@ -13,8 +13,9 @@ from qtune.lightning.callback import PruningCallback
 
 
 class QTuneDataModule(L.LightningDataModule):
-    def __init__(self, bundle: TaskBundle, batch_size: int, eval_batch_size: int | None = None,
-                 num_workers: int = 0) -> None:
+    def __init__(
+        self, bundle: TaskBundle, batch_size: int, eval_batch_size: int | None = None, num_workers: int = 0
+    ) -> None:
         super().__init__()
         self.bundle = bundle
         self.batch_size = int(batch_size)
@@ -28,17 +29,23 @@ class QTuneDataModule(L.LightningDataModule):
         raise RuntimeError("QTuneDataModule needs a PruningCallback among the Trainer's callbacks")
 
     def train_dataloader(self) -> DataLoader:
-        return self._pruning().dataloader(self.bundle.train, batch_size=self.batch_size,
-                                          collate_fn=self.bundle.collate,
-                                          num_workers=self.num_workers)
+        return self._pruning().dataloader(
+            self.bundle.train, batch_size=self.batch_size, collate_fn=self.bundle.collate, num_workers=self.num_workers
+        )
 
     def val_dataloader(self) -> DataLoader:
         sampler = None
         if self.trainer is not None and self.trainer.world_size > 1:
-            sampler = DistributedSampler(self.bundle.eval, num_replicas=self.trainer.world_size,
-                                         rank=self.trainer.global_rank, shuffle=False)
+            sampler = DistributedSampler(
+                self.bundle.eval, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank, shuffle=False
+            )
         # a private generator: starting the loader must not draw from the global RNG, or a
         # resumed run (which may skip a validation) would draw different dropout masks
-        return DataLoader(self.bundle.eval, batch_size=self.eval_batch_size, sampler=sampler,
-                          collate_fn=self.bundle.collate, num_workers=self.num_workers,
-                          generator=torch.Generator().manual_seed(0))
+        return DataLoader(
+            self.bundle.eval,
+            batch_size=self.eval_batch_size,
+            sampler=sampler,
+            collate_fn=self.bundle.collate,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(0),
+        )

@@ -21,10 +21,18 @@ from qtune.pruning.train_step import train_step
 
 
 class QTuneModule(L.LightningModule):
-    def __init__(self, model: torch.nn.Module, task: str = "sft", lr: float = 5e-4,
-                 weight_decay: float = 0.0, betas: tuple = (0.9, 0.95),
-                 scheduler: dict | None = None, fused_head: bool = False,
-                 kernel_backend: str | None = None, pruning_strategy=None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        task: str = "sft",
+        lr: float = 5e-4,
+        weight_decay: float = 0.0,
+        betas: tuple = (0.9, 0.95),
+        scheduler: dict | None = None,
+        fused_head: bool = False,
+        kernel_backend: str | None = None,
+        pruning_strategy=None,
+    ) -> None:
         super().__init__()
         if task not in ("sft", "classify"):
             raise ValueError(f"unknown task {task!r}; expected sft or classify")
@@ -64,8 +72,7 @@ class QTuneModule(L.LightningModule):
         """:func:`qtune.pruning.train_step.train_step`; the record goes to the pruning callback
         under ``record``."""
         self._steps_in_epoch = batch_idx + 1  # read by the LR schedule after this step
-        record = train_step(self.stats, batch, self.pruning_strategy, self.current_epoch,
-                            self.global_step, self.task)
+        record = train_step(self.stats, batch, self.pruning_strategy, self.current_epoch, self.global_step, self.task)
         # weighted by the micro-batch size: the kept count would cost a host sync every step
         self.log("train/loss", record.loss, prog_bar=True, batch_size=batch["sample_id"].numel())
         return {"loss": record.loss, "record": record}
@@ -80,12 +87,21 @@ class QTuneModule(L.LightningModule):
         vocab = self._num_outputs()
         if vocab is not None:
             precision = str(self.trainer.precision) if self._trainer is not None else "32"
-            dtype = (torch.bfloat16 if precision.startswith("bf16")
-                     else torch.float16 if precision.startswith("16") else torch.float32)
+            dtype = (
+                torch.bfloat16
+                if precision.startswith("bf16")
+                else torch.float16
+                if precision.startswith("16")
+                else torch.float32
+            )
             head = self.model.get_output_embeddings() if self.fused_head else None
             self.kernel_warmup_s = warm_up(
-                vocab, self.device, dtype=dtype, backend=self.kernel_backend,
-                hidden_size=int(head.weight.shape[1]) if head is not None else None)
+                vocab,
+                self.device,
+                dtype=dtype,
+                backend=self.kernel_backend,
+                hidden_size=int(head.weight.shape[1]) if head is not None else None,
+            )
 
     def _num_outputs(self) -> int | None:
         """Vocabulary (LM head rows) or number of classes (last linear layer)."""
@@ -129,18 +145,26 @@ class QTuneModule(L.LightningModule):
     def configure_optimizers(self):
         decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.dim() < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=self.lr, betas=self.betas, fused=True)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.lr,
+            betas=self.betas,
+            fused=True,
+        )
         cfg = self.scheduler_cfg
 
         def factor(_step: int) -> float:
             t = self._trainer
-            progress = 0.0 if t is None else training_progress(
-                t.current_epoch, self._steps_in_epoch, t.num_training_batches, t.max_epochs,
-                find_budget(t))
-            return lr_factor(progress, cfg.get("name", "cosine"), float(cfg.get("warmup", 0.0)),
-                             float(cfg.get("min_ratio", 0.1)))
+            progress = (
+                0.0
+                if t is None
+                else training_progress(
+                    t.current_epoch, self._steps_in_epoch, t.num_training_batches, t.max_epochs, find_budget(t)
+                )
+            )
+            return lr_factor(
+                progress, cfg.get("name", "cosine"), float(cfg.get("warmup", 0.0)), float(cfg.get("min_ratio", 0.1))
+            )
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

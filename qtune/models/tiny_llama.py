@@ -8,8 +8,16 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-ARCH_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-             "num_key_value_heads", "max_position_embeddings", "rope_theta", "tie_word_embeddings")
+ARCH_KEYS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+    "rope_theta",
+    "tie_word_embeddings",
+)
 DEFAULT_ARCH = {
     "hidden_size": 128,
     "intermediate_size": 384,
@@ -31,15 +39,21 @@ def arch_from(model_cfg: Any = None) -> dict:
     return arch
 
 
-def tiny_llama_config(model_cfg: Any = None, vocab_size: int = 99, pad_id: int = 0, bos_id: int = 1,
-                      eos_id: int = 2):
+def tiny_llama_config(model_cfg: Any = None, vocab_size: int = 99, pad_id: int = 0, bos_id: int = 1, eos_id: int = 2):
     from transformers import LlamaConfig
 
     arch = arch_from(model_cfg)
     rope_theta = float(arch.pop("rope_theta"))
-    cfg = LlamaConfig(vocab_size=vocab_size, pad_token_id=pad_id, bos_token_id=bos_id,
-                      eos_token_id=eos_id, attention_dropout=0.0, hidden_act="silu",
-                      rms_norm_eps=1e-5, **arch)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        pad_token_id=pad_id,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        attention_dropout=0.0,
+        hidden_act="silu",
+        rms_norm_eps=1e-5,
+        **arch,
+    )
     # transformers 5 keeps rope settings in rope_parameters; 4.x reads rope_theta
     if hasattr(cfg, "rope_parameters") and isinstance(getattr(cfg, "rope_parameters"), dict):
         cfg.rope_parameters["rope_theta"] = rope_theta
@@ -47,8 +61,7 @@ def tiny_llama_config(model_cfg: Any = None, vocab_size: int = 99, pad_id: int =
     return cfg
 
 
-def build_tiny_llama(model_cfg: Any = None, vocab_size: int = 99, pad_id: int = 0, bos_id: int = 1,
-                     eos_id: int = 2):
+def build_tiny_llama(model_cfg: Any = None, vocab_size: int = 99, pad_id: int = 0, bos_id: int = 1, eos_id: int = 2):
     """A freshly initialised tiny Llama (initialisation follows the global torch seed)."""
     from transformers import LlamaForCausalLM
 

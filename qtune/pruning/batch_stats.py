@@ -42,19 +42,20 @@ def next_token_labels(batch: dict) -> torch.Tensor:
     return labels
 
 
-def lm_stats(model, batch: dict, labels: torch.Tensor | None = None, fused_head: bool = False,
-             backend: str | None = None):
+def lm_stats(
+    model, batch: dict, labels: torch.Tensor | None = None, fused_head: bool = False, backend: str | None = None
+):
     """Token statistics of a causal LM on ``batch``; labels default to the response-only ones."""
     labels = batch["labels"][:, 1:] if labels is None else labels
     kwargs = {} if backend is None else {"backend": backend}
     if fused_head:
         from qtune.kernels import linear_token_stats
 
-        hidden = model.get_decoder()(input_ids=batch["input_ids"],
-                                     attention_mask=batch.get("attention_mask")).last_hidden_state
+        hidden = model.get_decoder()(
+            input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")
+        ).last_hidden_state
         head = model.get_output_embeddings()
-        return linear_token_stats(hidden[:, :-1], head.weight, labels,
-                                  bias=getattr(head, "bias", None), **kwargs)
+        return linear_token_stats(hidden[:, :-1], head.weight, labels, bias=getattr(head, "bias", None), **kwargs)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
     # pad the labels instead of slicing the logits: logits[:, :-1] would copy all N x V of them
     padded = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)

@@ -45,8 +45,7 @@ def dataset_tokens(dataset, read_items: bool = False) -> int:
         return dataset_tokens(inner, read_items)
     first = dataset[0] if read_items and len(dataset) else None
     if isinstance(first, dict) and "attention_mask" in first:
-        return int(sum(int(torch.as_tensor(dataset[i]["attention_mask"]).sum())
-                       for i in range(len(dataset))))
+        return int(sum(int(torch.as_tensor(dataset[i]["attention_mask"]).sum()) for i in range(len(dataset))))
     if isinstance(first, dict) and "input_ids" in first:
         return int(sum(len(dataset[i]["input_ids"]) for i in range(len(dataset))))
     return len(dataset)
@@ -56,8 +55,9 @@ class ComputeBudget:
     """The FLOPs spent (training steps and scoring passes, all ranks) against the budget; where
     the run stands for the LR schedule and the strategy's plans."""
 
-    def __init__(self, fraction: float, full_run_flops: float, grad_cost: float,
-                 forward_cost: float, epochs: int) -> None:
+    def __init__(
+        self, fraction: float, full_run_flops: float, grad_cost: float, forward_cost: float, epochs: int
+    ) -> None:
         self.fraction = float(fraction)
         self.budget_flops = self.fraction * float(full_run_flops)
         self.full_run_flops = float(full_run_flops)
@@ -86,8 +86,9 @@ class ComputeBudget:
     @staticmethod
     def state_exhausted(state: dict[str, Any]) -> bool:
         """``exhausted`` of the budget a checkpoint's ``state_dict`` describes."""
-        return (float(state["spent"]) + float(state["last_step"])
-                > float(state["fraction"]) * float(state["full_run_flops"]))
+        return float(state["spent"]) + float(state["last_step"]) > float(state["fraction"]) * float(
+            state["full_run_flops"]
+        )
 
     def planned_epochs(self, epoch: int) -> int:
         """The epochs the budget buys, as far as the epochs so far tell: before the first has
@@ -104,8 +105,7 @@ class ComputeBudget:
         (``forward_tokens`` trained with gradients, ``scoring_tokens`` forwarded without), as a
         float64 tensor on `device`."""
         cost = torch.zeros((), dtype=torch.float64, device=device)
-        for tokens, per_token in ((record.forward_tokens, self.grad_cost),
-                                  (record.scoring_tokens, self.forward_cost)):
+        for tokens, per_token in ((record.forward_tokens, self.grad_cost), (record.scoring_tokens, self.forward_cost)):
             if tokens is not None:
                 cost = cost + per_token * torch.as_tensor(tokens).to(cost.device).double()
         return cost
@@ -125,23 +125,37 @@ class ComputeBudget:
 
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"fraction": self.fraction, "spent": self.spent, "last_step": self.last_step,
-                "epoch_costs": list(self.epoch_costs), "epoch_start": self._epoch_start,
-                "full_run_flops": self.full_run_flops}
+        return {
+            "fraction": self.fraction,
+            "spent": self.spent,
+            "last_step": self.last_step,
+            "epoch_costs": list(self.epoch_costs),
+            "epoch_start": self._epoch_start,
+            "full_run_flops": self.full_run_flops,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if float(state["fraction"]) != self.fraction:
-            raise ValueError(f"this checkpoint was written with budget={state['fraction']}; this "
-                             f"run asks for budget={self.fraction} (config key budget). Resume "
-                             "with the same budget, or start a new run")
+            raise ValueError(
+                f"this checkpoint was written with budget={state['fraction']}; this "
+                f"run asks for budget={self.fraction} (config key budget). Resume "
+                "with the same budget, or start a new run"
+            )
         self.spent, self.last_step = float(state["spent"]), float(state["last_step"])
         self.epoch_costs = [float(c) for c in state["epoch_costs"]]
         self._epoch_start = float(state["epoch_start"])
 
 
-def build_budget(fraction: float, epochs: int, strategy, dataset, batch_size: int,
-                 num_params: int, trainable_params: int | None = None,
-                 read_items: bool = False) -> ComputeBudget:
+def build_budget(
+    fraction: float,
+    epochs: int,
+    strategy,
+    dataset,
+    batch_size: int,
+    num_params: int,
+    trainable_params: int | None = None,
+    read_items: bool = False,
+) -> ComputeBudget:
     """The budget ledger of a run, after checking that the budget buys at least one step
     and, past the strategy's mandatory warm-up (``warmup_cost``), one step of pruning."""
     from qtune.runs.flops import token_costs
@@ -155,16 +169,21 @@ def build_budget(fraction: float, epochs: int, strategy, dataset, batch_size: in
     warm_flops = warm["epochs"] * epoch_flops + warm["scoring_passes"] * forward * tokens
     minimum = (warm_flops + step) / full
     if fraction < minimum:
-        why = (f"strategy {strategy.name!r} first runs {warm['epochs']} epoch(s) on all data and "
-               f"{warm['scoring_passes']} scoring pass(es)" if warm_flops else "one training step")
-        raise ValueError(f"budget={fraction} is below what this run needs ({why}, then one step: "
-                         f"{minimum:.4g} of the {epochs}-epoch full run); set budget>={minimum:.4g}, "
-                         "or more epochs")
+        why = (
+            f"strategy {strategy.name!r} first runs {warm['epochs']} epoch(s) on all data and "
+            f"{warm['scoring_passes']} scoring pass(es)"
+            if warm_flops
+            else "one training step"
+        )
+        raise ValueError(
+            f"budget={fraction} is below what this run needs ({why}, then one step: "
+            f"{minimum:.4g} of the {epochs}-epoch full run); set budget>={minimum:.4g}, "
+            "or more epochs"
+        )
     return ComputeBudget(fraction, full, grad, forward, epochs)
 
 
-def full_run_flops(epochs: int, dataset, num_params: int,
-                   trainable_params: int | None = None) -> float:
+def full_run_flops(epochs: int, dataset, num_params: int, trainable_params: int | None = None) -> float:
     """Training FLOPs of the matching full run (same model and adapter): every sample,
     ``epochs`` times, no scoring."""
     from qtune.runs.flops import token_costs

@@ -35,8 +35,7 @@ from qtune.pruning.score_store import ScoreStore
 from qtune.pruning.train_step import StepRecord
 from qtune.strategies.base import EpochContext, EpochPlan, PruningStrategy
 
-COUNTERS = ("samples_trained", "tokens_trained", "forward_tokens", "scoring_tokens",
-            "wrong_tokens_trained")
+COUNTERS = ("samples_trained", "tokens_trained", "forward_tokens", "scoring_tokens", "wrong_tokens_trained")
 
 
 def plan_hash(ids: torch.Tensor) -> str:
@@ -47,8 +46,7 @@ class BatchExtras:
     """Adds the plan's per-sample loss weights and the data's wrong-answer token flags to a
     collated batch (small and picklable: it runs in loader workers)."""
 
-    def __init__(self, inner: Callable | None, weights: torch.Tensor | None,
-                 wrong_by_id: torch.Tensor | None) -> None:
+    def __init__(self, inner: Callable | None, weights: torch.Tensor | None, wrong_by_id: torch.Tensor | None) -> None:
         self.inner, self.weights, self.wrong_by_id = inner, weights, wrong_by_id
 
     def __call__(self, items):
@@ -68,7 +66,7 @@ class BatchExtras:
             # label coordinates (label j predicts input token j + 1), padded to the input length
             # so that trimming a batch's columns trims them alike
             length = batch["input_ids"].shape[1]
-            w = self.wrong_by_id[ids.cpu(), 1:1 + length]
+            w = self.wrong_by_id[ids.cpu(), 1 : 1 + length]
             batch["wrong_tokens"] = torch.nn.functional.pad(w, (0, length - w.shape[1])).to(ids.device)
         return batch
 
@@ -78,10 +76,17 @@ class PruningCore(ResumeState):
     checkpoints, and resuming with other settings or another seed is refused. Plans of
     finished epochs are dropped (checkpoints stay small) unless `keep_past_plans`."""
 
-    def __init__(self, strategy: PruningStrategy, seed: int = 0, num_samples: int | None = None,
-                 item_meta: list[dict] | None = None, export_dir=None,
-                 strategy_config: dict | None = None, keep_past_plans: bool = False,
-                 budget: ComputeBudget | None = None) -> None:
+    def __init__(
+        self,
+        strategy: PruningStrategy,
+        seed: int = 0,
+        num_samples: int | None = None,
+        item_meta: list[dict] | None = None,
+        export_dir=None,
+        strategy_config: dict | None = None,
+        keep_past_plans: bool = False,
+        budget: ComputeBudget | None = None,
+    ) -> None:
         self.strategy = strategy
         self.budget = budget  # budget=F: plans see the epochs it buys; scoring passes spend it
         self.keep_past_plans = keep_past_plans  # else finished epochs' plans leave the state
@@ -125,11 +130,11 @@ class PruningCore(ResumeState):
             raise ValueError(
                 f"this checkpoint was taken mid-epoch with batch size {self._resume_batch_size}; "
                 f"this run uses {batch_size} ({key}), which would retrain or skip samples. Resume "
-                "with the same batch size, or from an end-of-epoch checkpoint")
+                "with the same batch size, or from an end-of-epoch checkpoint"
+            )
         return self._resume_at[1] * batch_size
 
-    def run_scoring_pass(self, epoch: int, batches: Iterable,
-                         score_batch: Callable[[Any], tuple]) -> None:
+    def run_scoring_pass(self, epoch: int, batches: Iterable, score_batch: Callable[[Any], tuple]) -> None:
         """A no-grad pass: ``score_batch(batch)`` gives ``(sample_ids, scores, forward_tokens)``
         for each of this rank's batches; the scores of all ranks are stored and the pass booked."""
         t0 = epoch_clock.now()
@@ -151,32 +156,39 @@ class PruningCore(ResumeState):
         if self.store is None:
             self.store = ScoreStore(num_samples)
         elif self.store.num_samples != num_samples:
-            raise ValueError(f"the training set has {num_samples} samples but the pruning state "
-                             f"was built for {self.store.num_samples}")
+            raise ValueError(
+                f"the training set has {num_samples} samples but the pruning state "
+                f"was built for {self.store.num_samples}"
+            )
         return self.store
 
-    def plan_epoch(self, epoch: int, max_epochs: int,
-                   score_all: Callable[[int], None] | None = None) -> EpochPlan:
+    def plan_epoch(self, epoch: int, max_epochs: int, score_all: Callable[[int], None] | None = None) -> EpochPlan:
         """The epoch's plan, made once; it also sets the dense loss weights in force. Under a
         compute budget `max_epochs` is the budget's estimate of the epochs it buys."""
         if self.budget is not None:
             max_epochs = self.budget.planned_epochs(epoch)
         if epoch not in self.plans:
-            ctx = EpochContext(epoch=epoch, max_epochs=max_epochs,
-                               num_samples=self.store.num_samples, seed=self.seed, scores=self.store)
+            ctx = EpochContext(
+                epoch=epoch,
+                max_epochs=max_epochs,
+                num_samples=self.store.num_samples,
+                seed=self.seed,
+                scores=self.store,
+            )
             if self.strategy.needs_scoring_pass(ctx):
                 if score_all is None:
-                    raise TypeError(f"strategy {self.strategy.name!r} needs a scoring pass and "
-                                    "this trainer gave no way to run one")
+                    raise TypeError(
+                        f"strategy {self.strategy.name!r} needs a scoring pass and this trainer gave no way to run one"
+                    )
                 score_all(epoch)
             plan = self.strategy.epoch_plan(ctx)
             if plan.sample_ids.numel() == 0:
-                raise ValueError(f"strategy {self.strategy.name!r} returned an empty plan for "
-                                 f"epoch {epoch}; check its ratios")
+                raise ValueError(
+                    f"strategy {self.strategy.name!r} returned an empty plan for epoch {epoch}; check its ratios"
+                )
             n = self.store.num_samples
             if int(plan.sample_ids.min()) < 0 or int(plan.sample_ids.max()) >= n:
-                raise ValueError(f"strategy {self.strategy.name!r} planned ids outside [0, "
-                                 f"{n}) for epoch {epoch}")
+                raise ValueError(f"strategy {self.strategy.name!r} planned ids outside [0, {n}) for epoch {epoch}")
             self.plans[epoch] = plan
         plan = self.plans[epoch]
         self.weights = None
@@ -219,9 +231,13 @@ class PruningCore(ResumeState):
             for key, val in self.items.step_counts(ids, record.trained_mask).items():
                 self._add(key, val)
         if self.export_dir is not None and record.token_keep is not None:
-            self._token_rows.append({"sample_ids": ids.cpu(),
-                                     "token_keep": record.token_keep.detach().cpu(),
-                                     "response_mask": record.response_mask.detach().cpu()})
+            self._token_rows.append(
+                {
+                    "sample_ids": ids.cpu(),
+                    "token_keep": record.token_keep.detach().cpu(),
+                    "response_mask": record.response_mask.detach().cpu(),
+                }
+            )
         for key in COUNTERS:
             value = getattr(record, key)
             if value is not None:
@@ -257,11 +273,13 @@ class PruningCore(ResumeState):
         raise FloatingPointError(
             f"non-finite training loss in epoch {epoch}; samples with a non-finite loss: "
             f"{sorted(set(ids))[:50] or 'unknown (no per-sample scores recorded)'}. "
-            "No checkpoint or summary is written for this state.")
+            "No checkpoint or summary is written for this state."
+        )
 
     # -- scoring passes ----------------------------------------------------------------------------
-    def book_scoring_pass(self, epoch: int, rows: list[dict[str, torch.Tensor]],
-                          tokens: torch.Tensor, elapsed: float) -> None:
+    def book_scoring_pass(
+        self, epoch: int, rows: list[dict[str, torch.Tensor]], tokens: torch.Tensor, elapsed: float
+    ) -> None:
         """Store a no-grad pass's scores (this rank's ``rows``; gathered here) and its cost."""
         merged = {k: torch.cat([r[k].detach().flatten().cpu() for r in rows]) for k in rows[0]}
         merged = self.comm.gather_rows(merged)
@@ -297,13 +315,18 @@ class PruningCore(ResumeState):
         self.totals["train_time_s"] += elapsed
         plan = self.plans.get(epoch)
         n = self.store.num_samples if self.store is not None else 0
-        entry = {"epoch": epoch, "planned_samples": int(plan.sample_ids.numel()) if plan else 0,
-                 "samples_trained": counts.get("samples_trained", 0.0),
-                 "tokens_trained": counts.get("tokens_trained", 0.0),
-                 "scoring_tokens": counts.get("scoring_tokens", 0.0) + self._pass_tokens,
-                 "batches": self._batches_done,
-                 "plan_hash": plan_hash(plan.sample_ids) if plan else "",
-                 "time_s": elapsed, **(plan.info if plan else {}), **self._epoch_batch_info()}
+        entry = {
+            "epoch": epoch,
+            "planned_samples": int(plan.sample_ids.numel()) if plan else 0,
+            "samples_trained": counts.get("samples_trained", 0.0),
+            "tokens_trained": counts.get("tokens_trained", 0.0),
+            "scoring_tokens": counts.get("scoring_tokens", 0.0) + self._pass_tokens,
+            "batches": self._batches_done,
+            "plan_hash": plan_hash(plan.sample_ids) if plan else "",
+            "time_s": elapsed,
+            **(plan.info if plan else {}),
+            **self._epoch_batch_info(),
+        }
         entry["planned_keep_ratio"] = entry["planned_samples"] / max(n, 1)
         entry["realised_keep_ratio"] = entry["samples_trained"] / max(n, 1)
         if self.items is not None:
@@ -328,8 +351,10 @@ class PruningCore(ResumeState):
         if self.comm.world_size == 1:
             return
         if plan is not None and not self.comm.agree(digest(plan.sample_ids.sort().values)):
-            raise RuntimeError(f"ranks computed different plans for epoch {epoch}: the strategy "
-                               f"{self.strategy.name!r} depends on rank-local state")
+            raise RuntimeError(
+                f"ranks computed different plans for epoch {epoch}: the strategy "
+                f"{self.strategy.name!r} depends on rank-local state"
+            )
         if self.store is not None:
             state = self.store.state_dict()
             fp = digest(*(v for k, v in sorted(state.items()) if k != "num_samples"))
@@ -340,17 +365,29 @@ class PruningCore(ResumeState):
         """Write the epoch's kept ids (and weights) as plain JSON, atomically."""
         from qtune.runs.atomic import atomic_write_json
 
-        atomic_write_json(f"{self.export_dir}/epoch_{epoch:03d}.json", {
-            "epoch": epoch, "strategy": self.strategy.name, "sample_ids": plan.sample_ids.tolist(),
-            "weights": None if plan.weights is None else plan.weights.tolist(),
-            "plan_hash": plan_hash(plan.sample_ids)})
+        atomic_write_json(
+            f"{self.export_dir}/epoch_{epoch:03d}.json",
+            {
+                "epoch": epoch,
+                "strategy": self.strategy.name,
+                "sample_ids": plan.sample_ids.tolist(),
+                "weights": None if plan.weights is None else plan.weights.tolist(),
+                "plan_hash": plan_hash(plan.sample_ids),
+            },
+        )
         if self._token_rows:  # this rank's share of the batch plans' token masks
             rows = []
             for r in self._token_rows:
                 for sid, keep, resp in zip(r["sample_ids"].tolist(), r["token_keep"], r["response_mask"]):
-                    rows.append({"sample_id": sid, "response": resp.nonzero().flatten().tolist(),
-                                 "kept": keep.nonzero().flatten().tolist()})
-            atomic_write_json(f"{self.export_dir}/tokens_epoch_{epoch:03d}.json",
-                              {"epoch": epoch, "coordinates": "label positions (label j predicts "
-                               "input token j + 1)", "rows": rows})
+                    rows.append(
+                        {
+                            "sample_id": sid,
+                            "response": resp.nonzero().flatten().tolist(),
+                            "kept": keep.nonzero().flatten().tolist(),
+                        }
+                    )
+            atomic_write_json(
+                f"{self.export_dir}/tokens_epoch_{epoch:03d}.json",
+                {"epoch": epoch, "coordinates": "label positions (label j predicts input token j + 1)", "rows": rows},
+            )
             self._token_rows = []

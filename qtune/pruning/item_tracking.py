@@ -18,8 +18,13 @@ class ItemTracker:
         self.wrong_by_id = None
         self.wrong_total = 0
         if item_meta and all("wrong_positions" in m and "response_start" in m for m in item_meta):
-            length = max(m["response_start"] + (max(m["wrong_positions"]) + 1 if m["wrong_positions"] else 0)
-                         for m in item_meta) + 1
+            length = (
+                max(
+                    m["response_start"] + (max(m["wrong_positions"]) + 1 if m["wrong_positions"] else 0)
+                    for m in item_meta
+                )
+                + 1
+            )
             wrong = torch.zeros(len(item_meta), length, dtype=torch.bool)
             for i, m in enumerate(item_meta):
                 for p in m["wrong_positions"]:
@@ -43,7 +48,7 @@ class ItemTracker:
         """[B, length] bool in label coordinates (label j predicts input token j + 1)."""
         if self.wrong_by_id is None:
             return None
-        w = self.wrong_by_id[sample_ids.cpu(), 1:1 + length]
+        w = self.wrong_by_id[sample_ids.cpu(), 1 : 1 + length]
         if w.shape[1] < length:
             w = torch.nn.functional.pad(w, (0, length - w.shape[1]))
         return w.to(sample_ids.device)
@@ -58,8 +63,10 @@ class ItemTracker:
 
     def shares(self, counts: dict[str, float], epochs: int = 1) -> dict[str, float]:
         """Trained items of each kind over (items of that kind × epochs); wrong tokens likewise."""
-        out = {f"trained_share_{k}": counts.get(f"trained_{k}", 0.0) / max(n * epochs, 1)
-               for k, n in self.kind_totals.items()}
+        out = {
+            f"trained_share_{k}": counts.get(f"trained_{k}", 0.0) / max(n * epochs, 1)
+            for k, n in self.kind_totals.items()
+        }
         if self.wrong_by_id is not None:
             out["wrong_tokens_trained"] = counts.get("wrong_tokens_trained", 0.0)
             out["wrong_token_share"] = out["wrong_tokens_trained"] / max(self.wrong_total * epochs, 1)

@@ -10,9 +10,12 @@ from __future__ import annotations
 import torch
 
 
-def masked_token_mean(token_loss: torch.Tensor, token_mask: torch.Tensor,
-                      sample_weights: torch.Tensor | None = None,
-                      denominator: torch.Tensor | None = None) -> torch.Tensor:
+def masked_token_mean(
+    token_loss: torch.Tensor,
+    token_mask: torch.Tensor,
+    sample_weights: torch.Tensor | None = None,
+    denominator: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``token_loss`` [B, T], ``token_mask`` [B, T] (bool or float), ``sample_weights`` [B].
 
     ``denominator`` replaces the count of kept tokens (Q-Tuning's official code divides by all

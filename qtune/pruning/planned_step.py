@@ -63,8 +63,9 @@ class PlannedStep:
     wrong_tokens_trained: torch.Tensor | None = None  # when the batch carries wrong_tokens
 
 
-def planned_step(stats_fn: Callable, batch: dict, strategy, weights: torch.Tensor | None,
-                 epoch: int, step: int, task: str = "sft") -> PlannedStep:
+def planned_step(
+    stats_fn: Callable, batch: dict, strategy, weights: torch.Tensor | None, epoch: int, step: int, task: str = "sft"
+) -> PlannedStep:
     """Score ``batch``, ask ``strategy.batch_plan``, and compute the loss of what it keeps.
     ``stats_fn(batch, labels=None)`` gives token statistics (with gradients when enabled);
     ``weights`` [B] are the epoch plan's loss weights of the batch's rows, or None."""
@@ -76,11 +77,20 @@ def planned_step(stats_fn: Callable, batch: dict, strategy, weights: torch.Tenso
     attended = scored.valid
     scores = sample_scores(scored, response)
     all_tokens = strategy.entropy_scope == "all"
-    plan = strategy.batch_plan(BatchStats(
-        sample_ids=batch["sample_id"], sample_loss=scores["loss"], sample_ppl=scores["loss"].exp(),
-        sample_entropy=sample_scores(scored, attended)["entropy"] if all_tokens else scores["entropy"],
-        token_loss=scored.loss.detach(), token_entropy=scored.entropy,
-        response_mask=response, attention_mask=attended, epoch=epoch, step=step))
+    plan = strategy.batch_plan(
+        BatchStats(
+            sample_ids=batch["sample_id"],
+            sample_loss=scores["loss"],
+            sample_ppl=scores["loss"].exp(),
+            sample_entropy=sample_scores(scored, attended)["entropy"] if all_tokens else scores["entropy"],
+            token_loss=scored.loss.detach(),
+            token_entropy=scored.entropy,
+            response_mask=response,
+            attention_mask=attended,
+            epoch=epoch,
+            step=step,
+        )
+    )
     device = response.device
     keep = plan.keep.to(device).bool()
     token_mask = plan.token_mask.to(device).bool() if plan.token_mask is not None else None
@@ -90,9 +100,19 @@ def planned_step(stats_fn: Callable, batch: dict, strategy, weights: torch.Tenso
         if token_mask is not None:
             mask = mask & token_mask
         loss = masked_token_mean(scored.loss, mask, weights, denominator)
-        return PlannedStep(loss, scores, keep, mask, batch["sample_id"], mask, response,
-                           forward_tokens(batch), torch.zeros((), device=device), plan.info,
-                           wrong_tokens_trained(batch, mask).get("wrong_tokens_trained"))
+        return PlannedStep(
+            loss,
+            scores,
+            keep,
+            mask,
+            batch["sample_id"],
+            mask,
+            response,
+            forward_tokens(batch),
+            torch.zeros((), device=device),
+            plan.info,
+            wrong_tokens_trained(batch, mask).get("wrong_tokens_trained"),
+        )
     rows = keep.nonzero().flatten()
     nothing_kept = rows.numel() == 0
     if nothing_kept:  # still run one row with an empty mask: every rank must backward
@@ -102,11 +122,20 @@ def planned_step(stats_fn: Callable, batch: dict, strategy, weights: torch.Tenso
     mask = stats.valid & (not nothing_kept)
     if token_mask is not None:
         mask = mask & token_mask[rows][:, : mask.shape[1]]
-    loss = masked_token_mean(stats.loss, mask, weights[rows] if weights is not None else None,
-                             denominator)
+    loss = masked_token_mean(stats.loss, mask, weights[rows] if weights is not None else None, denominator)
     token_keep = torch.zeros_like(response)
     if not nothing_kept:
         token_keep[rows, : mask.shape[1]] = mask
-    return PlannedStep(loss, scores, keep, mask, sub["sample_id"], token_keep, response,
-                       forward_tokens(sub), forward_tokens(batch), plan.info,
-                       wrong_tokens_trained(sub, mask).get("wrong_tokens_trained"))
+    return PlannedStep(
+        loss,
+        scores,
+        keep,
+        mask,
+        sub["sample_id"],
+        token_keep,
+        response,
+        forward_tokens(sub),
+        forward_tokens(batch),
+        plan.info,
+        wrong_tokens_trained(sub, mask).get("wrong_tokens_trained"),
+    )

@@ -31,8 +31,7 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 def config_differences(saved: dict, current: dict) -> list[str]:
     """'key: saved -> current' for every leaf that differs between two nested dicts."""
     a, b = _flat(saved), _flat(current)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
-            if a.get(k) != b.get(k)]
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
 
 
 class ResumeState:
@@ -70,8 +69,7 @@ class ResumeState:
             "config": self._run_config(),
             "strategy": self.strategy.state_dict(),
             "store": self.store.state_dict() if self.store is not None else None,
-            "plans": {e: {"ids": p.sample_ids, "weights": p.weights, "info": p.info}
-                      for e, p in self.plans.items()},
+            "plans": {e: {"ids": p.sample_ids, "weights": p.weights, "info": p.info} for e, p in self.plans.items()},
             "history": self.history,
             "totals": dict(self.totals),
             "epoch_progress": progress,
@@ -84,21 +82,25 @@ class ResumeState:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("strategy_name") != self.strategy.name:
-            raise ValueError(f"checkpoint was made with strategy {state.get('strategy_name')!r}, "
-                             f"this run uses {self.strategy.name!r}")
+            raise ValueError(
+                f"checkpoint was made with strategy {state.get('strategy_name')!r}, "
+                f"this run uses {self.strategy.name!r}"
+            )
         saved_cfg, mine = state.get("config") or {}, self._run_config()
         shared = saved_cfg.keys() & mine.keys()  # a library callback may not know its config
         diff = config_differences({k: saved_cfg[k] for k in shared}, {k: mine[k] for k in shared})
         if state.get("config") is not None and diff:
-            raise ValueError("checkpoint was made with other settings than this run ("
-                             + "; ".join(diff) + "): resume with the settings it was made with")
+            raise ValueError(
+                "checkpoint was made with other settings than this run ("
+                + "; ".join(diff)
+                + "): resume with the settings it was made with"
+            )
         self.strategy.load_state_dict(state["strategy"])
         if state["store"] is not None:
             if self.store is None:
                 self.store = ScoreStore(int(state["store"]["num_samples"]))
             self.store.load_state_dict(state["store"])
-        self.plans = {int(e): EpochPlan(p["ids"], p["weights"], dict(p["info"]))
-                      for e, p in state["plans"].items()}
+        self.plans = {int(e): EpochPlan(p["ids"], p["weights"], dict(p["info"])) for e, p in state["plans"].items()}
         self.history = list(state["history"])
         self.totals = dict(state["totals"])
         rank, world = self.comm.rank, self.comm.world_size
@@ -112,7 +114,8 @@ class ResumeState:
                 raise ValueError(
                     f"this checkpoint was taken mid-epoch with {saved_world} ranks; resuming it on "
                     f"{world} would re-shard a half-trained epoch. Resume on {saved_world} ranks, "
-                    "or from an end-of-epoch checkpoint (plans re-shard at epoch boundaries)")
+                    "or from an end-of-epoch checkpoint (plans re-shard at epoch boundaries)"
+                )
             self._resume_at = (int(progress["epoch"]), int(progress["batches_done"]))
             self._resume_batch_size = progress.get("batch_size")
             self._resume_elapsed = float(progress.get("time_s", 0.0))

@@ -17,8 +17,16 @@ from torch.utils.data import Sampler
 from qtune.strategies.base import epoch_generator
 
 
-def shard_plan(plan_ids: torch.Tensor, *, seed: int, epoch: int, rank: int, world_size: int,
-               shuffle: bool = True, multiple: int = 1) -> torch.Tensor:
+def shard_plan(
+    plan_ids: torch.Tensor,
+    *,
+    seed: int,
+    epoch: int,
+    rank: int,
+    world_size: int,
+    shuffle: bool = True,
+    multiple: int = 1,
+) -> torch.Tensor:
     """This rank's ids of ``plan_ids``; all ranks get the same count, a multiple of `multiple`
     (padding repeats ids from the shuffled plan's start)."""
     if world_size < 1 or not (0 <= rank < world_size):
@@ -42,10 +50,18 @@ class PlanSampler(Sampler[int]):
     length stays the whole share, so Lightning's restored batch counter still ends the epoch
     at the right batch."""
 
-    def __init__(self, plan_ids: torch.Tensor, *, seed: int, epoch: int, rank: int = 0,
-                 world_size: int = 1, shuffle: bool = True, skip: int = 0) -> None:
-        self.ids = shard_plan(plan_ids, seed=seed, epoch=epoch, rank=rank,
-                              world_size=world_size, shuffle=shuffle)
+    def __init__(
+        self,
+        plan_ids: torch.Tensor,
+        *,
+        seed: int,
+        epoch: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        skip: int = 0,
+    ) -> None:
+        self.ids = shard_plan(plan_ids, seed=seed, epoch=epoch, rank=rank, world_size=world_size, shuffle=shuffle)
         self.epoch = epoch
         self.skip = int(skip)
 
@@ -54,7 +70,7 @@ class PlanSampler(Sampler[int]):
         return None
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.ids[self.skip:].tolist())
+        return iter(self.ids[self.skip :].tolist())
 
     def __len__(self) -> int:
         return int(self.ids.numel())

@@ -11,8 +11,7 @@ from __future__ import annotations
 import math
 
 
-def lr_factor(progress: float, name: str = "cosine", warmup: float = 0.0,
-              min_ratio: float = 0.1) -> float:
+def lr_factor(progress: float, name: str = "cosine", warmup: float = 0.0, min_ratio: float = 0.1) -> float:
     """Multiplier of the base LR at progress in [0, 1]."""
     p = min(max(progress, 0.0), 1.0)
     if warmup > 0 and p < warmup:
@@ -24,12 +23,10 @@ def lr_factor(progress: float, name: str = "cosine", warmup: float = 0.0,
         return min_ratio + (1.0 - min_ratio) * (1.0 - q)
     if name == "cosine":
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * q))
-    raise ValueError(f"unknown scheduler {name!r} (config key scheduler.name); "
-                     "expected cosine, linear or constant")
+    raise ValueError(f"unknown scheduler {name!r} (config key scheduler.name); expected cosine, linear or constant")
 
 
-def training_progress(epoch: int, batches_done: int, batches_in_epoch, max_epochs: int,
-                      budget=None) -> float:
+def training_progress(epoch: int, batches_done: int, batches_in_epoch, max_epochs: int, budget=None) -> float:
     """Fraction of training done: (epoch + batches done / batches in this epoch) / max_epochs,
     or under a compute budget (a ``ComputeBudget``) the share of the budget spent. Both batch
     counts are micro-batches (with gradient accumulation an optimiser step is several of them):

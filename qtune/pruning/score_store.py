@@ -36,8 +36,9 @@ class ScoreStore:
     def aum(self) -> torch.Tensor:
         return self.aum_sum / self.aum_count.clamp(min=1)
 
-    def update(self, sample_ids: torch.Tensor, epoch: int, *, track_dynamics: bool = True,
-               **values: torch.Tensor) -> None:
+    def update(
+        self, sample_ids: torch.Tensor, epoch: int, *, track_dynamics: bool = True, **values: torch.Tensor
+    ) -> None:
         """Write per-sample aggregates. ``values`` keys are names in ``FIELDS`` plus
         ``num_tokens``. Samples with zero response tokens keep NaN scores (no signal)."""
         ids = sample_ids.detach().long().cpu()

@@ -60,20 +60,35 @@ class StepRecord:
         return cls(**values)
 
 
-def train_step(stats_fn: Callable, batch: dict, strategy, epoch: int, step: int,
-               task: str = "sft") -> StepRecord:
+def train_step(stats_fn: Callable, batch: dict, strategy, epoch: int, step: int, task: str = "sft") -> StepRecord:
     """The loss of one micro-batch and its record. ``stats_fn(batch, labels=None)`` gives the
     token statistics (with gradients); ``strategy`` is the run's (None: train everything)."""
     weights = batch.get("sample_weight")
     ids = batch["sample_id"]
     if strategy is not None and strategy.uses_batch_plan:
         s = planned_step(stats_fn, batch, strategy, weights, epoch, step, task)
-        return StepRecord(s.loss, ids, s.scores, s.keep.sum(), s.mask.sum(), s.forward_tokens,
-                          s.scoring_tokens, s.wrong_tokens_trained, s.keep, s.token_keep,
-                          s.response, s.info)
+        return StepRecord(
+            s.loss,
+            ids,
+            s.scores,
+            s.keep.sum(),
+            s.mask.sum(),
+            s.forward_tokens,
+            s.scoring_tokens,
+            s.wrong_tokens_trained,
+            s.keep,
+            s.token_keep,
+            s.response,
+            s.info,
+        )
     stats = stats_fn(batch)
     mask = stats.valid
-    return StepRecord(masked_token_mean(stats.loss, mask, weights), ids, sample_scores(stats, mask),
-                      torch.tensor(float(ids.numel()), device=ids.device), mask.sum(),
-                      forward_tokens(batch),
-                      wrong_tokens_trained=wrong_tokens_trained(batch, mask).get("wrong_tokens_trained"))
+    return StepRecord(
+        masked_token_mean(stats.loss, mask, weights),
+        ids,
+        sample_scores(stats, mask),
+        torch.tensor(float(ids.numel()), device=ids.device),
+        mask.sum(),
+        forward_tokens(batch),
+        wrong_tokens_trained=wrong_tokens_trained(batch, mask).get("wrong_tokens_trained"),
+    )

@@ -83,8 +83,11 @@ class Run:
         detail = self.summary.get("epochs_detail") or []
         if detail:
             return [float(d.get("realised_keep_ratio", math.nan)) for d in detail]
-        return [float(r["prune/realised_keep_ratio"]) for r in self.metrics
-                if r.get("prune/realised_keep_ratio") not in (None, "")]
+        return [
+            float(r["prune/realised_keep_ratio"])
+            for r in self.metrics
+            if r.get("prune/realised_keep_ratio") not in (None, "")
+        ]
 
 
 def find_runs(paths: list[str | Path]) -> list[Run]:
@@ -106,11 +109,11 @@ def load_run(run_dir: Path) -> Run:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc}); move the run away or rerun it") from None
     if not isinstance(summary, dict) or not isinstance(summary.get("epochs", 0), int):
-        raise ValueError(f"{path}: not a qtune summary (expected a JSON object with an integer "
-                         "'epochs')")
+        raise ValueError(f"{path}: not a qtune summary (expected a JSON object with an integer 'epochs')")
     config: dict = {}
-    cfg_file = next((f for f in (run_dir / ".hydra" / "config.yaml", run_dir / "config.yaml")
-                     if f.is_file()), None)  # Hydra's record, else the one qtune-train writes
+    cfg_file = next(
+        (f for f in (run_dir / ".hydra" / "config.yaml", run_dir / "config.yaml") if f.is_file()), None
+    )  # Hydra's record, else the one qtune-train writes
     if cfg_file is not None:
         from omegaconf import OmegaConf
 
@@ -188,13 +191,13 @@ def group_points(runs: list[Run]) -> dict[str, list[Point]]:
     for points in by_task.values():
         for pt in points:
             same = [q for q in points if q.strategy == pt.strategy]
-            varying = {k for q in same for k in set(q.knobs) | set(pt.knobs)
-                       if q.knobs.get(k) != pt.knobs.get(k)}
+            varying = {k for q in same for k in set(q.knobs) | set(pt.knobs) if q.knobs.get(k) != pt.knobs.get(k)}
             shown = [k for k in pt.knobs if k in pt.ratio_keys or k in varying]
             fmt = strategy_class(pt.strategy).format_option
             pt.label = ", ".join(f"{k}={fmt(k, pt.knobs[k]) or _fmt(pt.knobs[k])}" for k in shown)
-            pt.variant = ", ".join(f"{k}={fmt(k, pt.knobs[k]) or _fmt(pt.knobs[k])}" for k in shown
-                                   if k not in pt.ratio_keys)
+            pt.variant = ", ".join(
+                f"{k}={fmt(k, pt.knobs[k]) or _fmt(pt.knobs[k])}" for k in shown if k not in pt.ratio_keys
+            )
     return by_task
 
 
@@ -202,6 +205,7 @@ def reference_full(point: Point, points: list[Point]) -> Point | None:
     """The ``full`` point that compute is measured against: same task and epochs; else (a
     same-steps run with more epochs than the baseline) the ``full`` point with the most epochs
     not above this point's; else None."""
+
     def norm(v: Any) -> Any:  # a key absent from older configs means its empty default
         return None if v in ([], (), None, "") else v
 

@@ -41,8 +41,7 @@ def pareto_front(xy: list[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point dominates (lower-or-equal x and higher-or-equal y,
     strictly better in one), sorted by x."""
     idx = [i for i, (x, y) in enumerate(xy) if not (math.isnan(x) or math.isnan(y))]
-    front = [i for i in idx if not any(
-        xy[j][0] <= xy[i][0] and xy[j][1] >= xy[i][1] and xy[j] != xy[i] for j in idx)]
+    front = [i for i in idx if not any(xy[j][0] <= xy[i][0] and xy[j][1] >= xy[i][1] and xy[j] != xy[i] for j in idx)]
     return sorted(front, key=lambda i: xy[i][0])
 
 
@@ -68,18 +67,26 @@ def plot_pareto(task: str, rows: list[dict], out: Path) -> Path | None:
             lines.setdefault((_line_name(r), r["epochs"] != ref), []).append(r)
         for (name, longer), rs in sorted(lines.items()):
             rs.sort(key=lambda r: r["rel_flops"])
-            ax.errorbar([r["rel_flops"] for r in rs], [r["eval_mean"] for r in rs],
-                        yerr=[r["eval_std"] for r in rs], marker="s" if longer else "o",
-                        capsize=3, color=colours[name], ls="--" if longer else "-",
-                        label=name + (" (more epochs)" if longer else ""))
+            ax.errorbar(
+                [r["rel_flops"] for r in rs],
+                [r["eval_mean"] for r in rs],
+                yerr=[r["eval_std"] for r in rs],
+                marker="s" if longer else "o",
+                capsize=3,
+                color=colours[name],
+                ls="--" if longer else "-",
+                label=name + (" (more epochs)" if longer else ""),
+            )
         front = pareto_front([(r["rel_flops"], r["eval_mean"]) for r in panel])
         fx, fy = [panel[i]["rel_flops"] for i in front], [panel[i]["eval_mean"] for i in front]
         ax.step(fx, fy, where="post", color="black", lw=1, alpha=0.7, label="Pareto front")
         ax.scatter(fx, fy, s=160, facecolors="none", edgecolors="black", zorder=5)
         ax.axvline(1.0, color="grey", lw=0.8, ls=":")
-        ax.set(title=f"{task}: {metric} vs compute, full = {ref} epochs (mean ± std over seeds)",
-               xlabel=f"training FLOPs relative to full at {ref} epochs (estimate)",
-               ylabel=f"eval {metric}")
+        ax.set(
+            title=f"{task}: {metric} vs compute, full = {ref} epochs (mean ± std over seeds)",
+            xlabel=f"training FLOPs relative to full at {ref} epochs (estimate)",
+            ylabel=f"eval {metric}",
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     return _save(fig, out / f"pareto_{slug(task)}.png")
@@ -106,7 +113,7 @@ def plot_keep_ratio(task: str, points: list[Point], out: Path) -> Path | None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc="best")
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.suptitle(f"{task}: realised keep ratio per epoch (mean over seeds)")
     return _save(fig, out / f"keep_ratio_{slug(task)}.png")
@@ -140,8 +147,9 @@ def plot_plane(task: str, run: Run, out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
     for kind in sorted(set(kinds[ok])):
         m = ok & (kinds == kind)
-        ax.scatter(ppl[m], ent[m], s=8, alpha=0.6, color=KIND_COLOURS.get(kind, "tab:gray"),
-                   label=f"{kind} ({int(m.sum())})")
+        ax.scatter(
+            ppl[m], ent[m], s=8, alpha=0.6, color=KIND_COLOURS.get(kind, "tab:gray"), label=f"{kind} ({int(m.sum())})"
+        )
     for x, name, ha in ((p_lo, "P_lo ", "right"), (p_hi, " P_hi", "left")):
         ax.axvline(x, color="black", ls="--", lw=0.8)
         ax.annotate(name, (x, 0.99), xycoords=("data", "axes fraction"), fontsize=8, va="top", ha=ha)
@@ -150,12 +158,15 @@ def plot_plane(task: str, run: Run, out: Path) -> Path | None:
         ax.annotate(name, (0.99, y), xycoords=("axes fraction", "data"), fontsize=8, ha="right", va=va)
     if (ppl[ok] > 0).all():
         ax.set_xscale("log")
-    ax.text(0.99, 0.02, "Q2: PPL>P_hi, ent≤E_lo   Q4: PPL≤P_lo, ent>E_hi", transform=ax.transAxes,
-            ha="right", fontsize=7)
-    ax.set(title=f"{task}: error-uncertainty plane, {run.strategy} seed "
-                 f"{run.summary.get('seed')} (thresholds at α={alpha:.2f})",
-           xlabel="perplexity exp(mean response-token loss), log scale",
-           ylabel="mean response-token entropy (nats)")
+    ax.text(
+        0.99, 0.02, "Q2: PPL>P_hi, ent≤E_lo   Q4: PPL≤P_lo, ent>E_hi", transform=ax.transAxes, ha="right", fontsize=7
+    )
+    ax.set(
+        title=f"{task}: error-uncertainty plane, {run.strategy} seed "
+        f"{run.summary.get('seed')} (thresholds at α={alpha:.2f})",
+        xlabel="perplexity exp(mean response-token loss), log scale",
+        ylabel="mean response-token entropy (nats)",
+    )
     ax.grid(alpha=0.3)
     ax.legend(title="item kind", fontsize=8)
     return _save(fig, out / f"plane_{slug(task)}.png")

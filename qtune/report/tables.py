@@ -13,8 +13,11 @@ import math
 
 from qtune.report.collect import Point, reference_full
 
-SHARE_KEYS = (("trained_share_noisy", "noisy kept"), ("trained_share_duplicate", "dup. kept"),
-              ("wrong_token_share", "wrong tok. kept"))
+SHARE_KEYS = (
+    ("trained_share_noisy", "noisy kept"),
+    ("trained_share_duplicate", "dup. kept"),
+    ("wrong_token_share", "wrong tok. kept"),
+)
 
 
 def point_rows(points: list[Point], metric: str | None = None) -> list[dict]:
@@ -27,15 +30,24 @@ def point_rows(points: list[Point], metric: str | None = None) -> list[dict]:
         headline = metric or pt.metric
         mean, std = pt.eval_stats(headline)
         row = {
-            "task": pt.task, "strategy": pt.strategy, "ratios": pt.label, "variant": pt.variant,
+            "task": pt.task,
+            "strategy": pt.strategy,
+            "ratios": pt.label,
+            "variant": pt.variant,
             "knobs": pt.knobs,
-            "epochs": pt.epochs, "seeds": len(pt.runs), "seed_ids": pt.seeds(),
-            "metric": headline, "eval_mean": mean, "eval_std": std,
+            "epochs": pt.epochs,
+            "seeds": len(pt.runs),
+            "seed_ids": pt.seeds(),
+            "metric": headline,
+            "eval_mean": mean,
+            "eval_std": std,
             "metrics": {m: dict(zip(("mean", "std"), pt.eval_stats(m))) for m in pt.metric_names()},
-            "eval_loss": pt.mean_std([float((r.summary.get("eval") or {}).get("loss", math.nan))
-                                      for r in pt.runs])[0],
-            "flops": pt.mean("flops_estimate"), "train_time_s": pt.mean("train_time_s"),
-            "rel_flops": math.nan, "rel_time": math.nan, "ref_epochs": None,
+            "eval_loss": pt.mean_std([float((r.summary.get("eval") or {}).get("loss", math.nan)) for r in pt.runs])[0],
+            "flops": pt.mean("flops_estimate"),
+            "train_time_s": pt.mean("train_time_s"),
+            "rel_flops": math.nan,
+            "rel_time": math.nan,
+            "ref_epochs": None,
             "realised_keep_ratio": pt.mean("realised_keep_ratio"),
             "budget": pt.knobs.get("budget"),
             "runs": [str(r.path) for r in pt.runs],
@@ -45,8 +57,8 @@ def point_rows(points: list[Point], metric: str | None = None) -> list[dict]:
             row["ref_epochs"] = ref.epochs
             if ref is not pt:
                 row["delta_vs_full"], row["p_vs_full"] = welch(
-                    [r.eval_value(headline) for r in pt.runs],
-                    [r.eval_value(headline) for r in ref.runs])
+                    [r.eval_value(headline) for r in pt.runs], [r.eval_value(headline) for r in ref.runs]
+                )
             row["rel_flops"] = _ratio(row["flops"], ref.mean("flops_estimate"))
             row["rel_time"] = _ratio(row["train_time_s"], ref.mean("train_time_s"))
         for key, _ in SHARE_KEYS:
@@ -62,16 +74,37 @@ def markdown_table(rows: list[dict]) -> str:
     budgets = any(r.get("budget") is not None for r in rows)
     metric = rows[0]["metric"] if rows else "eval"
     others = sorted({m for r in rows for m in r.get("metrics", {})} - {metric})
-    head = (["strategy", "ratios", "epochs", "seeds", f"{metric} (mean ± std)", "Δ vs full",
-             "FLOPs vs full",
-             "train time vs full", "full ref. epochs", "realised keep"] + [t for _, t in shares]
-            + (["budget"] if budgets else []) + others)
+    head = (
+        [
+            "strategy",
+            "ratios",
+            "epochs",
+            "seeds",
+            f"{metric} (mean ± std)",
+            "Δ vs full",
+            "FLOPs vs full",
+            "train time vs full",
+            "full ref. epochs",
+            "realised keep",
+        ]
+        + [t for _, t in shares]
+        + (["budget"] if budgets else [])
+        + others
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["strategy"], r["ratios"] or "—", str(r["epochs"]), str(r["seeds"]),
-                 f"{_num(r['eval_mean'])} ± {_num(r['eval_std'])}", _delta(r), _num(r["rel_flops"]),
-                 _num(r["rel_time"]), str(r["ref_epochs"] if r["ref_epochs"] is not None else "—"),
-                 _num(r["realised_keep_ratio"])]
+        cells = [
+            r["strategy"],
+            r["ratios"] or "—",
+            str(r["epochs"]),
+            str(r["seeds"]),
+            f"{_num(r['eval_mean'])} ± {_num(r['eval_std'])}",
+            _delta(r),
+            _num(r["rel_flops"]),
+            _num(r["rel_time"]),
+            str(r["ref_epochs"] if r["ref_epochs"] is not None else "—"),
+            _num(r["realised_keep_ratio"]),
+        ]
         cells += [_num(r.get(k, math.nan)) for k, _ in shares]
         cells += [str(r["budget"]) if r.get("budget") is not None else "—"] if budgets else []
         cells += [_mean_std(r.get("metrics", {}).get(m)) for m in others]

@@ -50,6 +50,7 @@ def plan_rows(run: Run) -> tuple[int, list[dict]] | None:
 def tokens_run(runs: list[Run]) -> Run | None:
     """Prefer a run with token-level plans (the strategy that ranks itself first for the plane,
     ``PruningStrategy.plane_rank``, first), else one with sample plans."""
+
     def has(r: Run, pattern: str) -> bool:
         return any((r.path / "plans").glob(pattern))
 
@@ -92,16 +93,19 @@ def _row_html(row: dict, items) -> str:
         tokens = (ids, tok, wrong)
     response = list(response if response is not None else [0])
     kept = set(response) if kept_field is True else set() if kept_field is False else set(kept_field)
-    status = ("dropped" if not kept else "kept" if kept >= set(response) else "token-pruned")
+    status = "dropped" if not kept else "kept" if kept >= set(response) else "token-pruned"
     kind = str(meta.get("kind", ""))
-    info = [f"<span class='badge {kind}'>{kind}</span>" if kind else "",
-            f"sample {sid}", f"skill {meta['skill']}" if meta.get("skill") else "",
-            f"{status}: {len(kept & set(response))}/{len(response)} response tokens trained",
-            f"true answer {html.escape(repr(meta['true_response']))}"
-            if kind == "noisy" and meta.get("true_response") is not None else ""]
+    info = [
+        f"<span class='badge {kind}'>{kind}</span>" if kind else "",
+        f"sample {sid}",
+        f"skill {meta['skill']}" if meta.get("skill") else "",
+        f"{status}: {len(kept & set(response))}/{len(response)} response tokens trained",
+        f"true answer {html.escape(repr(meta['true_response']))}"
+        if kind == "noisy" and meta.get("true_response") is not None
+        else "",
+    ]
     if tokens is None:
-        strip = "".join(f"<span class='t pos {'kept' if j in kept else 'masked'}'>{j}</span>"
-                        for j in response)
+        strip = "".join(f"<span class='t pos {'kept' if j in kept else 'masked'}'>{j}</span>" for j in response)
     else:
         ids, tok, wrong = tokens
         resp = set(response)
@@ -113,8 +117,10 @@ def _row_html(row: dict, items) -> str:
             cls += " wrong" if j in wrong else ""
             parts.append(f"<span class='t {cls}'>{text}</span>")
         strip = "".join(parts)
-    return (f"<div class='row' data-status='{status}' data-kind='{kind}'>"
-            f"<div class='meta'>{' · '.join(x for x in info if x)}</div>{strip}</div>")
+    return (
+        f"<div class='row' data-status='{status}' data-kind='{kind}'>"
+        f"<div class='meta'>{' · '.join(x for x in info if x)}</div>{strip}</div>"
+    )
 
 
 def write_tokens_html(by_task: dict[str, list[Run]], out: Path, max_rows: int = 80) -> Path:
@@ -124,8 +130,9 @@ def write_tokens_html(by_task: dict[str, list[Run]], out: Path, max_rows: int = 
         run = tokens_run(runs)
         plan = plan_rows(run) if run is not None else None
         if plan is None:
-            sections.append(f"<h2>{html.escape(task)}</h2><p>No exported plans "
-                            "(run with <code>export_plan=true</code>).</p>")
+            sections.append(
+                f"<h2>{html.escape(task)}</h2><p>No exported plans (run with <code>export_plan=true</code>).</p>"
+            )
             continue
         epoch, rows = plan
         items = _embedded_items(run)
@@ -134,17 +141,24 @@ def write_tokens_html(by_task: dict[str, list[Run]], out: Path, max_rows: int = 
             f"<h2>{html.escape(task)}: {html.escape(run.strategy)}, seed "
             f"{run.summary.get('seed')}, epoch {epoch}</h2><p class='meta'>{html.escape(str(run.path))}"
             f" · first {min(max_rows, len(rows))} of {len(rows)} planned rows"
-            f"{'' if items else ' · label positions (no decoder for this task)'}</p>{body}")
-    legend = ("<p class='legend'><span class='t prompt'>prompt</span><span class='t kept'>kept "
-              "response token</span><span class='t masked'>masked / dropped response token</span>"
-              "<span class='t wrong'>wrong-answer token (noisy item)</span></p>")
-    filters = ("<p>status <select id='st' onchange='f()'><option value=''>all</option>"
-               "<option>kept</option><option>token-pruned</option><option>dropped</option></select>"
-               " kind <select id='kd' onchange='f()'><option value=''>all</option><option>clean"
-               "</option><option>noisy</option><option>duplicate</option></select></p>")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>qtune: trained tokens</title>"
-            f"<style>{CSS}</style><script>{JS}</script></head><body><h1>What each run trained on"
-            f"</h1>{legend}{filters}{''.join(sections)}</body></html>")
+            f"{'' if items else ' · label positions (no decoder for this task)'}</p>{body}"
+        )
+    legend = (
+        "<p class='legend'><span class='t prompt'>prompt</span><span class='t kept'>kept "
+        "response token</span><span class='t masked'>masked / dropped response token</span>"
+        "<span class='t wrong'>wrong-answer token (noisy item)</span></p>"
+    )
+    filters = (
+        "<p>status <select id='st' onchange='f()'><option value=''>all</option>"
+        "<option>kept</option><option>token-pruned</option><option>dropped</option></select>"
+        " kind <select id='kd' onchange='f()'><option value=''>all</option><option>clean"
+        "</option><option>noisy</option><option>duplicate</option></select></p>"
+    )
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>qtune: trained tokens</title>"
+        f"<style>{CSS}</style><script>{JS}</script></head><body><h1>What each run trained on"
+        f"</h1>{legend}{filters}{''.join(sections)}</body></html>"
+    )
     path = out / "tokens.html"
     path.write_text(page, encoding="utf-8")
     return path

@@ -18,7 +18,8 @@ def token_costs(num_params: int, trainable_params: int | None = None) -> tuple[f
     return 4.0 * num_params + 2.0 * trainable, 2.0 * num_params
 
 
-def flops_estimate(num_params: int, forward_tokens: float, scoring_tokens: float,
-                   trainable_params: int | None = None) -> float:
+def flops_estimate(
+    num_params: int, forward_tokens: float, scoring_tokens: float, trainable_params: int | None = None
+) -> float:
     grad, forward = token_costs(num_params, trainable_params)
     return grad * forward_tokens + forward * scoring_tokens

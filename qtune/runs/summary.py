@@ -7,11 +7,21 @@ from typing import Any
 from qtune.runs.flops import flops_estimate
 
 
-def build_summary(*, strategy: str, seed: int, epochs: int, train_samples_total: int,
-                  totals: dict[str, float], num_params: int, wall_time_s: float,
-                  trainable_params: int | None = None,
-                  evaluation: dict[str, Any], history: list[dict], extra: dict | None = None,
-                  epochs_run: int | None = None) -> dict:
+def build_summary(
+    *,
+    strategy: str,
+    seed: int,
+    epochs: int,
+    train_samples_total: int,
+    totals: dict[str, float],
+    num_params: int,
+    wall_time_s: float,
+    trainable_params: int | None = None,
+    evaluation: dict[str, Any],
+    history: list[dict],
+    extra: dict | None = None,
+    epochs_run: int | None = None,
+) -> dict:
     """``epochs``: the run's nominal epochs (the matching full run's, under a budget);
     ``epochs_run``: the epochs it trained (more or fewer under a budget)."""
     samples = totals.get("samples_trained", 0.0)
@@ -28,8 +38,9 @@ def build_summary(*, strategy: str, seed: int, epochs: int, train_samples_total:
         "scoring_forward_tokens": int(totals.get("scoring_tokens", 0.0)),
         "num_params": num_params,
         "trainable_params": num_params if trainable_params is None else trainable_params,
-        "flops_estimate": flops_estimate(num_params, totals.get("forward_tokens", 0.0),
-                                         totals.get("scoring_tokens", 0.0), trainable_params),
+        "flops_estimate": flops_estimate(
+            num_params, totals.get("forward_tokens", 0.0), totals.get("scoring_tokens", 0.0), trainable_params
+        ),
         "wall_time_s": wall_time_s,
         "train_time_s": totals.get("train_time_s", 0.0),
         "scoring_time_s": totals.get("scoring_time_s", 0.0),

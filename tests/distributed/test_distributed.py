@@ -12,17 +12,28 @@ pytestmark = pytest.mark.distributed
 
 def _train(args, run_dir, cwd):
     env = dict(os.environ, WANDB_MODE="offline")
-    cmd = [sys.executable, "-m", "qtune.train", "trainer=ddp_cpu", "trainer.devices=2",
-           "kernels.backend=torch", "trainer.enable_progress_bar=false",
-           f"hydra.run.dir={run_dir}", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "qtune.train",
+        "trainer=ddp_cpu",
+        "trainer.devices=2",
+        "kernels.backend=torch",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={run_dir}",
+        *args,
+    ]
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads((run_dir / "summary.json").read_text())
 
 
 def test_two_ranks_train_the_plan_once_and_agree(tmp_path):
-    s = _train(["experiment=digits", "epochs=2", "strategy=random", "strategy.keep_ratio=0.5",
-                "export_plan=true"], tmp_path / "ddp", tmp_path)
+    s = _train(
+        ["experiment=digits", "epochs=2", "strategy=random", "strategy.keep_ratio=0.5", "export_plan=true"],
+        tmp_path / "ddp",
+        tmp_path,
+    )
     n = s["train_samples_total"]
     planned = round(0.5 * n)
     for e, entry in enumerate(s["epochs_detail"]):
@@ -53,13 +64,33 @@ def test_sharded_scoring_pass_equals_one_process(tmp_path):
     gathered scores equal one process's, so both pick the same subset."""
     import numpy as np
 
-    args = ["experiment=digits", "epochs=1", "strategy=el2n", "strategy.warmup_epochs=0",
-            "strategy.keep_ratio=0.5", "model.dropout=0.0", "export_plan=true"]
+    args = [
+        "experiment=digits",
+        "epochs=1",
+        "strategy=el2n",
+        "strategy.warmup_epochs=0",
+        "strategy.keep_ratio=0.5",
+        "model.dropout=0.0",
+        "export_plan=true",
+    ]
     two = _train(args, tmp_path / "two", tmp_path)
     env = dict(os.environ, WANDB_MODE="offline")
-    res = subprocess.run([sys.executable, "-m", "qtune.train", *args, "kernels.backend=torch",
-                          "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'one'}"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qtune.train",
+            *args,
+            "kernels.backend=torch",
+            "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={tmp_path / 'one'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     one = json.loads((tmp_path / "one" / "summary.json").read_text())
     assert two["epochs_detail"][0]["plan_hash"] == one["epochs_detail"][0]["plan_hash"]
@@ -110,8 +141,7 @@ def _rng_rank(rank: int, port: int, out_dir: str) -> None:
     fresh._trainer = trainer
     fresh.load_state_dict(torch.load(ckpt, weights_only=True))
     got = torch.rand(4)
-    (Path(out_dir) / f"rank{rank}.txt").write_text(f"{int(torch.equal(got, expected))} "
-                                                   f"{len(state['rng_per_rank'])}")
+    (Path(out_dir) / f"rank{rank}.txt").write_text(f"{int(torch.equal(got, expected))} {len(state['rng_per_rank'])}")
     dist.destroy_process_group()
 
 
@@ -140,8 +170,7 @@ def test_spawned_ranks_report_what_they_trained(tmp_path):
     spawned = _train(args + ["trainer=ddp_spawn_cpu"], tmp_path / "spawn", tmp_path)
     for key in ("samples_trained", "tokens_trained", "realised_keep_ratio"):
         assert spawned[key] == launched[key], key
-    assert [e["plan_hash"] for e in spawned["epochs_detail"]] == \
-        [e["plan_hash"] for e in launched["epochs_detail"]]
+    assert [e["plan_hash"] for e in spawned["epochs_detail"]] == [e["plan_hash"] for e in launched["epochs_detail"]]
     with open(tmp_path / "spawn" / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert any(r.get("train/loss") for r in rows) and any(r.get("prune/samples_trained") for r in rows)

@@ -14,9 +14,17 @@ pytestmark = pytest.mark.distributed
 
 # InfoBatch: its plans depend on every rank's scores of the epoch before, so a rank whose
 # half-epoch rows were lost at the resume would change the later plans
-ARGS = ["experiment=digits", "epochs=3", "strategy=infobatch",
-        "model.dropout=0.1", "trainer=ddp_cpu", "trainer.devices=2", "kernels.backend=torch",
-        "trainer.enable_progress_bar=false", "checkpoint.every_n_train_steps=3"]
+ARGS = [
+    "experiment=digits",
+    "epochs=3",
+    "strategy=infobatch",
+    "model.dropout=0.1",
+    "trainer=ddp_cpu",
+    "trainer.devices=2",
+    "kernels.backend=torch",
+    "trainer.enable_progress_bar=false",
+    "checkpoint.every_n_train_steps=3",
+]
 
 
 def _cmd(run_dir, *extra):
@@ -35,8 +43,9 @@ def test_killed_ddp_run_resumes_to_the_same_result(tmp_path):
 
     b = tmp_path / "b"
     ckpt = b / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen(_cmd(b), cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _cmd(b), cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     saves, last_mtime, deadline = 0, None, time.time() + 300
     while saves < 2 and time.time() < deadline and proc.poll() is None:
         if ckpt.exists() and ckpt.stat().st_mtime_ns != last_mtime:
@@ -46,8 +55,9 @@ def test_killed_ddp_run_resumes_to_the_same_result(tmp_path):
     proc.wait()
     assert saves >= 2 and not (b / "summary.json").exists()
 
-    resumed = subprocess.run(_cmd(b, f"ckpt_path={ckpt}"), cwd=tmp_path, env=_env(),
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        _cmd(b, f"ckpt_path={ckpt}"), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     got = json.loads((b / "summary.json").read_text())
     for key in ("samples_trained", "tokens_trained", "realised_keep_ratio", "eval"):

@@ -22,25 +22,28 @@ from qtune.train import run, validate
 DIGITS = ["experiment=digits", "epochs=1"]
 
 
-@pytest.mark.parametrize("override,message", [
-    ("batch_size=abc", r"batch_size='abc' must be an integer"),
-    ("epochs=1.5", r"epochs=1.5 must be an integer"),
-    ("batch_size=true", r"batch_size=True must be an integer"),
-    ("seed=abc", r"seed='abc' must be an integer"),
-    ("num_workers=-1", r"num_workers=-1 must be at least 0"),
-    ("optim.lr=abc", r"optim.lr='abc' must be a number"),
-    ("optim.lr=-1", r"optim.lr=-1 is out of range"),
-    ("optim.betas=[2,3]", r"optim.betas.0=2 is out of range"),
-    ("scheduler.warmup=2", r"scheduler.warmup=2 is out of range; expected a value in \[0.0, 1.0\)"),
-    ("scheduler.min_ratio=5", r"scheduler.min_ratio=5 is out of range"),
-    ("eval.max_items=-1", r"eval.max_items=-1 must be at least 1"),
-    ("+trainer.bogus_key=3", r"trainer.bogus_key is not an argument of lightning.Trainer"),
-    ("trainer.max_epochs=0", r"trainer.max_epochs=0 must be an integer, at least 1 \(it is the same as epochs=N"),
-    ("trainer.max_epochs=null", r"trainer.max_epochs=None must be an integer, .*endless run"),
-    ("+trainer.callbacks=[]", r"trainer.callbacks is set by qtune itself"),
-    ("strategy=random strategy.keep_ratio=true", r"strategy.keep_ratio=True must be a number"),
-    ("strategy=random", None),  # the control: a good config passes
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("batch_size=abc", r"batch_size='abc' must be an integer"),
+        ("epochs=1.5", r"epochs=1.5 must be an integer"),
+        ("batch_size=true", r"batch_size=True must be an integer"),
+        ("seed=abc", r"seed='abc' must be an integer"),
+        ("num_workers=-1", r"num_workers=-1 must be at least 0"),
+        ("optim.lr=abc", r"optim.lr='abc' must be a number"),
+        ("optim.lr=-1", r"optim.lr=-1 is out of range"),
+        ("optim.betas=[2,3]", r"optim.betas.0=2 is out of range"),
+        ("scheduler.warmup=2", r"scheduler.warmup=2 is out of range; expected a value in \[0.0, 1.0\)"),
+        ("scheduler.min_ratio=5", r"scheduler.min_ratio=5 is out of range"),
+        ("eval.max_items=-1", r"eval.max_items=-1 must be at least 1"),
+        ("+trainer.bogus_key=3", r"trainer.bogus_key is not an argument of lightning.Trainer"),
+        ("trainer.max_epochs=0", r"trainer.max_epochs=0 must be an integer, at least 1 \(it is the same as epochs=N"),
+        ("trainer.max_epochs=null", r"trainer.max_epochs=None must be an integer, .*endless run"),
+        ("+trainer.callbacks=[]", r"trainer.callbacks is set by qtune itself"),
+        ("strategy=random strategy.keep_ratio=true", r"strategy.keep_ratio=True must be a number"),
+        ("strategy=random", None),  # the control: a good config passes
+    ],
+)
 def test_config_values_are_checked_before_any_work(make_cfg, override, message):
     cfg = make_cfg(DIGITS + override.split())
     if message is None:
@@ -70,10 +73,11 @@ def test_numbers_from_environment_interpolations_are_accepted(make_cfg, monkeypa
     `checkpoint.every_n_train_steps=0` means off; `data.max_length=null` means no cut."""
     monkeypatch.setenv("QTUNE_TEST_SEED", "3")
     monkeypatch.setenv("QTUNE_TEST_WARMUP", "0.1")
-    validate(make_cfg(DIGITS + ["seed=${oc.env:QTUNE_TEST_SEED}",
-                                "checkpoint.every_n_train_steps=0"]))
-    cfg = make_cfg(DIGITS + ["checkpoint.every_n_train_steps=${oc.env:QTUNE_TEST_SEED}",
-                             "scheduler.warmup=${oc.env:QTUNE_TEST_WARMUP}"])
+    validate(make_cfg(DIGITS + ["seed=${oc.env:QTUNE_TEST_SEED}", "checkpoint.every_n_train_steps=0"]))
+    cfg = make_cfg(
+        DIGITS
+        + ["checkpoint.every_n_train_steps=${oc.env:QTUNE_TEST_SEED}", "scheduler.warmup=${oc.env:QTUNE_TEST_WARMUP}"]
+    )
     validate(cfg)  # and every later reader gets the numbers
     assert cfg.checkpoint.every_n_train_steps == 3 and cfg.scheduler.warmup == 0.1
     from qtune.data.embedded import build_embedded_task
@@ -100,19 +104,21 @@ def _lightning_like(path, payload):
     return path
 
 
-@pytest.mark.parametrize("kind,message", [
-    ("empty", "not a checkpoint"),
-    ("text", "not a checkpoint"),
-    ("plain_pickle", "not a checkpoint"),
-    ("truncated", "not a checkpoint|unreadable checkpoint"),
-    ("pickled_object", "refused: the file holds pickled Python objects"),
-    ("plain_dict", "not a Lightning checkpoint"),
-    ("directory", "is a directory"),
-])
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("empty", "not a checkpoint"),
+        ("text", "not a checkpoint"),
+        ("plain_pickle", "not a checkpoint"),
+        ("truncated", "not a checkpoint|unreadable checkpoint"),
+        ("pickled_object", "refused: the file holds pickled Python objects"),
+        ("plain_dict", "not a Lightning checkpoint"),
+        ("directory", "is a directory"),
+    ],
+)
 def test_bad_checkpoints_name_ckpt_path(tmp_path, kind, message):
     p = tmp_path / "x.ckpt"
-    good = _lightning_like(tmp_path / "good.ckpt", {"state_dict": {"w": torch.ones(1000)},
-                                                    "global_step": 3})
+    good = _lightning_like(tmp_path / "good.ckpt", {"state_dict": {"w": torch.ones(1000)}, "global_step": 3})
     if kind == "empty":
         p.write_bytes(b"")
     elif kind == "text":
@@ -156,8 +162,7 @@ def test_jsonl_with_a_lone_surrogate_names_file_line_and_field(tmp_path):
     from qtune.data.jsonl import DataError, read_jsonl
 
     f = tmp_path / "d.jsonl"
-    f.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "x \\ud800 y", '
-                 '"output": "z"}\n')
+    f.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "x \\ud800 y", "output": "z"}\n')
     with pytest.raises(DataError, match=r"d.jsonl:2: field 'instruction' is not valid Unicode"):
         read_jsonl(f)
 
@@ -168,10 +173,14 @@ def test_model_and_data_mismatches_are_named(make_cfg, tmp_path):
     with pytest.raises(ValueError, match="data=jsonl needs a model with a real tokenizer"):
         build_task_and_model(make_cfg(["data=jsonl", f"data.path={tmp_path / 'x.jsonl'}"]))
     with pytest.raises(FileNotFoundError, match="model.path=/nonexistent/model: no such directory"):
-        build_task_and_model(make_cfg(["model=hf", "model.path=/nonexistent/model", "data=jsonl",
-                                       f"data.path={tmp_path / 'x.jsonl'}"]))
-    with pytest.raises(ValueError, match=r"data.max_length=10 cuts the responses .* "
-                                         r"set data.max_length>="):
+        build_task_and_model(
+            make_cfg(["model=hf", "model.path=/nonexistent/model", "data=jsonl", f"data.path={tmp_path / 'x.jsonl'}"])
+        )
+    with pytest.raises(
+        ValueError,
+        match=r"data.max_length=10 cuts the responses .* "
+        r"set data.max_length>=",
+    ):
         build_task_and_model(make_cfg(["data.max_length=10"]))
 
 
@@ -184,20 +193,23 @@ def test_context_longer_than_learned_positions_is_refused(make_cfg, tmp_path):
     from qtune.config.build import build_task_and_model
 
     gpt2 = save_tiny_tokenizer(tmp_path / "gpt2", chat_template=False)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(AutoTokenizer.from_pretrained(str(gpt2))),
-                               n_positions=64, n_embd=16, n_layer=1, n_head=2)
-                    ).save_pretrained(str(gpt2))
+    GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(AutoTokenizer.from_pretrained(str(gpt2))), n_positions=64, n_embd=16, n_layer=1, n_head=2
+        )
+    ).save_pretrained(str(gpt2))
     llama = save_tiny_llama(tmp_path / "llama")  # max_position_embeddings=128, rotary
     data = tmp_path / "long.jsonl"
-    data.write_text("".join(json.dumps({"instruction": "word " * 40, "output": "x " * 40}) + "\n"
-                            for _ in range(4)))
+    data.write_text("".join(json.dumps({"instruction": "word " * 40, "output": "x " * 40}) + "\n" for _ in range(4)))
 
     def cfg(model_dir, *extra):
-        return make_cfg(["model=hf", f"model.path={model_dir}", "data=jsonl", f"data.path={data}",
-                         *extra])
+        return make_cfg(["model=hf", f"model.path={model_dir}", "data=jsonl", f"data.path={data}", *extra])
 
-    with pytest.raises(ValueError, match=r"exceeds the model's 64 learned positions .* "
-                                         r"data.max_length<=64"):
+    with pytest.raises(
+        ValueError,
+        match=r"exceeds the model's 64 learned positions .* "
+        r"data.max_length<=64",
+    ):
         build_task_and_model(cfg(gpt2))
     build_task_and_model(cfg(gpt2, "data.max_length=64"))
     build_task_and_model(cfg(llama))
@@ -208,10 +220,8 @@ def test_score_refuses_a_checkpoint_for_another_model_and_a_bad_out_name(tmp_pat
 
     from qtune.cli.score import score
 
-    ckpt = _lightning_like(tmp_path / "other.ckpt", {"state_dict": {"model.other": torch.ones(2)},
-                                                     "global_step": 0})
-    cfg = compose(FAST + ["experiment=digits", f"ckpt_path={ckpt}", f"out={tmp_path / 's.npz'}"],
-                  config_name="score")
+    ckpt = _lightning_like(tmp_path / "other.ckpt", {"state_dict": {"model.other": torch.ones(2)}, "global_step": 0})
+    cfg = compose(FAST + ["experiment=digits", f"ckpt_path={ckpt}", f"out={tmp_path / 's.npz'}"], config_name="score")
     with pytest.raises(ValueError, match="lacks .* weights of this model"):
         score(cfg)
     cfg = compose(FAST + ["experiment=digits", f"out={tmp_path / 's.txt'}"], config_name="score")
@@ -242,14 +252,20 @@ def test_a_refused_command_leaves_the_finished_runs_config_alone(tmp_path, mode)
     """Hydra writes .hydra/ before the job starts; a finished run's must survive a refused
     command, in a single run and in a multirun sweep alike."""
     env = dict(os.environ, WANDB_MODE="offline")
-    base = [sys.executable, "-m", "qtune.train", *(["-m"] if mode != "run" else []),
-            *DIGITS, "kernels.backend=torch", "trainer.enable_progress_bar=false"]
+    base = [
+        sys.executable,
+        "-m",
+        "qtune.train",
+        *(["-m"] if mode != "run" else []),
+        *DIGITS,
+        "kernels.backend=torch",
+        "trainer.enable_progress_bar=false",
+    ]
     if mode == "run":
         base, run_dir = base + [f"hydra.run.dir={tmp_path / 'r'}"], tmp_path / "r"
     else:
         base, run_dir = base + [f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path / "s" / "0"
-    first = subprocess.run(base, cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=600)
+    first = subprocess.run(base, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     if mode == "multirun_no_hydra_dir":  # e.g. a run made through run(cfg) or run_grid.py
         shutil.rmtree(run_dir / ".hydra")
@@ -257,8 +273,7 @@ def test_a_refused_command_leaves_the_finished_runs_config_alone(tmp_path, mode)
         (run_dir / ".hydra" / "config.yaml").write_text("epochs: 1\n")
     saved = {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()}
     summary = (run_dir / "summary.json").read_bytes()
-    again = subprocess.run(base + ["seed=7"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=600)
+    again = subprocess.run(base + ["seed=7"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode != 0 and "already holds a finished run" in again.stderr
     assert {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()} == saved
     assert (run_dir / "summary.json").read_bytes() == summary
@@ -270,8 +285,9 @@ def test_a_resumed_run_keeps_the_metrics_logged_before_its_checkpoint(make_cfg, 
 
     # 23 steps per epoch; "last_batch": the step save due on epoch 1's last batch is skipped
     # (the epoch-end save follows), so the resume starts from the end of epoch 0
-    stop = {"mid_epoch": crash(step=33), "between_epochs": crash(epoch_start=1),
-            "last_batch": crash(epoch_end=1)}[where]
+    stop = {"mid_epoch": crash(step=33), "between_epochs": crash(epoch_start=1), "last_batch": crash(epoch_end=1)}[
+        where
+    ]
     args = ["experiment=digits", "epochs=2"]
     if where != "between_epochs":
         args.append(f"checkpoint.every_n_train_steps={30 if where == 'mid_epoch' else 46}")

@@ -14,9 +14,14 @@ from qtune.eval.greedy import greedy_exact_match, greedy_generate
 from qtune.models import base_cache
 from qtune.models.base_cache import META_FILE, base_key, load_base, load_or_build_base
 
-TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-        "num_key_value_heads": 2,
-        "base": {"steps": 3, "batch_size": 8, "warmup_steps": 1, "eval_items": 10, "log_every": 1}}
+TINY = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "base": {"steps": 3, "batch_size": 8, "warmup_steps": 1, "eval_items": 10, "log_every": 1},
+}
 
 
 def _with_base(**kw):
@@ -87,8 +92,12 @@ def test_left_padded_batches_decode_like_single_prompts(tmp_path):
     single = [greedy_generate(model, [p], tok.eos_id, tok.pad_id, max_new_tokens=6)[0] for p in prompts]
     assert batched == single
     wrong = [t for t in single[1] if t != tok.eos_id] + [7, tok.eos_id]  # longer: never equal
-    gen = GenerationEval(prompt_ids=prompts, target_ids=[single[0], wrong, single[2], single[3]],
-                         groups=["add", "rev", "add", "count"], max_new_tokens=6)
+    gen = GenerationEval(
+        prompt_ids=prompts,
+        target_ids=[single[0], wrong, single[2], single[3]],
+        groups=["add", "rev", "add", "count"],
+        max_new_tokens=6,
+    )
     res = greedy_exact_match(model, gen, tok.eos_id, tok.pad_id)
     assert res["exact_match"] == 0.75
     assert res["per_group"] == {"add": 1.0, "count": 1.0, "rev": 0.0}

@@ -28,8 +28,15 @@ def test_runs_from_one_base_record_one_digest(make_cfg, tmp_path):
     model_dir = save_tiny_llama(tmp_path / "model")
     data = tmp_path / "train.jsonl"
     data.write_text("\n".join(json.dumps(ROWS[i % 4]) for i in range(16)))
-    args = ["model=hf", f"model.path={model_dir}", "data=jsonl", f"data.path={data}", "epochs=1",
-            "batch_size=8", "eval.exact_match=false"]
+    args = [
+        "model=hf",
+        f"model.path={model_dir}",
+        "data=jsonl",
+        f"data.path={data}",
+        "epochs=1",
+        "batch_size=8",
+        "eval.exact_match=false",
+    ]
     s0 = run(make_cfg([*args, "seed=0"], "s0"))
     s1 = run(make_cfg([*args, "seed=1"], "s1"))
     assert s0["base_weights_sha256"] == s1["base_weights_sha256"]

@@ -65,8 +65,10 @@ def test_lora_run_writes_a_loadable_final_model(make_cfg, tmp_path, chat_dir, me
             self.model = pl_module.model
 
     keep = Keep()
-    s = run(make_cfg(_args(chat_dir, "epochs=1", "adapter=lora", f"adapter.merge={merge}",
-                           "optim.lr=1e-2"), f"m{merge}"), extra_callbacks=[keep])
+    s = run(
+        make_cfg(_args(chat_dir, "epochs=1", "adapter=lora", f"adapter.merge={merge}", "optim.lr=1e-2"), f"m{merge}"),
+        extra_callbacks=[keep],
+    )
     assert 0.0 <= s["eval"]["exact_match"] <= 1.0
     assert set(s["eval"]["exact_match_per_skill"]) == {"add", "reverse", "sort", "count", "copy"}
     final = tmp_path / f"m{merge}" / "final"
@@ -74,13 +76,12 @@ def test_lora_run_writes_a_loadable_final_model(make_cfg, tmp_path, chat_dir, me
     assert not (final / "model.safetensors").exists() or merge
     loaded = AutoModelForCausalLM.from_pretrained(str(final)).eval()
     tok = AutoTokenizer.from_pretrained(str(final))
-    ids = tok.apply_chat_template([{"role": "user", "content": "sort cba"}],
-                                  add_generation_prompt=True, return_tensors="pt",
-                                  return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "sort cba"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
     trained = keep.model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(loaded(input_ids=ids).logits, trained(input_ids=ids).logits,
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(loaded(input_ids=ids).logits, trained(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_full_fine_tuning_final_model_matches(make_cfg, tmp_path, chat_dir):

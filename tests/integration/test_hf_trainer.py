@@ -25,8 +25,7 @@ class CountingDataset(torch.utils.data.Dataset):
         self.reads.append(int(i))
         labels = self.ids[i].clone()
         labels[:4] = -100
-        return {"input_ids": self.ids[i], "attention_mask": torch.ones(T, dtype=torch.long),
-                "labels": labels}
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones(T, dtype=torch.long), "labels": labels}
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +33,7 @@ def model_dir(tmp_path_factory):
     return save_tiny_llama(tmp_path_factory.mktemp("hf") / "llama")
 
 
-def make_trainer(model_dir, out, pruning, options=None, epochs=2, data=None, pruning_budget=None,
-                 **args):
+def make_trainer(model_dir, out, pruning, options=None, epochs=2, data=None, pruning_budget=None, **args):
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     from qtune.kernels import set_default_backend
@@ -47,14 +45,31 @@ def make_trainer(model_dir, out, pruning, options=None, epochs=2, data=None, pru
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
-    targs = TrainingArguments(**{
-        "output_dir": str(out), "per_device_train_batch_size": B, "num_train_epochs": epochs,
-        "learning_rate": 1e-2, "lr_scheduler_type": "cosine", "report_to": [], "use_cpu": True,
-        "seed": 0, "disable_tqdm": True, "logging_steps": 1, "save_strategy": "no",
-        "dataloader_num_workers": 0, **args})
-    return PrunedTrainer(model=model, args=targs, train_dataset=data or CountingDataset(),
-                         pruning=pruning, pruning_options=options or {},
-                         pruning_budget=pruning_budget)
+    targs = TrainingArguments(
+        **{
+            "output_dir": str(out),
+            "per_device_train_batch_size": B,
+            "num_train_epochs": epochs,
+            "learning_rate": 1e-2,
+            "lr_scheduler_type": "cosine",
+            "report_to": [],
+            "use_cpu": True,
+            "seed": 0,
+            "disable_tqdm": True,
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "dataloader_num_workers": 0,
+            **args,
+        }
+    )
+    return PrunedTrainer(
+        model=model,
+        args=targs,
+        train_dataset=data or CountingDataset(),
+        pruning=pruning,
+        pruning_options=options or {},
+        pruning_budget=pruning_budget,
+    )
 
 
 def train_recording_lr(trainer) -> list[float]:
@@ -80,7 +95,7 @@ def test_random_half_visits_half_the_samples_each_epoch_and_the_lr_ends_on_sched
     per_epoch = N // 2
     assert len(data.reads) == 2 * per_epoch  # the dataset served only the planned samples
     for e in range(2):
-        reads = data.reads[e * per_epoch:(e + 1) * per_epoch]
+        reads = data.reads[e * per_epoch : (e + 1) * per_epoch]
         assert len(set(reads)) == per_epoch
         assert sorted(reads) == sorted(trainer.pruning_plans[e].sample_ids.tolist())
     assert trainer.state.global_step == 2 * per_epoch // B  # 8 optimiser steps, not 16
@@ -105,16 +120,21 @@ def test_infobatch_weights_reach_the_loss(model_dir, tmp_path):
     loss = trainer.compute_loss(model, dict(batch))
     logits = model(input_ids=batch["input_ids"]).logits[:, :-1]
     labels = batch["labels"][:, 1:]
-    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100,
-                                           reduction="none")
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
     w = torch.tensor([float(plan.weights[plan.sample_ids == i]) for i in ids])
     expected = (ce * w[:, None]).sum() / (labels != -100).sum()
     assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_qtuning_trains_a_quarter_of_each_batch(model_dir, tmp_path):
-    trainer = make_trainer(model_dir, tmp_path, "qtuning", {"sample_ratio": 0.25, "token_ratio": 0.5},
-                           epochs=1, per_device_train_batch_size=8)
+    trainer = make_trainer(
+        model_dir,
+        tmp_path,
+        "qtuning",
+        {"sample_ratio": 0.25, "token_ratio": 0.5},
+        epochs=1,
+        per_device_train_batch_size=8,
+    )
     trainer.train()
     entry = trainer.pruning_history[0]
     assert entry["batches"] == N // 8
@@ -124,8 +144,7 @@ def test_qtuning_trains_a_quarter_of_each_batch(model_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def uninterrupted(model_dir, tmp_path_factory):
-    whole = make_trainer(model_dir, tmp_path_factory.mktemp("whole"), "infobatch",
-                         {"prune_ratio": 0.5}, epochs=3)
+    whole = make_trainer(model_dir, tmp_path_factory.mktemp("whole"), "infobatch", {"prune_ratio": 0.5}, epochs=3)
     whole.train()
     return whole
 
@@ -134,12 +153,12 @@ def uninterrupted(model_dir, tmp_path_factory):
 # the pruned epoch 1 (saved before the epoch is booked), step 15 the first of epoch 2, where
 # Trainer's equal-epoch arithmetic (15 // 8, 15 % 8) would resume at epoch 1, batch 7
 @pytest.mark.parametrize("save_steps, step", [(5, 5), (7, 14), (5, 15)])
-def test_resume_from_a_trainer_checkpoint_ends_with_the_same_weights(model_dir, tmp_path,
-                                                                     uninterrupted, save_steps, step):
+def test_resume_from_a_trainer_checkpoint_ends_with_the_same_weights(
+    model_dir, tmp_path, uninterrupted, save_steps, step
+):
     whole, opts = uninterrupted, {"prune_ratio": 0.5}
     assert [h["batches"] for h in whole.pruning_history] == [8, 6, 8]
-    make_trainer(model_dir, tmp_path, "infobatch", opts, epochs=3, save_strategy="steps",
-                 save_steps=save_steps).train()
+    make_trainer(model_dir, tmp_path, "infobatch", opts, epochs=3, save_strategy="steps", save_steps=save_steps).train()
     resumed = make_trainer(model_dir, tmp_path, "infobatch", opts, epochs=3)
     resumed.train(resume_from_checkpoint=str(tmp_path / f"checkpoint-{step}"))
     for (name, a), (_, b) in zip(whole.model.named_parameters(), resumed.model.named_parameters()):
@@ -151,12 +170,13 @@ def test_resume_from_a_trainer_checkpoint_ends_with_the_same_weights(model_dir, 
 
 def test_resume_mid_epoch_with_another_batch_size_is_refused(model_dir, tmp_path):
     opts = {"prune_ratio": 0.5}
-    make_trainer(model_dir, tmp_path, "infobatch", opts, epochs=1, save_strategy="steps",
-                 save_steps=5).train()
-    other = make_trainer(model_dir, tmp_path, "infobatch", opts, epochs=1,
-                         per_device_train_batch_size=2 * B)
-    with pytest.raises(ValueError, match=f"batch size {B}; this run uses {2 * B} "
-                                         r"\(per_device_train_batch_size\)"):
+    make_trainer(model_dir, tmp_path, "infobatch", opts, epochs=1, save_strategy="steps", save_steps=5).train()
+    other = make_trainer(model_dir, tmp_path, "infobatch", opts, epochs=1, per_device_train_batch_size=2 * B)
+    with pytest.raises(
+        ValueError,
+        match=f"batch size {B}; this run uses {2 * B} "
+        r"\(per_device_train_batch_size\)",
+    ):
         other.train(resume_from_checkpoint=str(tmp_path / "checkpoint-5"))
 
 
@@ -164,8 +184,9 @@ def test_resume_under_a_budget_ends_where_the_uninterrupted_run_ends(model_dir, 
     opts = {"keep_ratio": 0.25}
     whole = make_trainer(model_dir, tmp_path / "whole", "random", opts, pruning_budget=0.5)
     whole.train()
-    make_trainer(model_dir, tmp_path / "cut", "random", opts, pruning_budget=0.5,
-                 save_strategy="steps", save_steps=3).train()
+    make_trainer(
+        model_dir, tmp_path / "cut", "random", opts, pruning_budget=0.5, save_strategy="steps", save_steps=3
+    ).train()
     checkpoint = str(tmp_path / "cut" / "checkpoint-3")  # inside epoch 1
     with pytest.raises(ValueError, match="pruning_budget=0.5; this trainer has pruning_budget=None"):
         make_trainer(model_dir, tmp_path / "cut", "random", opts).train(resume_from_checkpoint=checkpoint)
@@ -195,8 +216,7 @@ def test_a_peft_model_trains_only_its_adapters(model_dir, tmp_path):
 
 
 def test_el2n_scores_every_sample_before_it_prunes(model_dir, tmp_path):
-    trainer = make_trainer(model_dir, tmp_path, "el2n", {"keep_ratio": 0.5},
-                           epochs=3)
+    trainer = make_trainer(model_dir, tmp_path, "el2n", {"keep_ratio": 0.5}, epochs=3)
     trainer.train()
     sizes = [h["planned_samples"] for h in trainer.pruning_history]
     assert sizes[0] == N and sizes[-1] == N // 2
@@ -219,12 +239,26 @@ def test_trl_sft_trainer_prunes_the_same_way(model_dir, tmp_path):
     rows = [{"prompt": f"add {words[i % 4]}", "completion": f" {words[(i + 1) % 4]}"} for i in range(N)]
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     tok.pad_token = tok.eos_token
-    args = trl.SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=2,
-                         learning_rate=1e-2, report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
-                         save_strategy="no", max_length=32)
-    trainer = PrunedSFT(model=AutoModelForCausalLM.from_pretrained(str(model_dir)), args=args,
-                        train_dataset=datasets.Dataset.from_list(rows), processing_class=tok,
-                        pruning="qtuning", pruning_options={"sample_ratio": 0.25, "token_ratio": 0.5})
+    args = trl.SFTConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        num_train_epochs=2,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        save_strategy="no",
+        max_length=32,
+    )
+    trainer = PrunedSFT(
+        model=AutoModelForCausalLM.from_pretrained(str(model_dir)),
+        args=args,
+        train_dataset=datasets.Dataset.from_list(rows),
+        processing_class=tok,
+        pruning="qtuning",
+        pruning_options={"sample_ratio": 0.25, "token_ratio": 0.5},
+    )
     trainer.train()
     assert [h["samples_trained"] for h in trainer.pruning_history] == [N // 4, N // 4]
     assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
@@ -235,8 +269,7 @@ def test_budget_half_of_a_three_epoch_run_spends_half_and_ends_the_lr_at_the_las
     from qtune.runs.flops import token_costs
 
     data = CountingDataset()
-    trainer = make_trainer(model_dir, tmp_path, "random", {"keep_ratio": 0.5}, epochs=3, data=data,
-                           pruning_budget=0.5)
+    trainer = make_trainer(model_dir, tmp_path, "random", {"keep_ratio": 0.5}, epochs=3, data=data, pruning_budget=0.5)
     data.reads.clear()
     lrs = train_recording_lr(trainer)
     budget = trainer.pruning_budget

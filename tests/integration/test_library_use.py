@@ -29,8 +29,11 @@ class TinyRegressor(L.LightningModule):
         w = self.pruning.sample_weights(batch["sample_id"])
         loss = (per_sample * (w if w is not None else 1.0)).mean()
         self.seen.extend(batch["sample_id"].tolist())
-        return {"loss": loss, "sample_ids": batch["sample_id"],
-                "scores": {"loss": per_sample.detach(), "num_tokens": torch.ones_like(per_sample)}}
+        return {
+            "loss": loss,
+            "sample_ids": batch["sample_id"],
+            "scores": {"loss": per_sample.detach(), "num_tokens": torch.ones_like(per_sample)},
+        }
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -41,16 +44,24 @@ def test_plain_lightning_module_trains_on_the_plan(tmp_path):
     ds = IndexedDataset(TensorDataset(torch.randn(40, 4, generator=g), torch.randint(0, 3, (40,), generator=g)))
     pruning = PruningCallback(build_strategy("random", seed=1, keep_ratio=0.25), seed=1)
     module = TinyRegressor(ds)
-    trainer = L.Trainer(max_epochs=3, callbacks=[pruning], reload_dataloaders_every_n_epochs=1,
-                        use_distributed_sampler=False, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=3,
+        callbacks=[pruning],
+        reload_dataloaders_every_n_epochs=1,
+        use_distributed_sampler=False,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module)
     assert len(module.seen) == 3 * 10  # a quarter of 40 samples, three epochs
-    per_epoch = [sorted(module.seen[i * 10:(i + 1) * 10]) for i in range(3)]
+    per_epoch = [sorted(module.seen[i * 10 : (i + 1) * 10]) for i in range(3)]
     for e, entry in enumerate(pruning.history):
         assert entry["planned_samples"] == 10 and entry["samples_trained"] == 10
     # the sample ids the model saw are exactly the strategy's plans
     from qtune.strategies import EpochContext
+
     strat = build_strategy("random", seed=1, keep_ratio=0.25)
     for e in range(3):
         ctx = EpochContext(epoch=e, max_epochs=3, num_samples=40, seed=1, scores=None)
@@ -65,9 +76,14 @@ def test_misconfigured_trainer_is_a_clear_error(tmp_path):
     import pytest
 
     ds = IndexedDataset(TensorDataset(torch.randn(8, 4), torch.zeros(8, dtype=torch.long)))
-    trainer = L.Trainer(max_epochs=1, callbacks=[PruningCallback(build_strategy("full"))],
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=1,
+        callbacks=[PruningCallback(build_strategy("full"))],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
     with pytest.raises(ValueError, match="reload_dataloaders_every_n_epochs=1"):
         trainer.fit(TinyRegressor(ds))
 
@@ -78,10 +94,15 @@ def test_nan_loss_is_an_error_naming_the_samples(tmp_path):
     x = torch.randn(16, 4)
     x[5] = float("nan")
     ds = IndexedDataset(TensorDataset(x, torch.zeros(16, dtype=torch.long)))
-    trainer = L.Trainer(max_epochs=1, callbacks=[PruningCallback(build_strategy("full"))],
-                        reload_dataloaders_every_n_epochs=1, use_distributed_sampler=False,
-                        logger=False, enable_progress_bar=False,
-                        default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=1,
+        callbacks=[PruningCallback(build_strategy("full"))],
+        reload_dataloaders_every_n_epochs=1,
+        use_distributed_sampler=False,
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
     with pytest.raises(FloatingPointError, match=r"non-finite loss: \[(\d+, )*5\b"):
         trainer.fit(TinyRegressor(ds))
     assert not list(tmp_path.rglob("*.ckpt"))  # nothing written as if it succeeded
@@ -92,19 +113,24 @@ def test_batches_carry_the_plan_weights(tmp_path):
 
     class Recording(TinyRegressor):
         def training_step(self, batch, batch_idx):
-            self.got.append((self.current_epoch, batch["sample_id"].clone(),
-                             batch.get("sample_weight")))
+            self.got.append((self.current_epoch, batch["sample_id"].clone(), batch.get("sample_weight")))
             return super().training_step(batch, batch_idx)
 
     g = torch.Generator().manual_seed(0)
     ds = IndexedDataset(TensorDataset(torch.randn(40, 4, generator=g), torch.randint(0, 3, (40,), generator=g)))
-    pruning = PruningCallback(build_strategy("infobatch", seed=0, prune_ratio=0.5), seed=0,
-                              num_samples=40)
+    pruning = PruningCallback(build_strategy("infobatch", seed=0, prune_ratio=0.5), seed=0, num_samples=40)
     module = Recording(ds)
     module.got = []
-    trainer = L.Trainer(max_epochs=4, callbacks=[pruning], reload_dataloaders_every_n_epochs=1,
-                        use_distributed_sampler=False, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=4,
+        callbacks=[pruning],
+        reload_dataloaders_every_n_epochs=1,
+        use_distributed_sampler=False,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
     pruning.core.keep_past_plans = True
     trainer.fit(module)
     plan = pruning.plans[1]  # epoch 1 plans from epoch 0's losses: some samples boosted

@@ -30,16 +30,27 @@ def chat_dir(tmp_path_factory):
 
 
 def _args(chat_dir, *extra):
-    return ["model=hf", f"model.path={chat_dir}", "data=embedded", "data.num_train=32",
-            "epochs=1", "batch_size=16", "optim.lr=1e-5", "seed=0",
-            f"eval.max_items={N}", "eval.max_new_tokens=32",
-            "eval.lm_eval.tasks=[qtune_embedded_chat]", f"eval.lm_eval.limit={N}",
-            "eval.lm_eval.apply_chat_template=true", "eval.lm_eval.log_samples=true",
-            "eval.lm_eval.batch_size=4", *extra]
+    return [
+        "model=hf",
+        f"model.path={chat_dir}",
+        "data=embedded",
+        "data.num_train=32",
+        "epochs=1",
+        "batch_size=16",
+        "optim.lr=1e-5",
+        "seed=0",
+        f"eval.max_items={N}",
+        "eval.max_new_tokens=32",
+        "eval.lm_eval.tasks=[qtune_embedded_chat]",
+        f"eval.lm_eval.limit={N}",
+        "eval.lm_eval.apply_chat_template=true",
+        "eval.lm_eval.log_samples=true",
+        "eval.lm_eval.batch_size=4",
+        *extra,
+    ]
 
 
-def test_harness_runs_the_shipped_task_after_training_and_in_qtune_eval(make_cfg, tmp_path,
-                                                                        chat_dir):
+def test_harness_runs_the_shipped_task_after_training_and_in_qtune_eval(make_cfg, tmp_path, chat_dir):
     from qtune.cli.eval import evaluate
     from qtune.eval.metrics import exact_match
 
@@ -55,7 +66,8 @@ def test_harness_runs_the_shipped_task_after_training_and_in_qtune_eval(make_cfg
     assert [d["doc"]["answer"] for d in samples] == [r["reference"] for r in ours]
     assert [d["filtered_resps"][0] for d in samples] == [r["prediction"].split("\n")[0] for r in ours]
     assert harness["exact_match"] == pytest.approx(
-        sum(exact_match(d["filtered_resps"][0], d["doc"]["answer"]) for d in samples) / N)
+        sum(exact_match(d["filtered_resps"][0], d["doc"]["answer"]) for d in samples) / N
+    )
     assert set(harness) >= {"exact_match", "token_f1", "exact_match_stderr"}
     assert len({r["prediction"] for r in ours}) > N // 2  # answers that tell prompts apart
 
@@ -68,9 +80,18 @@ def test_qtune_eval_without_a_run_evaluates_the_model_as_loaded(tmp_path, chat_d
     from qtune.cli.eval import main
 
     out = tmp_path / "ev"
-    main([f"model.path={chat_dir}", "model=hf", "data=embedded", "data.num_train=16",
-          f"run_dir={out}", "eval.max_items=4", "eval.lm_eval.tasks=qtune_embedded",
-          "eval.lm_eval.limit=3"])
+    main(
+        [
+            f"model.path={chat_dir}",
+            "model=hf",
+            "data=embedded",
+            "data.num_train=16",
+            f"run_dir={out}",
+            "eval.max_items=4",
+            "eval.lm_eval.tasks=qtune_embedded",
+            "eval.lm_eval.limit=3",
+        ]
+    )
     result = json.loads((out / "eval.json").read_text())
     assert result["model"] == f"model=hf model.path={chat_dir}"
     assert result["eval"]["num_items"] == 4
@@ -78,10 +99,16 @@ def test_qtune_eval_without_a_run_evaluates_the_model_as_loaded(tmp_path, chat_d
     assert len((out / "eval_samples.jsonl").read_text().splitlines()) == 4
 
 
-@pytest.mark.parametrize("override, message", [
-    ("eval.lm_eval.tasks=[qtune_embeded_chat]", "unknown task 'qtune_embeded_chat'.*did you mean qtune_embedded_chat"),
-    ("eval.lm_eval.include_path=/no/such/folder", "include_path=/no/such/folder: no such folder"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "eval.lm_eval.tasks=[qtune_embeded_chat]",
+            "unknown task 'qtune_embeded_chat'.*did you mean qtune_embedded_chat",
+        ),
+        ("eval.lm_eval.include_path=/no/such/folder", "include_path=/no/such/folder: no such folder"),
+    ],
+)
 def test_bad_harness_requests_fail_before_training(make_cfg, tmp_path, chat_dir, override, message):
     with pytest.raises(ConfigError, match=message):
         run(make_cfg(_args(chat_dir, override), "bad"))

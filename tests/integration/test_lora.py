@@ -14,7 +14,6 @@ from tiny_hf import ROWS, save_tiny_llama
 from qtune.train import run
 
 
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
@@ -26,9 +25,19 @@ def setup(tmp_path_factory):
 
 def _args(setup, *extra):
     model_dir, data = setup
-    return ["model=hf", f"model.path={model_dir}", "data=jsonl", f"data.path={data}",
-            "data.eval_fraction=0.2", "batch_size=8", "adapter=lora", "adapter.dropout=0.0",
-            "optim.lr=1e-2", "eval.exact_match=false", *extra]
+    return [
+        "model=hf",
+        f"model.path={model_dir}",
+        "data=jsonl",
+        f"data.path={data}",
+        "data.eval_fraction=0.2",
+        "batch_size=8",
+        "adapter=lora",
+        "adapter.dropout=0.0",
+        "optim.lr=1e-2",
+        "eval.exact_match=false",
+        *extra,
+    ]
 
 
 class Grab(L.Callback):
@@ -72,14 +81,20 @@ def test_loss_is_the_plain_response_cross_entropy(make_cfg, setup):
     ours = masked_token_mean(stats.loss, stats.valid)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     plain = torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1),
-        ignore_index=-100)
+        logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1), ignore_index=-100
+    )
     torch.testing.assert_close(ours, plain, rtol=1e-5, atol=1e-6)
 
 
 def test_resume_from_a_mid_run_checkpoint_gives_the_same_weights(make_cfg, tmp_path, setup):
-    args = _args(setup, "epochs=2", "checkpoint.every_n_train_steps=2",
-                 "strategy=random", "strategy.keep_ratio=0.75", "adapter.dropout=0.1")
+    args = _args(
+        setup,
+        "epochs=2",
+        "checkpoint.every_n_train_steps=2",
+        "strategy=random",
+        "strategy.keep_ratio=0.75",
+        "adapter.dropout=0.1",
+    )
     run(make_cfg(args, "full"))
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(make_cfg(args, "b"), extra_callbacks=[crash(step=5)])
@@ -124,11 +139,9 @@ def test_target_modules_matching_nothing_lists_the_linear_modules(make_cfg, setu
         build_task_and_model(make_cfg(_args(setup, "adapter.target_modules=[nothing_here]")))
 
 
-@pytest.mark.parametrize("strategy", ["full", "random", "el2n", "rs2", "seta", "qtuning", "ccs",
-                                      "infobatch"])
+@pytest.mark.parametrize("strategy", ["full", "random", "el2n", "rs2", "seta", "qtuning", "ccs", "infobatch"])
 def test_every_strategy_trains_lora_with_the_fused_head(make_cfg, setup, strategy):
-    s = run(make_cfg(_args(setup, "epochs=2", f"strategy={strategy}", "model.fused_head=true"),
-                     strategy))
+    s = run(make_cfg(_args(setup, "epochs=2", f"strategy={strategy}", "model.fused_head=true"), strategy))
     assert s["samples_trained"] > 0 and s["eval"]["loss"] > 0
     assert s["trainable_params"] < s["num_params"]
 
@@ -140,8 +153,7 @@ def test_qtune_score_reads_a_lora_checkpoint(make_cfg, tmp_path, setup):
 
     run(make_cfg(_args(setup, "epochs=1"), "s"))
     ckpt = tmp_path / "s" / "checkpoints" / "last.ckpt"
-    cols = score(compose(FAST + _args(setup) + [f"ckpt_path={ckpt}", f"out={tmp_path / 'x.npz'}"],
-                         config_name="score"))
+    cols = score(compose(FAST + _args(setup) + [f"ckpt_path={ckpt}", f"out={tmp_path / 'x.npz'}"], config_name="score"))
     assert len(cols["sample_id"]) == 32 and (cols["loss"] > 0).all()
 
 
@@ -150,8 +162,7 @@ def test_lora_with_gradient_checkpointing_gets_adapter_gradients(make_cfg, setup
 
     bundle, model = build_task_and_model(make_cfg(_args(setup, "model.gradient_checkpointing=true")))
     batch = bundle.collate([bundle.train[i] for i in range(4)])
-    model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-          labels=batch["labels"]).loss.backward()
+    model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     assert grads and all(g is not None for g in grads.values())
     assert any(bool(g.abs().sum() > 0) for n, g in grads.items() if "lora_B" in n)  # A: 0, B starts at 0

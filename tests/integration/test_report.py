@@ -18,9 +18,13 @@ from qtune.report.collect import find_runs
 from qtune.report.plots import pareto_front
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-RUNS = [("full", 0, []), ("full", 1, []),
-        ("random", 0, ["strategy.keep_ratio=0.5"]), ("random", 1, ["strategy.keep_ratio=0.5"]),
-        ("qtuning", 0, ["export_plan=true"])]
+RUNS = [
+    ("full", 0, []),
+    ("full", 1, []),
+    ("random", 0, ["strategy.keep_ratio=0.5"]),
+    ("random", 1, ["strategy.keep_ratio=0.5"]),
+    ("qtuning", 0, ["export_plan=true"]),
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +37,10 @@ def runs_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     for strategy, seed, extra in RUNS:
         run_dir = root / f"{strategy}_{seed}"
-        cfg = compose(FAST + [f"run_dir={run_dir}", "experiment=digits", "epochs=2",
-                              f"strategy={strategy}", f"seed={seed}", *extra])
+        cfg = compose(
+            FAST
+            + [f"run_dir={run_dir}", "experiment=digits", "epochs=2", f"strategy={strategy}", f"seed={seed}", *extra]
+        )
         run(cfg)
         (run_dir / ".hydra").mkdir()
         OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
@@ -82,7 +88,7 @@ def test_welch_p_value_against_the_textbook_formula():
     a, b = [0.91, 0.93, 0.92, 0.95, 0.90], [0.88, 0.86, 0.90, 0.87]
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
     t = (statistics.mean(a) - statistics.mean(b)) / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     delta, p = welch(a, b)
     assert delta == pytest.approx(statistics.mean(a) - statistics.mean(b))
     assert p == pytest.approx(2 * stats.t.sf(abs(t), df))
@@ -127,15 +133,29 @@ def test_tokens_html_decodes_embedded_items(tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / "plans").mkdir()
-    OmegaConf.save(OmegaConf.create({"data": {"name": "embedded", **data},
-                                     "strategy": {"name": "qtuning"}}), run_dir / ".hydra" / "config.yaml")
-    (run_dir / "summary.json").write_text(json.dumps({
-        "strategy": "qtuning", "seed": 0, "epochs": 1, "task": "sft", "train_samples_total": 40,
-        "eval": {"exact_match": 0.0}, "data_info": {"config": bundle.info["config"]}}))
+    OmegaConf.save(
+        OmegaConf.create({"data": {"name": "embedded", **data}, "strategy": {"name": "qtuning"}}),
+        run_dir / ".hydra" / "config.yaml",
+    )
+    (run_dir / "summary.json").write_text(
+        json.dumps(
+            {
+                "strategy": "qtuning",
+                "seed": 0,
+                "epochs": 1,
+                "task": "sft",
+                "train_samples_total": 40,
+                "eval": {"exact_match": 0.0},
+                "data_info": {"config": bundle.info["config"]},
+            }
+        )
+    )
     labels = bundle.train.labels[noisy].tolist()
     response = [j for j in range(len(labels) - 1) if labels[j + 1] != -100]
-    rows = [{"sample_id": noisy, "response": response, "kept": response[:1]},
-            {"sample_id": 0, "response": [5], "kept": []}]
+    rows = [
+        {"sample_id": noisy, "response": response, "kept": response[:1]},
+        {"sample_id": 0, "response": [5], "kept": []},
+    ]
     (run_dir / "plans" / "tokens_epoch_000.json").write_text(json.dumps({"epoch": 0, "rows": rows}))
     build_report([run_dir], tmp_path / "out")
     page = (tmp_path / "out" / "tokens.html").read_text()
@@ -151,8 +171,15 @@ def _load_run_grid():
 
 def test_run_grid_plans_deterministic_points_and_budgets(tmp_path):
     rg = _load_run_grid()
-    pts = rg.plan_grid("digits", ["full", "random", "qtuning", "infobatch"], ["0.25", "0.5x0.7"],
-                       [0, 1], ["same_epochs", "same_steps"], tmp_path, epochs=4)
+    pts = rg.plan_grid(
+        "digits",
+        ["full", "random", "qtuning", "infobatch"],
+        ["0.25", "0.5x0.7"],
+        [0, 1],
+        ["same_epochs", "same_steps"],
+        tmp_path,
+        epochs=4,
+    )
     names = {p.run_dir.relative_to(tmp_path).as_posix() for p in pts}
     assert "digits/full-same_epochs-e4/seed1" in names
     assert "digits/random-keep0.25-same_steps-e16/seed0" in names
@@ -178,13 +205,17 @@ def test_run_grid_takes_a_tasks_default_epochs_from_its_config(task, config, tmp
 
 def test_run_grid_runs_every_strategy_full_included_under_a_flops_budget(tmp_path):
     rg = _load_run_grid()
-    pts = rg.plan_grid("sft", ["full", "random", "denoise"], ["0.5"], [0], ["0.25", "0.5"], tmp_path,
-                       epochs=9)
+    pts = rg.plan_grid("sft", ["full", "random", "denoise"], ["0.5"], [0], ["0.25", "0.5"], tmp_path, epochs=9)
     names = sorted(p.run_dir.relative_to(tmp_path).as_posix() for p in pts)
-    assert names == ["sft/denoise-keep0.5-budget0.25-e9/seed0", "sft/denoise-keep0.5-budget0.5-e9/seed0",
-                     "sft/full-budget0.25-e9/seed0", "sft/full-budget0.5-e9/seed0",
-                     "sft/full-same_epochs-e9/seed0",  # the reference every budget is a share of
-                     "sft/random-keep0.5-budget0.25-e9/seed0", "sft/random-keep0.5-budget0.5-e9/seed0"]
+    assert names == [
+        "sft/denoise-keep0.5-budget0.25-e9/seed0",
+        "sft/denoise-keep0.5-budget0.5-e9/seed0",
+        "sft/full-budget0.25-e9/seed0",
+        "sft/full-budget0.5-e9/seed0",
+        "sft/full-same_epochs-e9/seed0",  # the reference every budget is a share of
+        "sft/random-keep0.5-budget0.25-e9/seed0",
+        "sft/random-keep0.5-budget0.5-e9/seed0",
+    ]
     full_half = next(p for p in pts if p.run_dir.parent.name == "full-budget0.5-e9")
     assert "budget=0.5" in full_half.overrides and "epochs=9" in full_half.overrides
     with pytest.raises(ValueError, match="unknown budget '1.5'"):
@@ -205,7 +236,7 @@ def test_run_grid_skips_finished_points_and_resumes_from_checkpoints(tmp_path):
         return 0
 
     (pts[0].run_dir).mkdir(parents=True)
-    (pts[0].run_dir / "summary.json").write_text("{}")           # finished
+    (pts[0].run_dir / "summary.json").write_text("{}")  # finished
     (pts[1].run_dir / "checkpoints").mkdir(parents=True)
     (pts[1].run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")  # interrupted
     dry = rg.run_grid(pts, runner=fake_runner, dry_run=True, log=lambda m: None)
@@ -219,12 +250,24 @@ def test_run_grid_skips_finished_points_and_resumes_from_checkpoints(tmp_path):
 
 def test_run_grid_tags_variants_and_shards_cover_the_grid(tmp_path):
     rg = _load_run_grid()
-    pts = rg.plan_grid("digits", ["random"], ["0.3", "0.5"], [0, 1, 2], ["same_epochs"], tmp_path,
-                       extra=["strategy.static=true"], tag="static")
+    pts = rg.plan_grid(
+        "digits",
+        ["random"],
+        ["0.3", "0.5"],
+        [0, 1, 2],
+        ["same_epochs"],
+        tmp_path,
+        extra=["strategy.static=true"],
+        tag="static",
+    )
     assert all(p.run_dir.parent.name.startswith("random-static-keep") for p in pts)
     assert all("strategy.static=true" in p.overrides for p in pts)
-    assert rg._without_workers(["--task", "digits", "--workers", "3", "--seeds", "2",
-                                "--workers=4"]) == ["--task", "digits", "--seeds", "2"]
+    assert rg._without_workers(["--task", "digits", "--workers", "3", "--seeds", "2", "--workers=4"]) == [
+        "--task",
+        "digits",
+        "--seeds",
+        "2",
+    ]
     shards = [pts[i::3] for i in range(3)]
     assert sorted(p.run_dir for s in shards for p in s) == sorted(p.run_dir for p in pts)
 
@@ -237,8 +280,7 @@ def test_run_grid_in_process_matches_a_fresh_run_and_logs_failures(tmp_path):
     from qtune.train import run
 
     rg = _load_run_grid()
-    pts = rg.plan_grid("digits", ["full", "random"], ["0.5"], [0], ["same_epochs"], tmp_path,
-                       epochs=2, extra=FAST)
+    pts = rg.plan_grid("digits", ["full", "random"], ["0.5"], [0], ["same_epochs"], tmp_path, epochs=2, extra=FAST)
     assert [rg.in_process_runner(p) for p in pts] == [0, 0]
     second = json.loads((pts[1].run_dir / "summary.json").read_text())
     saved = OmegaConf.load(pts[1].run_dir / ".hydra" / "config.yaml")
@@ -258,20 +300,24 @@ def test_variants_split_a_strategy_and_policies_read_as_letters(tmp_path):
     from qtune.report.collect import Run, group_points
 
     def run(seed, **strategy):
-        summary = {"strategy": strategy["name"], "seed": seed, "epochs": 3,
-                   "eval": {"accuracy": 0.5}}
-        return Run(tmp_path / f"r{len(strategy)}{seed}", summary,
-                   {"data": {"name": "toy"}, "strategy": strategy})
+        summary = {"strategy": strategy["name"], "seed": seed, "epochs": 3, "eval": {"accuracy": 0.5}}
+        return Run(tmp_path / f"r{len(strategy)}{seed}", summary, {"data": {"name": "toy"}, "strategy": strategy})
 
     paper = {"q1": "drop", "q2": "prune", "q3": "drop", "q4": "keep"}
     no_q2 = {**paper, "q2": "drop"}
-    runs = [run(0, name="qtuning", sample_ratio=0.25, policy=paper),
-            run(0, name="qtuning", sample_ratio=0.5, policy=no_q2),
-            run(0, name="random", keep_ratio=0.5, static=False),
-            run(1, name="random", keep_ratio=0.5, static=True)]
+    runs = [
+        run(0, name="qtuning", sample_ratio=0.25, policy=paper),
+        run(0, name="qtuning", sample_ratio=0.5, policy=no_q2),
+        run(0, name="random", keep_ratio=0.5, static=False),
+        run(1, name="random", keep_ratio=0.5, static=True),
+    ]
     pts = {(p.strategy, p.variant): p for p in group_points(runs)["toy"]}
-    assert set(pts) == {("qtuning", "policy=DPDK"), ("qtuning", "policy=DDDK"),
-                        ("random", "static=False"), ("random", "static=True")}
+    assert set(pts) == {
+        ("qtuning", "policy=DPDK"),
+        ("qtuning", "policy=DDDK"),
+        ("random", "static=False"),
+        ("random", "static=True"),
+    }
     assert pts[("qtuning", "policy=DDDK")].label == "policy=DDDK, sample_ratio=0.5"
 
 
@@ -315,6 +361,7 @@ def test_the_report_asks_the_strategy_not_its_name(tmp_path):
         full_data = True
 
     try:
+
         def run(name, strategy, **cfg):
             (tmp_path / name).mkdir()
             (tmp_path / name / "scores.npz").write_bytes(b"")

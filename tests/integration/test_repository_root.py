@@ -51,8 +51,9 @@ def test_the_bare_name_goes_to_another_package_of_that_name(tmp_path, name):
     (tmp_path / name).mkdir()
     (tmp_path / name / "__init__.py").write_text("MARK = 'installed'\nfrom . import sub\n")
     (tmp_path / name / "sub.py").write_text("VALUE = 7\n")
-    res = _python(f"import {name}, qtune.{name} as q; print({name}.MARK, {name}.sub.VALUE, "
-                  f"q.__file__)", PYTHONPATH=str(tmp_path))
+    res = _python(
+        f"import {name}, qtune.{name} as q; print({name}.MARK, {name}.sub.VALUE, q.__file__)", PYTHONPATH=str(tmp_path)
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     mark, value, ours = res.stdout.split()
     assert (mark, value) == ("installed", "7")
@@ -79,8 +80,16 @@ def test_python_m_pytest_collects_every_test_module():
 
 def test_python_m_qtune_train_runs_the_embedded_task(tmp_path):
     run_dir = tmp_path / "run"
-    res = _at_root([sys.executable, "-m", "qtune.train", *tiny_sft_overrides(tmp_path / "cache"),
-                    *TRAIN_FAST, f"hydra.run.dir={run_dir}"])
+    res = _at_root(
+        [
+            sys.executable,
+            "-m",
+            "qtune.train",
+            *tiny_sft_overrides(tmp_path / "cache"),
+            *TRAIN_FAST,
+            f"hydra.run.dir={run_dir}",
+        ]
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["samples_trained"] == summary["train_samples_total"] == 120
@@ -90,9 +99,18 @@ def test_python_m_qtune_train_runs_the_embedded_task(tmp_path):
 def test_torchrun_two_ranks_run_the_embedded_task(tmp_path):
     run_dir = tmp_path / "ddp"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    res = _at_root([*torchrun, "-m", "qtune.train", "trainer=ddp_cpu", "trainer.devices=2",
-                    *tiny_sft_overrides(tmp_path / "cache"), *TRAIN_FAST,
-                    f"hydra.run.dir={run_dir}"])
+    res = _at_root(
+        [
+            *torchrun,
+            "-m",
+            "qtune.train",
+            "trainer=ddp_cpu",
+            "trainer.devices=2",
+            *tiny_sft_overrides(tmp_path / "cache"),
+            *TRAIN_FAST,
+            f"hydra.run.dir={run_dir}",
+        ]
+    )
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [e["world_size"] for e in summary["epochs_detail"]] == [2]

@@ -5,8 +5,13 @@ from conftest import crash
 
 from qtune.train import run
 
-BASE = ["experiment=digits", "epochs=3", "strategy=random", "strategy.keep_ratio=0.7",
-        "checkpoint.every_n_train_steps=5"]
+BASE = [
+    "experiment=digits",
+    "epochs=3",
+    "strategy=random",
+    "strategy.keep_ratio=0.7",
+    "checkpoint.every_n_train_steps=5",
+]
 
 
 def _same(a, b):

@@ -67,8 +67,7 @@ def uninterrupted(tmp_path_factory):
 
 def test_stopped_between_epochs_resumes_from_the_finished_epoch(make_cfg, uninterrupted):
     """No step checkpoints at all: last.ckpt is written at every epoch end."""
-    assert_same_run(uninterrupted[0], crash_then_resume(make_cfg, INFOBATCH,
-                                                        crash(epoch_start=1), "b"))
+    assert_same_run(uninterrupted[0], crash_then_resume(make_cfg, INFOBATCH, crash(epoch_start=1), "b"))
 
 
 def test_checkpoint_after_an_epochs_last_batch(make_cfg, uninterrupted, tmp_path, fake_clock):
@@ -77,8 +76,13 @@ def test_checkpoint_after_an_epochs_last_batch(make_cfg, uninterrupted, tmp_path
     hooks, and the restored epoch is booked before the next one is planned."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    user = ModelCheckpoint(dirpath=str(tmp_path / "user"), every_n_train_steps=23,
-                           save_top_k=-1, filename="step_{step}", auto_insert_metric_name=False)
+    user = ModelCheckpoint(
+        dirpath=str(tmp_path / "user"),
+        every_n_train_steps=23,
+        save_top_k=-1,
+        filename="step_{step}",
+        auto_insert_metric_name=False,
+    )
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(make_cfg(INFOBATCH, "c"), extra_callbacks=[user, crash(epoch_end=0)])
     (ckpt,) = (tmp_path / "user").glob("*.ckpt")
@@ -99,8 +103,9 @@ def test_no_step_save_on_an_epochs_last_batch(make_cfg, tmp_path, fake_clock):
     per_epoch = [-(-n // 64) for n in steps]
     assert per_epoch[1] < per_epoch[2]  # the case that went wrong
     every = per_epoch[0] + per_epoch[1]  # would land on epoch 1's last batch
-    resumed = crash_then_resume(make_cfg, args + [f"checkpoint.every_n_train_steps={every}"],
-                                crash(epoch_end=1), "s", jump=fake_clock)
+    resumed = crash_then_resume(
+        make_cfg, args + [f"checkpoint.every_n_train_steps={every}"], crash(epoch_end=1), "s", jump=fake_clock
+    )
     assert_same_run(whole, resumed, resumed_after_a_gap=True)
 
 
@@ -125,8 +130,7 @@ def test_resuming_a_finished_run_plans_and_scores_nothing_more(make_cfg, tmp_pat
     args = ["experiment=digits", "epochs=1", "strategy=qtuning", "strategy.level=epoch"]
     first = run(make_cfg(args, "f"))
     before = dict(np.load(tmp_path / "f" / "scores.npz"))
-    again = run(make_cfg(args + [f"ckpt_path={tmp_path / 'f' / 'checkpoints' / 'last.ckpt'}"],
-                         "f"))
+    again = run(make_cfg(args + [f"ckpt_path={tmp_path / 'f' / 'checkpoints' / 'last.ckpt'}"], "f"))
     for key in ("scoring_forward_tokens", "flops_estimate", "samples_trained"):
         assert again[key] == first[key], key
     after = dict(np.load(tmp_path / "f" / "scores.npz"))
@@ -140,18 +144,28 @@ def test_a_library_callback_resumes_a_checkpoint_that_carries_a_strategy_config(
     from qtune.lightning.callback import PruningCallback
     from qtune.strategies import build_strategy
 
-    writer = PruningCallback(build_strategy("random", keep_ratio=0.5), seed=0, num_samples=8,
-                             strategy_config={"name": "random", "keep_ratio": 0.5})
+    writer = PruningCallback(
+        build_strategy("random", keep_ratio=0.5),
+        seed=0,
+        num_samples=8,
+        strategy_config={"name": "random", "keep_ratio": 0.5},
+    )
     reader = PruningCallback(build_strategy("random", keep_ratio=0.5), seed=0, num_samples=8)
     reader.load_state_dict(writer.state_dict())
     with pytest.raises(ValueError, match="seed: 0 -> 1"):
-        PruningCallback(build_strategy("random", keep_ratio=0.5), seed=1,
-                        num_samples=8).load_state_dict(writer.state_dict())
+        PruningCallback(build_strategy("random", keep_ratio=0.5), seed=1, num_samples=8).load_state_dict(
+            writer.state_dict()
+        )
 
 
 def test_resume_with_other_settings_is_refused(make_cfg):
-    base = ["experiment=digits", "epochs=2", "strategy=random", "strategy.keep_ratio=0.7",
-            "checkpoint.every_n_train_steps=5"]
+    base = [
+        "experiment=digits",
+        "epochs=2",
+        "strategy=random",
+        "strategy.keep_ratio=0.7",
+        "checkpoint.every_n_train_steps=5",
+    ]
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(make_cfg(base, "e"), extra_callbacks=[crash(step=10)])
     ckpt = f"ckpt_path={make_cfg(base, 'e').run_dir}/checkpoints/last.ckpt"
@@ -192,6 +206,7 @@ def test_progress_is_the_share_of_batches_or_of_the_budget():
 def test_stopped_mid_epoch_times_the_epoch_from_its_checkpoint(make_cfg, uninterrupted, fake_clock):
     """The resumed epoch carries the seconds it had trained before the checkpoint and goes on
     from there: the time between the crash and the resume counts in no epoch."""
-    resumed = crash_then_resume(make_cfg, INFOBATCH + ["checkpoint.every_n_train_steps=5"],
-                                crash(step=30), "m", jump=fake_clock)
+    resumed = crash_then_resume(
+        make_cfg, INFOBATCH + ["checkpoint.every_n_train_steps=5"], crash(step=30), "m", jump=fake_clock
+    )
     assert_same_run(uninterrupted[0], resumed, resumed_after_a_gap=True)

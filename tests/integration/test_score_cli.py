@@ -15,8 +15,7 @@ def test_scores_file_matches_the_checkpointed_model(make_cfg, tmp_path):
     run(make_cfg(["experiment=digits", "epochs=2"], "train"))
     ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
     out = tmp_path / "scores.npz"
-    cols = score(compose(FAST + ["experiment=digits", f"ckpt_path={ckpt}", f"out={out}"],
-                         config_name="score"))
+    cols = score(compose(FAST + ["experiment=digits", f"ckpt_path={ckpt}", f"out={out}"], config_name="score"))
     assert out.is_file()
     n = len(cols["sample_id"])
     assert list(cols["sample_id"]) == list(range(n))
@@ -28,7 +27,7 @@ def test_scores_file_matches_the_checkpointed_model(make_cfg, tmp_path):
     bundle = build_digits_task(compose(FAST + ["experiment=digits"]).data)
     model = build_mlp(compose(FAST + ["experiment=digits"]).model, 64, 10)
     sd = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    model.load_state_dict({k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")})
+    model.load_state_dict({k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")})
     model.eval()
     batch = bundle.collate([bundle.train[i] for i in range(n)])
     with torch.no_grad():
@@ -39,5 +38,4 @@ def test_scores_file_matches_the_checkpointed_model(make_cfg, tmp_path):
     el2n = (p - F.one_hot(batch["labels"].view(-1), 10)).norm(dim=-1)
     np.testing.assert_allclose(cols["el2n"], el2n.numpy(), atol=2e-3)
     # the file round-trips through the loader strategies use
-    torch.testing.assert_close(load_scores(out, n, "el2n"), torch.from_numpy(cols["el2n"]).double(),
-                               check_dtype=False)
+    torch.testing.assert_close(load_scores(out, n, "el2n"), torch.from_numpy(cols["el2n"]).double(), check_dtype=False)

@@ -40,8 +40,7 @@ def installed_plugin(tmp_path, monkeypatch):
     info = site / "throwaway-0.0.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: throwaway\nVersion: 0.0.0\n")
-    (info / "entry_points.txt").write_text(
-        "[qtune.strategies]\nevery_kth_throwaway = throwaway_pkg:EveryKth\n")
+    (info / "entry_points.txt").write_text("[qtune.strategies]\nevery_kth_throwaway = throwaway_pkg:EveryKth\n")
     monkeypatch.syspath_prepend(str(site))  # also invalidates importlib's finder caches
     importlib.invalidate_caches()
     monkeypatch.setattr(reg, "_ENTRY_POINTS_LOADED", False)
@@ -52,8 +51,7 @@ def installed_plugin(tmp_path, monkeypatch):
 
 def test_an_installed_third_party_strategy_runs_by_name(installed_plugin, make_cfg):
     assert installed_plugin in reg.registered_names()
-    s = run(make_cfg(["experiment=digits", "epochs=2", f"strategy.name={installed_plugin}",
-                      "+strategy.k=3"]))
+    s = run(make_cfg(["experiment=digits", "epochs=2", f"strategy.name={installed_plugin}", "+strategy.k=3"]))
     n = s["train_samples_total"]
     assert s["strategy"] == installed_plugin
     assert [e["samples_trained"] for e in s["epochs_detail"]] == [-(-n // 3)] * 2

@@ -7,9 +7,20 @@ import pytest
 
 from qtune.train import run
 
-SUMMARY_KEYS = {"strategy", "seed", "epochs", "train_samples_total", "samples_trained",
-                "tokens_trained", "scoring_forward_tokens", "flops_estimate", "wall_time_s",
-                "train_time_s", "realised_keep_ratio", "eval"}
+SUMMARY_KEYS = {
+    "strategy",
+    "seed",
+    "epochs",
+    "train_samples_total",
+    "samples_trained",
+    "tokens_trained",
+    "scoring_forward_tokens",
+    "flops_estimate",
+    "wall_time_s",
+    "train_time_s",
+    "realised_keep_ratio",
+    "eval",
+}
 
 
 def test_full_run_writes_summary_metrics_and_checkpoint(make_cfg, tmp_path):

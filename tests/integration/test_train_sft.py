@@ -30,8 +30,7 @@ def test_full_sft_run_summary(make_cfg, tiny_sft, tmp_path):
 
 
 def test_qtuning_sft_run_trains_a_quarter(make_cfg, tiny_sft):
-    s = run(make_cfg(tiny_sft + ["strategy=qtuning", "strategy.sample_ratio=0.25",
-                                 "strategy.token_ratio=0.5"], "qt"))
+    s = run(make_cfg(tiny_sft + ["strategy=qtuning", "strategy.sample_ratio=0.25", "strategy.token_ratio=0.5"], "qt"))
     n = s["train_samples_total"]
     assert abs(s["realised_keep_ratio"] - 0.25) < 0.1
     assert s["scoring_forward_tokens"] > 0

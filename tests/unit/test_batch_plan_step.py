@@ -46,8 +46,9 @@ def _reference_loss(model, batch, denominator="response"):
     tm = torch.zeros_like(labels, dtype=torch.bool)
     tm[:, ::2] = True
     sel = (labels != -100) & keep & tm
-    nll = F.cross_entropy(out.reshape(-1, out.shape[-1]), labels.clamp(min=0).reshape(-1),
-                          reduction="none").view(labels.shape)
+    nll = F.cross_entropy(out.reshape(-1, out.shape[-1]), labels.clamp(min=0).reshape(-1), reduction="none").view(
+        labels.shape
+    )
     denom = sel.sum() if denominator == "response" else batch["attention_mask"][:, 1:].sum()
     return (nll * sel).sum() / denom, sel.sum()
 

@@ -10,9 +10,17 @@ def _load_bench():
     return load_script("bench_kernels")
 
 
-@pytest.mark.parametrize("given,short", [("float32", "fp32"), ("bfloat16", "bf16"),
-                                         ("float16", "fp16"), ("fp32", "fp32"),
-                                         ("torch.bfloat16", "bf16"), ("BF16", "bf16")])
+@pytest.mark.parametrize(
+    "given,short",
+    [
+        ("float32", "fp32"),
+        ("bfloat16", "bf16"),
+        ("float16", "fp16"),
+        ("fp32", "fp32"),
+        ("torch.bfloat16", "bf16"),
+        ("BF16", "bf16"),
+    ],
+)
 def test_dtype_names_map_to_the_short_ones(given, short):
     assert _load_bench().dtype_name(given) == short
 
@@ -20,9 +28,26 @@ def test_dtype_names_map_to_the_short_ones(given, short):
 @pytest.mark.parametrize("dtype,expected", [("float32", "fp32"), ("bfloat16", "bf16")])
 def test_a_run_with_torch_dtype_names(dtype, expected, capsys):
     bench = _load_bench()
-    rows = bench.main(["--device", "cpu", "--dtype", dtype, "--shapes", "8x64",
-                       "--impls", "eager", "--passes", "fwd", "--repeats", "1",
-                       "--peak-gbps", "1", "--threads", str(torch.get_num_threads())])
+    rows = bench.main(
+        [
+            "--device",
+            "cpu",
+            "--dtype",
+            dtype,
+            "--shapes",
+            "8x64",
+            "--impls",
+            "eager",
+            "--passes",
+            "fwd",
+            "--repeats",
+            "1",
+            "--peak-gbps",
+            "1",
+            "--threads",
+            str(torch.get_num_threads()),
+        ]
+    )
     assert [(r["impl"], r["dtype"]) for r in rows] == [("eager", expected)]
     assert f"dtype={expected}" in capsys.readouterr().out
 

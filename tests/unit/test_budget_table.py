@@ -18,8 +18,9 @@ def _point(level: Path, name: str, ems, wrong, flops=None):
     for seed, (e, w) in enumerate(zip(ems, wrong)):
         d = level / "sft" / name / f"seed{seed}"
         d.mkdir(parents=True)
-        (d / "summary.json").write_text(json.dumps(
-            {"eval": {"exact_match": e}, "wrong_tokens_trained": w, "flops_vs_full": flops}))
+        (d / "summary.json").write_text(
+            json.dumps({"eval": {"exact_match": e}, "wrong_tokens_trained": w, "flops_vs_full": flops})
+        )
 
 
 def test_rows_compare_against_full_the_same_budget_and_the_oracle(tmp_path):
@@ -31,8 +32,11 @@ def test_rows_compare_against_full_the_same_budget_and_the_oracle(tmp_path):
     ordered = bt.rows(bt.load(tmp_path))
     table = {r["point"]: r for r in ordered}
     assert [r["point"] for r in ordered] == [
-        "full-same_epochs-e9", "full-clean_only-same_epochs-e9", "full-budget0.5-e9",
-        "denoise-keep0.5-budget0.5-e9"]
+        "full-same_epochs-e9",
+        "full-clean_only-same_epochs-e9",
+        "full-budget0.5-e9",
+        "denoise-keep0.5-budget0.5-e9",
+    ]
     d = table["denoise-keep0.5-budget0.5-e9"]
     assert d["strategy"] == "denoise" and d["budget"] == 0.5 and d["seeds"] == 3
     assert d["em_mean"] == pytest.approx(0.94) and d["em_std"] == pytest.approx(0.01)

@@ -51,14 +51,18 @@ def test_mlp_logits_are_one_token_and_learn():
     bundle = build_digits_task({"eval_fraction": 0.2, "seed": 0})
     model = build_mlp(OmegaConf.load(CONF / "model" / "mlp.yaml"), 64, 10)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    loader = DataLoader(bundle.train, batch_size=128, shuffle=True, collate_fn=bundle.collate,
-                        generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        bundle.train,
+        batch_size=128,
+        shuffle=True,
+        collate_fn=bundle.collate,
+        generator=torch.Generator().manual_seed(0),
+    )
     for _ in range(3):
         for batch in loader:
             logits = model(**batch)
             assert logits.shape == (len(batch["labels"]), 1, 10)
-            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1),
-                                                     batch["labels"].flatten())
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten())
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -130,8 +130,7 @@ class _Scripted(torch.nn.Module):
         self.vocab, self.eos = vocab, eos
         self.dummy = torch.nn.Parameter(torch.zeros(1))
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=False,
-                logits_to_keep=0):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=False, logits_to_keep=0):
         nxt = torch.where(input_ids >= 9, torch.full_like(input_ids, self.eos), input_ids + 1)
         logits = torch.nn.functional.one_hot(nxt, self.vocab).float()
 
@@ -145,9 +144,12 @@ class _Scripted(torch.nn.Module):
 
 def test_greedy_exact_match_on_scripted_model():
     model = _Scripted()
-    gen = GenerationEval(prompt_ids=[[1, 5], [1, 1, 1, 7], [1, 8], [4]],
-                         target_ids=[[6, 7, 8, 9, 2], [8, 9, 2], [9, 3, 2], [5, 6, 2]],
-                         groups=["a", "a", "b", "b"], max_new_tokens=5)
+    gen = GenerationEval(
+        prompt_ids=[[1, 5], [1, 1, 1, 7], [1, 8], [4]],
+        target_ids=[[6, 7, 8, 9, 2], [8, 9, 2], [9, 3, 2], [5, 6, 2]],
+        groups=["a", "a", "b", "b"],
+        max_new_tokens=5,
+    )
     out = greedy_generate(model, gen.prompt_ids, eos_id=2, max_new_tokens=5, batch_size=3)
     assert out == [[6, 7, 8, 9, 2], [8, 9, 2], [9, 2], [5, 6, 7, 8, 9]]
     res = greedy_exact_match(model, gen, eos_id=2, batch_size=2)

@@ -45,6 +45,7 @@ def test_trust_remote_code_is_passed_false_by_default(llama_dir, monkeypatch):
         def from_pretrained(*args, **kwargs):
             seen.append((cls_name, kwargs.get("trust_remote_code", "absent")))
             return real(*args, **kwargs)
+
         return from_pretrained
 
     for name in ("AutoTokenizer", "AutoModelForCausalLM"):
@@ -65,9 +66,9 @@ def test_conf_defaults_and_missing_path():
 
 
 def test_gradient_checkpointing_and_attention_backend(llama_dir):
-    cfg = OmegaConf.merge(OmegaConf.load(CONF), {"path": str(llama_dir),
-                                                 "gradient_checkpointing": True,
-                                                 "attn_implementation": "eager"})
+    cfg = OmegaConf.merge(
+        OmegaConf.load(CONF), {"path": str(llama_dir), "gradient_checkpointing": True, "attn_implementation": "eager"}
+    )
     model, _ = build_hf_model(cfg)
     assert model.is_gradient_checkpointing and model.config._attn_implementation == "eager"
     ids = torch.tensor([[1, 5, 6, 7]])

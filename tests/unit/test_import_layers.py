@@ -28,8 +28,17 @@ ALLOWED = {
     "qtune.hf": {"qtune.pruning", "qtune.strategies", "qtune.kernels", "qtune.models", "qtune.runs"},
     "qtune.report": {"qtune.data", "qtune.eval", "qtune.strategies", "qtune.runs"},
 }
-NO_LIGHTNING = ("qtune.kernels", "qtune.strategies", "qtune.data", "qtune.models", "qtune.runs",
-                "qtune.eval", "qtune.pruning", "qtune.hf", "qtune.report")
+NO_LIGHTNING = (
+    "qtune.kernels",
+    "qtune.strategies",
+    "qtune.data",
+    "qtune.models",
+    "qtune.runs",
+    "qtune.eval",
+    "qtune.pruning",
+    "qtune.hf",
+    "qtune.report",
+)
 
 
 def module_name(path: Path) -> str:
@@ -58,7 +67,7 @@ def imports(path: Path) -> set[str]:
 
 def files(part: str) -> list[Path]:
     folder = next(f for f, pkg in FOLDERS.items() if part == pkg or part.startswith(pkg + "."))
-    sub = part[len(FOLDERS[folder]):].lstrip(".").replace(".", "/")
+    sub = part[len(FOLDERS[folder]) :].lstrip(".").replace(".", "/")
     return sorted((ROOT / folder / sub).glob("*.py"))
 
 
@@ -69,7 +78,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt, stack + [nxt])):
                 return cycle
         state[node] = 2
@@ -84,8 +93,10 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def kernels_graph() -> dict[str, set[str]]:
     """kernels module -> the sibling modules it imports."""
     mods = {p.stem for p in (ROOT / "kernels").glob("*.py")} - {"__init__"}
-    return {m: {n.split(".")[2] for n in imports(ROOT / "kernels" / f"{m}.py")
-                if n.startswith("qtune.kernels.")} & mods for m in mods}
+    return {
+        m: {n.split(".")[2] for n in imports(ROOT / "kernels" / f"{m}.py") if n.startswith("qtune.kernels.")} & mods
+        for m in mods
+    }
 
 
 def test_import_graph_of_kernels_is_acyclic():
@@ -103,8 +114,9 @@ def package_graph() -> dict[str, set[str]]:
     graph = {}
     for name, path in paths.items():
         targets = {n for n in imports(path) if n in paths}
-        graph[name] = {t for t in targets if t != name
-                       and not name.startswith(t + ".") and not t.startswith(name + ".")}
+        graph[name] = {
+            t for t in targets if t != name and not name.startswith(t + ".") and not t.startswith(name + ".")
+        }
     return graph
 
 
@@ -117,8 +129,12 @@ def test_import_graph_of_the_whole_package_is_acyclic():
 
 def test_cycle_finder_finds_the_old_circle():
     """The circle this test guards against: formula -> dispatch -> formula, and warmup."""
-    old = {"formula": {"dispatch"}, "dispatch": {"formula", "triton_stats"},
-           "triton_stats": {"warmup"}, "warmup": {"dispatch"}}
+    old = {
+        "formula": {"dispatch"},
+        "dispatch": {"formula", "triton_stats"},
+        "triton_stats": {"warmup"},
+        "warmup": {"dispatch"},
+    }
     assert find_cycle(old) is not None
 
 

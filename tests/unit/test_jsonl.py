@@ -24,15 +24,27 @@ ALPACA = [
     {"instruction": "what colour is the grass", "input": "", "output": "it is green"},
 ]
 CHAT = [
-    {"messages": [{"role": "system", "content": "you are a helpful assistant"},
-                  {"role": "user", "content": "what colour is the sky"},
-                  {"role": "assistant", "content": "it is blue"}]},
-    {"messages": [{"role": "user", "content": "hello"},
-                  {"role": "assistant", "content": "hello"},
-                  {"role": "user", "content": "add two and three"},
-                  {"role": "assistant", "content": "five thanks"}]},
-    {"messages": [{"role": "user", "content": "reverse the words red blue"},
-                  {"role": "assistant", "content": "blue red"}]},
+    {
+        "messages": [
+            {"role": "system", "content": "you are a helpful assistant"},
+            {"role": "user", "content": "what colour is the sky"},
+            {"role": "assistant", "content": "it is blue"},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "hello"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "add two and three"},
+            {"role": "assistant", "content": "five thanks"},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "reverse the words red blue"},
+            {"role": "assistant", "content": "blue red"},
+        ]
+    },
 ]
 
 
@@ -54,8 +66,7 @@ def hf(request, tmp_path_factory):
 
 def expected_prompt(tok, messages):
     if tok.chat_template:
-        return list(tok.apply_chat_template(messages, add_generation_prompt=True,
-                                            return_dict=True)["input_ids"])
+        return list(tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"])
     return [tok.bos_token_id] + tok(plain_prompt(messages), add_special_tokens=False)["input_ids"]
 
 
@@ -87,15 +98,13 @@ def test_labels_are_response_only(hf, rows, tmp_path):
 
 def test_collated_batch_trains_the_loaded_model(hf, tmp_path):
     model, tok = hf
-    bundle = build_jsonl_task(cfg(write_jsonl(tmp_path / "t.jsonl", ALPACA + CHAT),
-                                  eval_fraction=0.25), tok)
+    bundle = build_jsonl_task(cfg(write_jsonl(tmp_path / "t.jsonl", ALPACA + CHAT), eval_fraction=0.25), tok)
     assert len(bundle.train) == 5 and len(bundle.eval) == 2
     batch = bundle.collate([bundle.train[i] for i in range(len(bundle.train))])
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
     assert (batch["input_ids"][batch["attention_mask"] == 0] == tok.pad_token_id).all()
     model.train()
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                labels=batch["labels"])
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
@@ -109,8 +118,7 @@ def test_eval_fraction_split_is_deterministic_and_disjoint(hf, tmp_path):
     path = write_jsonl(tmp_path / "t.jsonl", rows)
 
     def lines(bundle):
-        return (sorted(m["line"] for m in bundle.train_meta),
-                sorted(m["line"] for m in bundle.eval.meta))
+        return (sorted(m["line"] for m in bundle.train_meta), sorted(m["line"] for m in bundle.eval.meta))
 
     a = build_jsonl_task(cfg(path, eval_fraction=0.3), tok)
     assert lines(a) == lines(build_jsonl_task(cfg(path, eval_fraction=0.3), tok))
@@ -123,19 +131,26 @@ def test_eval_fraction_split_is_deterministic_and_disjoint(hf, tmp_path):
 def test_truncation_keeps_prompt_and_drops_fully_truncated(hf, tmp_path):
     _, tok = hf
     long_answer = "one two three four five six seven eight nine ten"
-    rows = [{"instruction": "add two and three", "output": long_answer},
-            {"instruction": " ".join(["one two three"] * 20), "output": "five"}]
-    bundle = build_jsonl_task(cfg(write_jsonl(tmp_path / "t.jsonl", rows),
-                                  eval_path=str(write_jsonl(tmp_path / "e.jsonl", rows[:1])),
-                                  max_length=16), tok)
+    rows = [
+        {"instruction": "add two and three", "output": long_answer},
+        {"instruction": " ".join(["one two three"] * 20), "output": "five"},
+    ]
+    bundle = build_jsonl_task(
+        cfg(
+            write_jsonl(tmp_path / "t.jsonl", rows),
+            eval_path=str(write_jsonl(tmp_path / "e.jsonl", rows[:1])),
+            max_length=16,
+        ),
+        tok,
+    )
     assert bundle.info["train"]["dropped_truncated"] == 1 and len(bundle.train) == 1
     item = bundle.train[0]
     p = expected_prompt(tok, [{"role": "user", "content": rows[0]["instruction"]}])
     assert len(p) < 16 and len(item["input_ids"]) == 16
-    assert item["labels"].tolist()[:len(p)] == [IGNORE_INDEX] * len(p)
+    assert item["labels"].tolist()[: len(p)] == [IGNORE_INDEX] * len(p)
     full = tok(rows[0]["output"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert len(p) + len(full) > 16  # the response really is cut, from the right
-    assert item["labels"].tolist()[len(p):] == full[:16 - len(p)]
+    assert item["labels"].tolist()[len(p) :] == full[: 16 - len(p)]
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -143,8 +158,11 @@ def test_truncation_keeps_prompt_and_drops_fully_truncated(hf, tmp_path):
 
 def test_malformed_line_names_file_and_line(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", [ALPACA[0], "", '{"instruction": "x", "output": '])
-    with pytest.raises(DataError, match=r"bad\.jsonl:3: malformed JSON: Expecting value "
-                                        r"\(column 31\)"):
+    with pytest.raises(
+        DataError,
+        match=r"bad\.jsonl:3: malformed JSON: Expecting value "
+        r"\(column 31\)",
+    ):
         read_jsonl(path)
     path.write_bytes(b'\xef\xbb\xbf{"instruction": "a", "output": "b"}\n[1, 2]\n')  # BOM is fine
     with pytest.raises(DataError, match=r"bad\.jsonl:2: expected a JSON object"):
@@ -154,13 +172,16 @@ def test_malformed_line_names_file_and_line(tmp_path):
         read_jsonl(path)
 
 
-@pytest.mark.parametrize("row,field", [
-    ({"instruction": "add"}, "output"),
-    ({"output": "five"}, "instruction"),
-    ({"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}, "content"),
-    ({"messages": [{"role": "user", "content": "hi"}]}, "messages"),
-    ({"prompt": "x", "completion": "y"}, "messages"),
-])
+@pytest.mark.parametrize(
+    "row,field",
+    [
+        ({"instruction": "add"}, "output"),
+        ({"output": "five"}, "instruction"),
+        ({"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}, "content"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, "messages"),
+        ({"prompt": "x", "completion": "y"}, "messages"),
+    ],
+)
 def test_missing_field_names_field_file_and_line(tmp_path, row, field):
     path = write_jsonl(tmp_path / "d.jsonl", [ALPACA[0], row])
     with pytest.raises(DataError, match=rf"d\.jsonl:2: .*'{field}'"):
@@ -177,9 +198,10 @@ def test_forced_format_and_unknown_format(tmp_path):
 
 def test_empty_response_dropped_and_counted(hf, tmp_path):
     _, tok = hf
-    rows = ALPACA + [{"instruction": "add two", "output": "  "},
-                     {"messages": [{"role": "user", "content": "hi"},
-                                   {"role": "assistant", "content": ""}]}]
+    rows = ALPACA + [
+        {"instruction": "add two", "output": "  "},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]},
+    ]
     bundle = build_jsonl_task(cfg(write_jsonl(tmp_path / "d.jsonl", rows), eval_fraction=0.25), tok)
     assert bundle.info["dropped_empty"] == 2 and bundle.info["dropped_truncated"] == 0
     assert len(bundle.train) + len(bundle.eval) == len(ALPACA)
@@ -209,8 +231,10 @@ def test_drops_are_logged(hf, tmp_path, caplog):
 
 def test_chat_template_error_names_line(hf, tmp_path):
     _, tok = hf
-    strict = "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no " \
-             "system role') }}{% endif %}{{ m['content'] }}{% endfor %}"
+    strict = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no "
+        "system role') }}{% endif %}{{ m['content'] }}{% endfor %}"
+    )
     old, tok.chat_template = tok.chat_template, strict
     try:
         with pytest.raises(DataError, match=r"d\.jsonl:1: the tokenizer's chat template .*no system"):

@@ -101,8 +101,7 @@ def test_classification_one_token_per_sample(backend):
     logits = torch.randn(16, 10) * 2
     labels = torch.randint(0, 10, (16,))
     out = check(backend, logits, labels)
-    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(
-        logits, labels, reduction="none"))
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(logits, labels, reduction="none"))
     check(backend, logits.unsqueeze(1), labels.unsqueeze(1))  # [B, 1, C] as batch_stats uses
 
 
@@ -144,6 +143,7 @@ def test_default_backend_and_auto(monkeypatch):
             K.set_default_backend("nope")
         K.set_default_backend("auto")
         from qtune.kernels import dispatch
+
         monkeypatch.setattr(dispatch, "_cpu_compiler_ok", lambda: False)
         monkeypatch.setattr(dispatch, "_warned", set())
         with pytest.warns(RuntimeWarning, match="chunked 'torch'"):

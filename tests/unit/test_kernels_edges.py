@@ -48,8 +48,7 @@ def test_masked_vocabulary_entries_give_finite_statistics(backend):
     out = token_stats(masked, y, backend=backend)
     want = token_stats_reference(z[:, :30], y)
     for f in ("loss", "entropy", "el2n", "p_label", "correct", "margin"):
-        torch.testing.assert_close(getattr(out, f), getattr(want, f), atol=2e-5, rtol=2e-5,
-                                   msg=f)
+        torch.testing.assert_close(getattr(out, f), getattr(want, f), atol=2e-5, rtol=2e-5, msg=f)
     out.loss.sum().backward()
     assert torch.isfinite(masked.grad).all() and (masked.grad[:, 30:] == 0).all()
 
@@ -146,8 +145,11 @@ def test_fused_head_under_autocast(hidden_dtype):
     for fused in (True, False):
         h, w = h0.clone().requires_grad_(True), w0.clone().requires_grad_(True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = (linear_token_stats(h, w, y, backend="torch", chunk_size=4).loss if fused
-                    else token_stats_reference(F.linear(h, w), y).loss)
+            loss = (
+                linear_token_stats(h, w, y, backend="torch", chunk_size=4).loss
+                if fused
+                else token_stats_reference(F.linear(h, w), y).loss
+            )
         assert loss.dtype == torch.float32
         (loss * wt).sum().backward()
         assert h.grad.dtype == hidden_dtype and w.grad.dtype == torch.float32
@@ -190,8 +192,7 @@ def test_auto_falls_back_when_a_backward_fails(monkeypatch, entry):
         def grad(self, *args, **kwargs):
             raise RuntimeError("backward kernel failed to build")
 
-    monkeypatch.setattr(dispatch, "get_impl",
-                        lambda n: BrokenBackward() if n == "compiled" else real(n))
+    monkeypatch.setattr(dispatch, "get_impl", lambda n: BrokenBackward() if n == "compiled" else real(n))
     monkeypatch.setattr(dispatch, "_broken", {"cpu": set()})
     monkeypatch.setattr(dispatch, "_warned", set())
     monkeypatch.setattr(dispatch, "_cpu_compiler_ok", lambda: True)
@@ -203,8 +204,11 @@ def test_auto_falls_back_when_a_backward_fails(monkeypatch, entry):
 
     def grads(backend, fused):
         hh, ww = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
-        loss = (linear_token_stats(hh, ww, y, backend=backend, chunk_size=4).loss if fused
-                else token_stats(F.linear(hh, ww), y, backend=backend).loss)
+        loss = (
+            linear_token_stats(hh, ww, y, backend=backend, chunk_size=4).loss
+            if fused
+            else token_stats(F.linear(hh, ww), y, backend=backend).loss
+        )
         (loss * wt).sum().backward()
         return hh.grad, ww.grad
 

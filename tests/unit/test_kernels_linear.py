@@ -20,7 +20,7 @@ FIELDS = ("loss", "entropy", "el2n", "p_label", "correct", "margin")
 def _inputs(b=3, t=10, h=16, v=203, bias=True, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     hid = torch.randn(b, t, h, generator=g).to(dtype)
-    w = (torch.randn(v, h, generator=g) / h ** 0.5 * 3).to(dtype)
+    w = (torch.randn(v, h, generator=g) / h**0.5 * 3).to(dtype)
     bb = (torch.randn(v, generator=g) * 0.5).to(dtype) if bias else None
     lab = torch.randint(0, v, (b, t), generator=g)
     lab[torch.rand(b, t, generator=g) < 0.3] = -100
@@ -45,8 +45,7 @@ def test_linear_parity_and_weighted_grads(backend, bias, chunk):
     out = linear_token_stats(h2, w2, lab, bias=b2, backend=backend, chunk_size=chunk)
     (out.loss * wt).sum().backward()
     for f in FIELDS:
-        torch.testing.assert_close(getattr(out, f), getattr(ref, f).float(), atol=2e-5,
-                                   rtol=2e-5, msg=f)
+        torch.testing.assert_close(getattr(out, f), getattr(ref, f).float(), atol=2e-5, rtol=2e-5, msg=f)
     assert torch.equal(out.valid, lab != -100)
     torch.testing.assert_close(h2.grad, h1.grad, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(w2.grad, w1.grad, atol=1e-5, rtol=1e-4)
@@ -97,5 +96,6 @@ def test_grad_written_over_the_logits_equals_a_fresh_gradient(backend, dtype):
     # and both equal the plain formula (softmax - onehot) * upstream, zero on ignored rows
     ref = (torch.softmax(z.float(), 1) - F.one_hot(y, 203).float()) * up[:, None]
     ref[~valid] = 0
-    torch.testing.assert_close(fresh.float(), ref, atol=1e-5 if dtype == torch.float32 else 1e-2,
-                               rtol=1e-3 if dtype == torch.float32 else 2e-2)
+    torch.testing.assert_close(
+        fresh.float(), ref, atol=1e-5 if dtype == torch.float32 else 1e-2, rtol=1e-3 if dtype == torch.float32 else 2e-2
+    )

@@ -21,12 +21,18 @@ DEV = "cuda" if CUDA else "cpu"
 FIELDS = ("loss", "entropy", "el2n", "p_label", "correct", "margin")
 
 if not (INTERP or CUDA):
+
     def test_triton_under_interpreter():
         """About 12 s on an idle 2-core machine (mostly interpreter start-up)."""
         pytest.importorskip("triton")
         env = dict(os.environ, TRITON_INTERPRET="1")
-        res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                              __file__], env=env, capture_output=True, text=True, timeout=600)
+        res = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
         assert " passed" in res.stdout and " failed" not in res.stdout
 else:
@@ -88,6 +94,7 @@ else:
     def test_triton_default_config_and_linear():
         """The public entry points with backend='triton' (default tile choice)."""
         from qtune.kernels import token_stats
+
         logits, labels = randn(2, 5, 333), labels_for((2, 5), 333)
         out = token_stats(logits, labels, backend="triton")
         ref = token_stats_reference(logits, labels)
@@ -110,8 +117,7 @@ else:
 
         z = randn(4, 300, scale=1.0)
         y = torch.tensor([5, 70, 150, 299], device=DEV)
-        z[torch.arange(4), y] = z.max(-1).values + torch.tensor([2.0, 12.0, 20.0, 24.0],
-                                                               device=DEV)
+        z[torch.arange(4), y] = z.max(-1).values + torch.tensor([2.0, 12.0, 20.0, 24.0], device=DEV)
         p64 = torch.softmax(z.double(), -1)
         want = (p64 - F.one_hot(y, 300).double()).square().sum(-1).sqrt()
         got = run(z, y, 64)[2].double()

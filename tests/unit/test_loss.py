@@ -21,8 +21,8 @@ def test_no_mask_equals_plain_token_mean_cross_entropy():
     ours = masked_token_mean(stats.loss, stats.valid)
     ref = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
     torch.testing.assert_close(ours, ref)
-    g_ours, = torch.autograd.grad(ours, logits)
-    g_ref, = torch.autograd.grad(ref, logits)
+    (g_ours,) = torch.autograd.grad(ours, logits)
+    (g_ref,) = torch.autograd.grad(ref, logits)
     torch.testing.assert_close(g_ours, g_ref)
 
 

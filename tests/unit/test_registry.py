@@ -1,8 +1,15 @@
 import pytest
 import torch
 
-from qtune.strategies import (EpochContext, EpochPlan, PruningStrategy, build_strategy,
-                              get_strategy_class, register_strategy, registered_names)
+from qtune.strategies import (
+    EpochContext,
+    EpochPlan,
+    PruningStrategy,
+    build_strategy,
+    get_strategy_class,
+    register_strategy,
+    registered_names,
+)
 from qtune.strategies.registry import _REGISTRY
 
 
@@ -70,6 +77,7 @@ def test_entry_point_group_is_read(monkeypatch):
 
 def test_random_plan_size_and_determinism():
     s = build_strategy("random", seed=7, keep_ratio=0.3)
+
     def ctx(e):
         return EpochContext(epoch=e, max_epochs=3, num_samples=101, seed=7, scores=None)
 
@@ -82,6 +90,7 @@ def test_random_plan_size_and_determinism():
 def test_static_random_draws_one_subset_for_the_whole_run():
     dynamic = build_strategy("random", seed=7, keep_ratio=0.3)
     static = build_strategy("random", seed=7, keep_ratio=0.3, static=True)
+
     def ctx(e):
         return EpochContext(epoch=e, max_epochs=5, num_samples=101, seed=7, scores=None)
 

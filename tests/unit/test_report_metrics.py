@@ -9,8 +9,10 @@ from omegaconf import OmegaConf
 from qtune.cli.report import build_report, main
 
 EVALS = {  # (strategy, seed): (exact match, token F1, harness exact match)
-    ("full", 0): (0.50, 0.70, 0.40), ("full", 1): (0.60, 0.80, 0.50),
-    ("random", 0): (0.40, 0.75, 0.30), ("random", 1): (0.30, 0.65, 0.20),
+    ("full", 0): (0.50, 0.70, 0.40),
+    ("full", 1): (0.60, 0.80, 0.50),
+    ("random", 0): (0.40, 0.75, 0.30),
+    ("random", 1): (0.30, 0.65, 0.20),
 }
 
 
@@ -19,14 +21,25 @@ def runs(tmp_path):
     for (strategy, seed), (em, f1, harness) in EVALS.items():
         d = tmp_path / "runs" / f"{strategy}_{seed}"
         d.mkdir(parents=True)
-        summary = {"strategy": strategy, "seed": seed, "epochs": 2, "flops_estimate": 100.0
-                   if strategy == "full" else 50.0, "train_time_s": 1.0, "realised_keep_ratio": 1.0,
-                   "eval": {"loss": 1.0 + seed, "exact_match": em, "token_f1": f1, "num_items": 10,
-                            "lm_eval": {"qtune_embedded_chat": {"exact_match": harness,
-                                                                "exact_match_stderr": 0.1}}}}
+        summary = {
+            "strategy": strategy,
+            "seed": seed,
+            "epochs": 2,
+            "flops_estimate": 100.0 if strategy == "full" else 50.0,
+            "train_time_s": 1.0,
+            "realised_keep_ratio": 1.0,
+            "eval": {
+                "loss": 1.0 + seed,
+                "exact_match": em,
+                "token_f1": f1,
+                "num_items": 10,
+                "lm_eval": {"qtune_embedded_chat": {"exact_match": harness, "exact_match_stderr": 0.1}},
+            },
+        }
         (d / "summary.json").write_text(json.dumps(summary))
-        OmegaConf.save(OmegaConf.create({"data": {"name": "embedded"}, "strategy": {"name": strategy}}),
-                       d / "config.yaml")  # the file qtune-train writes (no .hydra/)
+        OmegaConf.save(
+            OmegaConf.create({"data": {"name": "embedded"}, "strategy": {"name": strategy}}), d / "config.yaml"
+        )  # the file qtune-train writes (no .hydra/)
     return tmp_path / "runs"
 
 
@@ -41,14 +54,14 @@ def test_every_eval_metric_is_a_column(runs, tmp_path):
     assert not any(k.endswith("_stderr") for k in rand["metrics"])
     md = (tmp_path / "out" / "report.md").read_text()
     head = next(line for line in md.splitlines() if line.startswith("| strategy"))
-    for column in ("exact_match (mean ± std)", "| loss |", "| token_f1 |",
-                   "| qtune_embedded_chat/exact_match |"):
+    for column in ("exact_match (mean ± std)", "| loss |", "| token_f1 |", "| qtune_embedded_chat/exact_match |"):
         assert column in head + " |"
 
 
 def test_metric_option_sets_the_headline(runs, tmp_path):
-    rows = {r["strategy"]: r for r in build_report([runs], tmp_path / "o", metric=
-                                                   "qtune_embedded_chat/exact_match")["rows"]}
+    rows = {
+        r["strategy"]: r for r in build_report([runs], tmp_path / "o", metric="qtune_embedded_chat/exact_match")["rows"]
+    }
     assert rows["random"]["metric"] == "qtune_embedded_chat/exact_match"
     assert rows["random"]["eval_mean"] == pytest.approx(0.25)
     assert rows["random"]["delta_vs_full"] == pytest.approx(0.25 - 0.45)

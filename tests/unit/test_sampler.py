@@ -8,8 +8,7 @@ from qtune.pruning.sampler import PlanSampler, shard_plan
 @pytest.mark.parametrize("n", [1, 7, 10, 64])
 def test_shards_are_equal_sized_and_cover_the_plan(world_size, n):
     plan = torch.arange(100, 100 + n)
-    shards = [shard_plan(plan, seed=1, epoch=2, rank=r, world_size=world_size)
-              for r in range(world_size)]
+    shards = [shard_plan(plan, seed=1, epoch=2, rank=r, world_size=world_size) for r in range(world_size)]
     sizes = {s.numel() for s in shards}
     assert sizes == {-(-n // world_size)}  # every rank runs the same number of samples
     union = torch.cat(shards)

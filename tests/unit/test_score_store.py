@@ -6,8 +6,7 @@ from qtune.pruning.score_store import ScoreStore
 
 def test_update_writes_by_sample_id_and_marks_no_signal_nan():
     s = ScoreStore(5)
-    s.update(torch.tensor([3, 1]), epoch=2, loss=torch.tensor([0.5, 2.0]),
-             num_tokens=torch.tensor([4, 0]))
+    s.update(torch.tensor([3, 1]), epoch=2, loss=torch.tensor([0.5, 2.0]), num_tokens=torch.tensor([4, 0]))
     assert s.loss[3] == 0.5 and torch.isnan(s.loss[1])  # zero response tokens: no signal
     assert s.seen_epoch.tolist() == [-1, 2, -1, 2, -1]
     assert torch.isnan(s.loss[[0, 2, 4]]).all()
@@ -18,8 +17,7 @@ def test_dynamics_accumulate_margin_and_forgetting():
     s = ScoreStore(2)
     ids = torch.tensor([0, 1])
     for acc, margin in [([1.0, 0.0], [0.4, -0.2]), ([0.0, 1.0], [-0.1, 0.3]), ([1.0, 1.0], [0.2, 0.1])]:
-        s.update(ids, 0, accuracy=torch.tensor(acc), margin=torch.tensor(margin),
-                 num_tokens=torch.tensor([1, 1]))
+        s.update(ids, 0, accuracy=torch.tensor(acc), margin=torch.tensor(margin), num_tokens=torch.tensor([1, 1]))
     assert s.forgetting.tolist() == [1, 0]  # sample 0 was learned, then forgotten once
     torch.testing.assert_close(s.aum, torch.tensor([0.5 / 3, 0.2 / 3]))
 

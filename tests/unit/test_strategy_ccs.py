@@ -66,8 +66,7 @@ def test_properties_against_numpy():
         s = np.round(rng.normal(size=n), 2)
         keep = float(rng.uniform(0.05, 0.6))
         beta = float(rng.uniform(0, 1 - keep))
-        out = select_ccs(torch.tensor(s), keep, beta, num_bins=int(rng.integers(1, 60)),
-                         generator=gen(trial)).numpy()
+        out = select_ccs(torch.tensor(s), keep, beta, num_bins=int(rng.integers(1, 60)), generator=gen(trial)).numpy()
         m, cut = int(np.floor(keep * n + 1e-9)), int(np.floor(beta * n + 1e-9))
         assert len(out) == m and len(np.unique(out)) == m and np.all(np.diff(out) > 0)
         hardest = np.lexsort((np.arange(n), -s))[:cut]
@@ -123,10 +122,15 @@ def test_strategy_scores_file(tmp_path):
     assert len(out) == 5 and 0 not in out and 1 not in out  # most forgotten = ids 0, 1
 
 
-@pytest.mark.parametrize("kwargs,key", [({"beta": 0.6, "keep_ratio": 0.5}, "strategy.beta"),
-                                        ({"score_column": "magic"}, "strategy.score_column"),
-                                        ({"score": "el2n"}, "now called 'score_column'"),
-                                        ({"num_bins": 0}, "strategy.num_bins")])
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [
+        ({"beta": 0.6, "keep_ratio": 0.5}, "strategy.beta"),
+        ({"score_column": "magic"}, "strategy.score_column"),
+        ({"score": "el2n"}, "now called 'score_column'"),
+        ({"num_bins": 0}, "strategy.num_bins"),
+    ],
+)
 def test_config_errors(kwargs, key):
     with pytest.raises(ValueError, match=key):
         build_strategy("ccs", **kwargs)

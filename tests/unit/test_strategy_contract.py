@@ -10,8 +10,14 @@ from omegaconf import OmegaConf
 
 import qtune.strategies as strategies
 from qtune.pruning.score_store import FIELDS, ScoreStore
-from qtune.strategies import (BatchStats, PruningStrategy, build_strategy, get_strategy_class,
-                              register_strategy, registered_names)
+from qtune.strategies import (
+    BatchStats,
+    PruningStrategy,
+    build_strategy,
+    get_strategy_class,
+    register_strategy,
+    registered_names,
+)
 from qtune.strategies.contract import SAMPLE_STATISTICS, STATISTICS, TOKEN_STATISTICS
 from qtune.strategies.registry import _REGISTRY
 from conftest import REPO
@@ -44,25 +50,38 @@ def test_statistics_vocabulary_is_what_the_engine_provides():
 
 
 def test_declarations_set_from_options_are_those_the_engine_reads():
-    qt = build_strategy("qtuning", level="epoch", entropy_scope="all",
-                        loss_denominator="all_attended")
+    qt = build_strategy("qtuning", level="epoch", entropy_scope="all", loss_denominator="all_attended")
     assert (qt.uses_batch_plan, qt.scoring, qt.entropy_scope, qt.loss_denominator) == (
-        True, "reuse", "all", "all_attended")
+        True,
+        "reuse",
+        "all",
+        "all_attended",
+    )
     assert build_strategy("ccs", score_column="aum").statistics == ("aum",)
     plain = build_strategy("random")
-    assert (plain.uses_batch_plan, plain.scoring, plain.loss_denominator) == (
-        False, "separate", "response")
+    assert (plain.uses_batch_plan, plain.scoring, plain.loss_denominator) == (False, "separate", "response")
 
 
-@pytest.mark.parametrize("attr,value", [("uses_batch_plan", "yes"), ("scoring", "twice"),
-                                        ("entropy_scope", "prompt"), ("loss_denominator", "all"),
-                                        ("statistics", "loss"), ("statistics", ("loss", "iq")),
-                                        ("statistics", 5),
-                                        ("ratio_keys", {"keep_ratio": "most"}),
-                                        ("ratio_keys", {"fraction": "keep"})])
+@pytest.mark.parametrize(
+    "attr,value",
+    [
+        ("uses_batch_plan", "yes"),
+        ("scoring", "twice"),
+        ("entropy_scope", "prompt"),
+        ("loss_denominator", "all"),
+        ("statistics", "loss"),
+        ("statistics", ("loss", "iq")),
+        ("statistics", 5),
+        ("ratio_keys", {"keep_ratio": "most"}),
+        ("ratio_keys", {"fraction": "keep"}),
+    ],
+)
 def test_an_invalid_declaration_fails_at_registration_naming_class_and_attribute(attr, value):
-    cls = type("BadDeclaration", (PruningStrategy,), {
-        attr: value, "__init__": lambda self, seed=0, keep_ratio=0.5: PruningStrategy.__init__(self, seed)})
+    cls = type(
+        "BadDeclaration",
+        (PruningStrategy,),
+        {attr: value, "__init__": lambda self, seed=0, keep_ratio=0.5: PruningStrategy.__init__(self, seed)},
+    )
     with pytest.raises(TypeError, match=rf"BadDeclaration\.{attr}=") as err:
         register_strategy("bad_declaration_test")(cls)
     assert "bad_declaration_test" not in _REGISTRY
@@ -101,20 +120,25 @@ def test_grid_and_report_read_a_new_strategys_ratio_knobs(tmp_path):
     class HalfPruner(PruningStrategy):
         ratio_keys = {"drop": "prune", "window": "shift"}
 
-        def __init__(self, seed: int = 0, drop: float = 0.5, window: float = 0.0,
-                     mode: str = "a") -> None:
+        def __init__(self, seed: int = 0, drop: float = 0.5, window: float = 0.0, mode: str = "a") -> None:
             super().__init__(seed)
 
     try:
         rg = load_script("run_grid")
-        pts = rg.plan_grid("digits", ["half_pruner_test"], ["0.3", "0.5x0.5"], [0],
-                           ["same_epochs"], tmp_path)
+        pts = rg.plan_grid("digits", ["half_pruner_test"], ["0.3", "0.5x0.5"], [0], ["same_epochs"], tmp_path)
         assert [p.run_dir.parent.name for p in pts] == ["half_pruner_test-keep0.3-same_epochs-e30"]
         assert "strategy.drop=0.7" in pts[0].overrides
-        runs = [Run(tmp_path / f"r{i}", {"strategy": "half_pruner_test", "seed": 0, "epochs": 3},
-                    {"data": {"name": "toy"}, "strategy": {"name": "half_pruner_test", "drop": d,
-                                                            "window": w, "mode": "a"}})
-                for i, (d, w) in enumerate([(0.5, 0.0), (0.7, 0.1)])]
+        runs = [
+            Run(
+                tmp_path / f"r{i}",
+                {"strategy": "half_pruner_test", "seed": 0, "epochs": 3},
+                {
+                    "data": {"name": "toy"},
+                    "strategy": {"name": "half_pruner_test", "drop": d, "window": w, "mode": "a"},
+                },
+            )
+            for i, (d, w) in enumerate([(0.5, 0.0), (0.7, 0.1)])
+        ]
         points = group_points(runs)["toy"]
         assert [p.variant for p in points] == ["", ""]  # ratio knobs never split a variant
         assert points[1].label == "drop=0.7, window=0.1"

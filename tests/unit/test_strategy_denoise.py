@@ -36,8 +36,9 @@ def test_plan_leaves_out_the_suspects_and_fills_from_the_rest():
     # ten samples; 7 and 2 are confident and wrong (highest loss, lowest entropy)
     loss = torch.tensor([1.0, 1.1, 9.0, 1.2, 1.3, 1.4, 1.5, 8.0, 1.6, 1.7])
     entropy = torch.tensor([2.0, 2.1, 0.1, 2.2, 2.3, 2.4, 2.5, 0.2, 2.6, 2.7])
-    kept, suspects = denoise_plan(loss, entropy, keep_ratio=0.5, suspect_fraction=0.2,
-                                  entropy_weight=1.0, generator=gen())
+    kept, suspects = denoise_plan(
+        loss, entropy, keep_ratio=0.5, suspect_fraction=0.2, entropy_weight=1.0, generator=gen()
+    )
     assert suspects.tolist() == [2, 7]
     assert kept.numel() == 5 and not set(kept.tolist()) & {2, 7}
     assert kept.tolist() == sorted(set(kept.tolist()))
@@ -69,14 +70,18 @@ def test_planted_noise_is_found_at_any_scale():
 
 
 def test_strategy_warms_up_on_all_data_then_plans_from_the_store():
-    s = build_strategy("denoise", seed=1, keep_ratio=0.25, suspect_fraction=0.1,
-                       warmup_epochs=1)
+    s = build_strategy("denoise", seed=1, keep_ratio=0.25, suspect_fraction=0.1, warmup_epochs=1)
     store = ScoreStore(40)
     ctx = EpochContext(epoch=0, max_epochs=3, num_samples=40, seed=1, scores=store)
     assert s.epoch_plan(ctx).sample_ids.tolist() == list(range(40))
     assert not s.needs_scoring_pass(ctx)  # the training forward fills the store
-    store.update(torch.arange(40), 0, loss=torch.linspace(0, 1, 40),
-                 entropy=torch.linspace(1, 0, 40), num_tokens=torch.full((40,), 3))
+    store.update(
+        torch.arange(40),
+        0,
+        loss=torch.linspace(0, 1, 40),
+        entropy=torch.linspace(1, 0, 40),
+        num_tokens=torch.full((40,), 3),
+    )
     plan = s.epoch_plan(EpochContext(1, 3, 40, 1, store))
     assert plan.sample_ids.numel() == 10 and plan.info["suspects"] == 4
     assert not set(plan.sample_ids.tolist()) & {36, 37, 38, 39}
@@ -89,11 +94,21 @@ def test_default_warm_up_is_two_full_epochs_and_the_second_epochs_scores_decide(
     assert s.warmup_cost() == {"epochs": 2, "scoring_passes": 0}
     store = ScoreStore(8)
     # epoch 0: samples 0-1 look worst; epoch 1 (the model has moved): samples 6-7 do
-    store.update(torch.arange(8), 0, loss=torch.tensor([9., 8, 1, 1, 1, 1, 1, 1]),
-                 entropy=torch.zeros(8), num_tokens=torch.full((8,), 2))
+    store.update(
+        torch.arange(8),
+        0,
+        loss=torch.tensor([9.0, 8, 1, 1, 1, 1, 1, 1]),
+        entropy=torch.zeros(8),
+        num_tokens=torch.full((8,), 2),
+    )
     assert s.epoch_plan(EpochContext(1, 4, 8, 0, store)).sample_ids.tolist() == list(range(8))
-    store.update(torch.arange(8), 1, loss=torch.tensor([1., 1, 1, 1, 1, 1, 8, 9]),
-                 entropy=torch.zeros(8), num_tokens=torch.full((8,), 2))
+    store.update(
+        torch.arange(8),
+        1,
+        loss=torch.tensor([1.0, 1, 1, 1, 1, 1, 8, 9]),
+        entropy=torch.zeros(8),
+        num_tokens=torch.full((8,), 2),
+    )
     plan = s.epoch_plan(EpochContext(2, 4, 8, 0, store))
     assert plan.sample_ids.numel() == 4 and plan.info["suspects"] == 2
     assert not set(plan.sample_ids.tolist()) & {6, 7}
@@ -108,8 +123,14 @@ def test_estimated_noise_share_counts_scored_samples_below_the_label_probability
 
 def _store(p_label, epoch=0, store=None):
     store = store or ScoreStore(10)
-    store.update(torch.arange(10), epoch, loss=torch.arange(10, dtype=torch.float32),
-                 entropy=torch.ones(10), p_label=p_label, num_tokens=torch.full((10,), 2))
+    store.update(
+        torch.arange(10),
+        epoch,
+        loss=torch.arange(10, dtype=torch.float32),
+        entropy=torch.ones(10),
+        p_label=p_label,
+        num_tokens=torch.full((10,), 2),
+    )
     return store
 
 
@@ -133,14 +154,17 @@ def test_auto_suspect_fraction_is_estimated_once_from_the_label_probability():
     assert plan.info["suspects"] == 0 and plan.sample_ids.tolist() == list(range(10))
 
 
-@pytest.mark.parametrize("option,value,message", [
-    ("keep_ratio", 0.0, "strategy.keep_ratio=0.0 is out of range"),
-    ("suspect_fraction", 1.0, "strategy.suspect_fraction=1.0 is out of range"),
-    ("entropy_weight", -1.0, "strategy.entropy_weight=-1.0 must be >= 0"),
-    ("warmup_epochs", -1, "strategy.warmup_epochs=-1 must be >= 0"),
-    ("auto_label_prob", 0.0, "strategy.auto_label_prob=0.0 is out of range"),
-    ("suspect_fraction", "most", "strategy.suspect_fraction='most' must be a fraction in"),
-])
+@pytest.mark.parametrize(
+    "option,value,message",
+    [
+        ("keep_ratio", 0.0, "strategy.keep_ratio=0.0 is out of range"),
+        ("suspect_fraction", 1.0, "strategy.suspect_fraction=1.0 is out of range"),
+        ("entropy_weight", -1.0, "strategy.entropy_weight=-1.0 must be >= 0"),
+        ("warmup_epochs", -1, "strategy.warmup_epochs=-1 must be >= 0"),
+        ("auto_label_prob", 0.0, "strategy.auto_label_prob=0.0 is out of range"),
+        ("suspect_fraction", "most", "strategy.suspect_fraction='most' must be a fraction in"),
+    ],
+)
 def test_bad_options_name_their_key(option, value, message):
     with pytest.raises(ValueError, match=message):
         build_strategy("denoise", **{option: value})

@@ -1,6 +1,5 @@
 """EL2N: static top-k by early-training EL2N, with offset, warm-up, averaging and files."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -13,8 +12,7 @@ NAN = float("nan")
 
 
 def ctx(store, epoch, max_epochs=5, seed=0):
-    return EpochContext(epoch=epoch, max_epochs=max_epochs, num_samples=store.num_samples,
-                        seed=seed, scores=store)
+    return EpochContext(epoch=epoch, max_epochs=max_epochs, num_samples=store.num_samples, seed=seed, scores=store)
 
 
 def test_hand_worked_top_k():
@@ -41,7 +39,7 @@ def test_matches_independent_numpy_ranking():
         k = max(1, round(keep * n))
         o = min(round(off * n), n - k)
         order = np.lexsort((np.arange(n), -s))  # score desc, then id asc
-        expected = sorted(order[o:o + k].tolist())
+        expected = sorted(order[o : o + k].tolist())
         assert select_el2n(torch.tensor(s), keep, off).tolist() == expected
 
 
@@ -62,14 +60,12 @@ def test_warmup_then_static_selection():
     assert not strat.needs_scoring_pass(ctx(st, 0))
     assert strat.epoch_plan(ctx(st, 0)).sample_ids.tolist() == list(range(6))
     assert strat.needs_scoring_pass(ctx(st, 1))
-    st.update(torch.arange(6), 0, el2n=torch.tensor([0.6, 0.1, 0.9, 0.2, 0.8, 0.3]),
-              track_dynamics=False)
+    st.update(torch.arange(6), 0, el2n=torch.tensor([0.6, 0.1, 0.9, 0.2, 0.8, 0.3]), track_dynamics=False)
     plan = strat.epoch_plan(ctx(st, 1))
     assert plan.sample_ids.tolist() == [0, 2, 4]
     assert plan.info["planned_keep_ratio"] == 0.5
     # later scores do not move a static subset, and no more scoring passes are asked for
-    st.update(torch.arange(6), 1, el2n=torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0]),
-              track_dynamics=False)
+    st.update(torch.arange(6), 1, el2n=torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0]), track_dynamics=False)
     assert not strat.needs_scoring_pass(ctx(st, 2))
     assert strat.epoch_plan(ctx(st, 2)).sample_ids.tolist() == [0, 2, 4]
 
@@ -111,11 +107,14 @@ def test_state_roundtrip_resumes_same_subset():
     assert ids.tolist() == [0, 1]
 
 
-@pytest.mark.parametrize("kwargs,key", [
-    ({"keep_ratio": 0.0}, "strategy.keep_ratio"),
-    ({"keep_ratio": 0.8, "offset": 0.3}, "strategy.offset"),
-    ({"warmup_epochs": 1, "score_passes": 3}, "strategy.score_passes"),
-])
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [
+        ({"keep_ratio": 0.0}, "strategy.keep_ratio"),
+        ({"keep_ratio": 0.8, "offset": 0.3}, "strategy.offset"),
+        ({"warmup_epochs": 1, "score_passes": 3}, "strategy.score_passes"),
+    ],
+)
 def test_config_errors_name_the_key(kwargs, key):
     with pytest.raises(ValueError, match=key):
         build_strategy("el2n", **kwargs)

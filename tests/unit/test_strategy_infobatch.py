@@ -94,8 +94,9 @@ def test_plan_weights_of_one_in_full_epochs_give_unpruned_loss():
     strat = build_strategy("infobatch")
     plan = strat.epoch_plan(EpochContext(0, 8, 4, 0, st))
     token_loss, mask = torch.rand(4, 5, generator=gen(1)), torch.ones(4, 5, dtype=torch.bool)
-    assert torch.equal(masked_token_mean(token_loss[plan.sample_ids], mask, plan.weights),
-                       masked_token_mean(token_loss, mask))
+    assert torch.equal(
+        masked_token_mean(token_loss[plan.sample_ids], mask, plan.weights), masked_token_mean(token_loss, mask)
+    )
 
 
 def test_schedule_first_full_pruned_then_annealing_resets_weights():

@@ -16,7 +16,7 @@ from qtune.strategies.qtuning import (
 )
 
 NAN = float("nan")
-PPL = torch.arange(1.0, 9.0)                      # sample i has PPL i + 1
+PPL = torch.arange(1.0, 9.0)  # sample i has PPL i + 1
 ENT = torch.tensor([7.0, 1, 4, 5, 3, 6, 2, 8])
 
 
@@ -41,7 +41,7 @@ def test_bisection_widens_until_target():
 def test_last_iterate_and_no_removal_above_target():
     # anti-correlated: one Q2 (ppl 8) and one Q4 (ppl 1) at every a < 0.245, f = 0.25 != 0.125
     keep, quad, alpha = split_samples(PPL, PPL.flip(0), 0.125)
-    assert float(alpha) == pytest.approx(0.49 / 2 ** 10)  # upper end halved 9 times, last midpoint
+    assert float(alpha) == pytest.approx(0.49 / 2**10)  # upper end halved 9 times, last midpoint
     assert keep.tolist() == [True] + [False] * 6 + [True]  # 2 > K = 1: nothing removed
 
 
@@ -124,7 +124,8 @@ def test_token_mask_hand_worked():
     assert m.tolist() == [[False, True, True, False, False, True]]
     # lam = 0: own PPL only -> drop 8 (pos 4) and 4 (pos 2)
     assert token_mask(ppl, resp, torch.tensor([True]), 0.5, lam=0.0).tolist() == [
-        [False, True, False, True, False, True]]
+        [False, True, False, True, False, True]
+    ]
     # rows not in prune_rows and token_ratio 1 keep every response token
     assert torch.equal(token_mask(ppl, resp, torch.tensor([False]), 0.5), resp)
     assert torch.equal(token_mask(ppl, resp, torch.tensor([True]), 1.0), resp)
@@ -154,8 +155,7 @@ def test_batch_code_budget_masks_whole_q2_row():
     resp[:, 4:] = True
     keep = torch.tensor([True, True, False, False])
     prune = torch.tensor([True, False, False, False])
-    m = token_mask_batch_code(torch.ones(4, 6) * 2, resp, torch.ones(4, 6, dtype=torch.bool),
-                              keep, prune, 0.5, 0.5)
+    m = token_mask_batch_code(torch.ones(4, 6) * 2, resp, torch.ones(4, 6, dtype=torch.bool), keep, prune, 0.5, 0.5)
     assert not m[0].any() and m[1].tolist() == [False] * 4 + [True, True]
 
 
@@ -176,10 +176,16 @@ def stats(ppl, ent, t=6, token_entropy=None, attention=None, ids=None):
     resp = torch.zeros(b, t, dtype=torch.bool)
     resp[:, 2:] = True
     tl = torch.log(torch.arange(1.0, t + 1)).repeat(b, 1)
-    return BatchStats(sample_ids=torch.arange(b) if ids is None else ids, sample_loss=ppl.log(),
-                      sample_ppl=ppl, sample_entropy=ent, token_loss=tl,
-                      token_entropy=torch.ones(b, t) if token_entropy is None else token_entropy,
-                      response_mask=resp, attention_mask=attention)
+    return BatchStats(
+        sample_ids=torch.arange(b) if ids is None else ids,
+        sample_loss=ppl.log(),
+        sample_ppl=ppl,
+        sample_entropy=ent,
+        token_loss=tl,
+        token_entropy=torch.ones(b, t) if token_entropy is None else token_entropy,
+        response_mask=resp,
+        attention_mask=attention,
+    )
 
 
 def test_batch_plan_default_policy():
@@ -242,9 +248,18 @@ def test_epoch_level_without_scores_is_full_data():
     assert plan.sample_ids.tolist() == list(range(5))
 
 
-@pytest.mark.parametrize("key,value", [("level", "step"), ("scoring", "x"), ("entropy_scope", "p"),
-                                       ("token_budget", "y"), ("loss_denominator", "z"),
-                                       ("normalize", "zscore"), ("sample_ratio", 0)])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("level", "step"),
+        ("scoring", "x"),
+        ("entropy_scope", "p"),
+        ("token_budget", "y"),
+        ("loss_denominator", "z"),
+        ("normalize", "zscore"),
+        ("sample_ratio", 0),
+    ],
+)
 def test_config_errors(key, value):
     with pytest.raises(ValueError, match=f"strategy.{key}"):
         build_strategy("qtuning", **{key: value})

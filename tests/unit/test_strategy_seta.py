@@ -11,13 +11,16 @@ from qtune.strategies.seta import seta_groups, seta_window
 NAN = float("nan")
 
 
-@pytest.mark.parametrize("k,w,expected", [
-    (5, 0.9, [(0, 5), (1, 5), (0, 4), (1, 5), (0, 4)]),  # window 4, slide 1: alternate
-    (5, 0.6, [(0, 5), (1, 4), (2, 5), (0, 3), (1, 4)]),  # window 3, slide 2: cycle 1, 2, 0
-    (5, 0.5, [(0, 5), (1, 3), (2, 4), (3, 5), (0, 2)]),  # round(2.5) = 2 (half to even)
-    (10, 0.04, [(0, 10), (1, 2), (2, 3)]),                 # round(0.4) = 0 -> at least 1
-    (1, 0.9, [(0, 1), (0, 1)]),
-])
+@pytest.mark.parametrize(
+    "k,w,expected",
+    [
+        (5, 0.9, [(0, 5), (1, 5), (0, 4), (1, 5), (0, 4)]),  # window 4, slide 1: alternate
+        (5, 0.6, [(0, 5), (1, 4), (2, 5), (0, 3), (1, 4)]),  # window 3, slide 2: cycle 1, 2, 0
+        (5, 0.5, [(0, 5), (1, 3), (2, 4), (3, 5), (0, 2)]),  # round(2.5) = 2 (half to even)
+        (10, 0.04, [(0, 10), (1, 2), (2, 3)]),  # round(0.4) = 0 -> at least 1
+        (1, 0.9, [(0, 1), (0, 1)]),
+    ],
+)
 def test_window(k, w, expected):
     assert [seta_window(k, w, i) for i in range(len(expected))] == expected
 
@@ -112,8 +115,15 @@ def test_tiny_dataset_keeps_one_sample():
     assert build_strategy("seta").epoch_plan(ctx(st, 1)).sample_ids.numel() == 1
 
 
-@pytest.mark.parametrize("kwargs,key", [({"p": 1.0}, "strategy.p"), ({"w": 0}, "strategy.w"),
-                                        ({"k": 0}, "strategy.k"), ({"delta": 1.5}, "strategy.delta")])
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [
+        ({"p": 1.0}, "strategy.p"),
+        ({"w": 0}, "strategy.w"),
+        ({"k": 0}, "strategy.k"),
+        ({"delta": 1.5}, "strategy.delta"),
+    ],
+)
 def test_config_errors(kwargs, key):
     with pytest.raises(ValueError, match=key):
         build_strategy("seta", **kwargs)

@@ -18,8 +18,15 @@ def load_docs(**kwargs):
     fields = {f.name for f in dataclasses.fields(EmbeddedConfig)}
     cfg = config_from({k: v for k, v in kwargs.items() if k in fields})
     _, records = generate(cfg)
-    rows = [{"question": r["prompt"].removesuffix(MARKER), "prompt": r["prompt"],
-             "answer": r["response"], "skill": r["skill"]} for r in records]
+    rows = [
+        {
+            "question": r["prompt"].removesuffix(MARKER),
+            "prompt": r["prompt"],
+            "answer": r["response"],
+            "skill": r["skill"],
+        }
+        for r in records
+    ]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 
 
@@ -27,5 +34,4 @@ def process_results(doc, results):
     from qtune.eval.metrics import exact_match, token_f1
 
     prediction = results[0]
-    return {"exact_match": exact_match(prediction, doc["answer"]),
-            "token_f1": token_f1(prediction, doc["answer"])}
+    return {"exact_match": exact_match(prediction, doc["answer"]), "token_f1": token_f1(prediction, doc["answer"])}
