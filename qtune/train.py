@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,23 @@ def check_resumed_budget(cfg: DictConfig, ckpt: dict) -> int | None:
     if state is None or not ComputeBudget.state_exhausted(state):
         return None
     return len((ckpt["callbacks"].get("PruningCallback") or {}).get("history") or []) or None
+
+
+def refuse_non_finite_evaluation(evaluation: dict, run_dir: Path, checkpoint: Path) -> None:
+    """A NaN or infinite evaluation means the weights are broken: stop before summary.json (a
+    finished run's stays as it was) rather than record it as a result."""
+    import math
+
+    from qtune.eval.metrics import flatten_eval
+
+    bad = {k: v for k, v in flatten_eval(evaluation).items() if not math.isfinite(v)}
+    if bad:
+        raise FloatingPointError(
+            "the evaluation after training is not finite ("
+            + ", ".join(f"eval.{k}={v}" for k, v in sorted(bad.items()))
+            + f"): the model's weights hold NaN or inf. {run_dir / 'summary.json'} is not "
+            f"written; the checkpoint is {checkpoint}"
+        )
 
 
 def refuse_finished_run(run_dir: Path, ckpt_path: str | None) -> None:
@@ -138,7 +156,10 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     from qtune.lightning.console import QTuneModelSummary, QTuneProgressBar, quiet_libraries
 
     from qtune.lightning.callback import PruningCallback
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     from qtune.lightning.checkpointing import LastCheckpoint
+    from qtune.lightning.signals import StopOnSignal
     from qtune.pruning.budget import full_run_flops
     from qtune.lightning.datamodule import QTuneDataModule
     from qtune.lightning.module import QTuneModule
@@ -208,6 +229,7 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
         pruning,
         *(extra_callbacks or []),
         LastCheckpoint(str(run_dir / "checkpoints"), cfg.checkpoint.every_n_train_steps),
+        stop := StopOnSignal(str(run_dir / "checkpoints" / "last.ckpt")),
     ]
     max_epochs = int(cfg.epochs)
     if budget is not None:
@@ -236,7 +258,15 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
         **trainer_kwargs,
     )
     # weights_only: a checkpoint is tensors and plain values; nothing in it runs code
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    except SIGTERMException:
+        print(
+            f"[qtune] stopped by signal {stop.signum}: {run_dir / 'checkpoints' / 'last.ckpt'} holds "
+            f"the run; resume with ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+            file=sys.stderr,
+        )
+        raise SystemExit(stop.exit_code) from None
     last, final_step = run_dir / "checkpoints" / "last.ckpt", trainer.global_step
     if not pruning.history and last.is_file():
         # spawned ranks (ddp_spawn): the pruning state and the step count lived in the ranks;
@@ -296,6 +326,7 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     summary["flops_vs_full"] = summary["flops_estimate"] / full_run_flops(
         int(cfg.epochs), bundle.train, num_params, trainable_params
     )
+    refuse_non_finite_evaluation(evaluation, run_dir, last)
     if trainer.is_global_zero:
         write_final_scores(run_dir / "scores.npz", pruning)
         atomic_write_json(run_dir / "summary.json", summary)

@@ -251,7 +251,7 @@ def run_grid(
     log: Callable[[str], None] = print,
 ) -> dict[str, list[Path]]:
     """Run the unfinished points one after another; a failed point is reported, not fatal."""
-    done: dict[str, list[Path]] = {"skipped": [], "ran": [], "failed": [], "planned": []}
+    done: dict[str, list[Path]] = {"skipped": [], "ran": [], "failed": [], "interrupted": [], "planned": []}
     for i, point in enumerate(points, 1):
         if (point.run_dir / "summary.json").exists():
             done["skipped"].append(point.run_dir)
@@ -264,8 +264,13 @@ def run_grid(
             done["planned"].append(point.run_dir)
             continue
         rc = runner(point)
-        done["ran" if rc == 0 else "failed"].append(point.run_dir)
-        if rc != 0:
+        if rc == 0:
+            done["ran"].append(point.run_dir)
+        elif rc > 128 or rc < 0:  # a signal: qtune-train exits 128 + its number after saving
+            done["interrupted"].append(point.run_dir)  # last.ckpt; a killed child returns -signal
+            log(f"  interrupted (signal {rc - 128 if rc > 0 else -rc}); the next call resumes it from last.ckpt")
+        else:
+            done["failed"].append(point.run_dir)
             log(f"  failed (exit {rc}); see {point.run_dir / 'grid.log'}")
     log(", ".join(f"{k}: {len(v)}" for k, v in done.items()))
     return done
@@ -333,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         runner = in_process_runner
     done = run_grid(points, runner=runner, dry_run=args.dry_run)
-    return 1 if done["failed"] else 0
+    return 1 if done["failed"] or done["interrupted"] else 0
 
 
 if __name__ == "__main__":

@@ -365,7 +365,10 @@ class PruningMixin:
             raise FileNotFoundError(
                 f"{resume_from_checkpoint}: no {STATE_FILE}; this checkpoint was not written by a PruningMixin trainer"
             )
-        self.load_pruning_state_dict(torch.load(path, weights_only=True))
+        from qtune.runs.checkpoint_file import load_state_file
+
+        state = load_state_file(path, "resume_from_checkpoint", what=f"pruning state ({STATE_FILE})")
+        self.load_pruning_state_dict(state)
         core, epoch = self._pruning_core, self._epoch
         done = core.batches_done
         core.samples_to_skip(

@@ -111,6 +111,7 @@ def _lightning_like(path, payload):
         ("text", "not a checkpoint"),
         ("plain_pickle", "not a checkpoint"),
         ("truncated", "not a checkpoint|unreadable checkpoint"),
+        ("flipped_tensor_bytes", "damaged checkpoint: the entry .* fails its CRC-32 check"),
         ("pickled_object", "refused: the file holds pickled Python objects"),
         ("plain_dict", "not a Lightning checkpoint"),
         ("directory", "is a directory"),
@@ -127,6 +128,12 @@ def test_bad_checkpoints_name_ckpt_path(tmp_path, kind, message):
         p.write_bytes(pickle.dumps({"state_dict": {}}))
     elif kind == "truncated":
         p.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif kind == "flipped_tensor_bytes":  # same size, still a valid zip: only the CRCs tell
+        data = bytearray(good.read_bytes())
+        start = data.index(torch.ones(1000).numpy().tobytes()[:64])  # inside the tensor's bytes
+        data[start + 100 : start + 108] = bytes(8)
+        p.write_bytes(bytes(data))
+        assert zipfile.is_zipfile(p) and p.stat().st_size == good.stat().st_size
     elif kind == "pickled_object":
         torch.save({"state_dict": {}, "global_step": 0, "x": zipfile.ZipInfo("a")}, p)
     elif kind == "plain_dict":

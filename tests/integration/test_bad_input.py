@@ -60,3 +60,23 @@ def test_scores_file_for_another_dataset_is_refused(tmp_path):
     np.savez(f, sample_id=np.arange(5), el2n=np.ones(5))
     with pytest.raises(ValueError, match=str(f)):
         load_scores(f, 6, "el2n")
+
+
+def test_a_non_finite_evaluation_stops_before_the_summary(make_cfg, monkeypatch):
+    """A finished run resumed onto broken weights: the NaN evaluation is refused and the run's
+    summary.json stays as it was."""
+    import json
+    import math
+    from pathlib import Path
+
+    import qtune.eval.evaluate as evaluate
+
+    cfg = make_cfg(["experiment=digits", "epochs=1"], "done")
+    first = run(cfg)
+    summary = Path(cfg.run_dir) / "summary.json"
+    before = summary.read_bytes()
+    monkeypatch.setattr(evaluate, "validation_metrics", lambda trainer, bundle: {"loss": math.nan})
+    resumed = make_cfg(["experiment=digits", "epochs=1", f"ckpt_path={cfg.run_dir}/checkpoints/last.ckpt"], "done")
+    with pytest.raises(FloatingPointError, match=r"not finite \(eval.loss=nan\).*summary.json is not written"):
+        run(resumed)
+    assert summary.read_bytes() == before and json.loads(before)["eval"] == first["eval"]

@@ -180,6 +180,25 @@ def test_resume_mid_epoch_with_another_batch_size_is_refused(model_dir, tmp_path
         other.train(resume_from_checkpoint=str(tmp_path / "checkpoint-5"))
 
 
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_a_damaged_pruning_state_is_refused_naming_the_file(model_dir, tmp_path, damage):
+    from qtune.hf import STATE_FILE
+
+    opts = {"prune_ratio": 0.5}
+    make_trainer(model_dir, tmp_path, "infobatch", opts, epochs=1, save_strategy="steps", save_steps=5).train()
+    state = tmp_path / "checkpoint-5" / STATE_FILE
+    data = bytearray(state.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:  # same size, still a zip: only the CRCs tell
+        middle = len(data) // 2
+        data[middle : middle + 4] = bytes(b ^ 0xFF for b in data[middle : middle + 4])
+    state.write_bytes(bytes(data))
+    again = make_trainer(model_dir, tmp_path, "infobatch", opts, epochs=1)
+    with pytest.raises(ValueError, match=f"resume_from_checkpoint={state}: .*pruning state"):
+        again.train(resume_from_checkpoint=str(tmp_path / "checkpoint-5"))
+
+
 def test_resume_under_a_budget_ends_where_the_uninterrupted_run_ends(model_dir, tmp_path):
     opts = {"keep_ratio": 0.25}
     whole = make_trainer(model_dir, tmp_path / "whole", "random", opts, pruning_budget=0.5)

@@ -385,3 +385,17 @@ def test_the_report_asks_the_strategy_not_its_name(tmp_path):
     finally:
         _REGISTRY.pop("plotter_for_test", None)
         _REGISTRY.pop("everything_for_test", None)
+
+
+def test_run_grid_reports_a_point_stopped_by_a_signal_as_interrupted(tmp_path):
+    """qtune-train exits 128 + the signal after saving last.ckpt; a child killed outright
+    returns -signal. Either is 'interrupted' (resumed by the next call), not 'failed'."""
+    rg = _load_run_grid()
+    pts = rg.plan_grid("digits", ["full", "random"], ["0.5"], [0, 1], ["same_epochs"], tmp_path)
+    codes = iter([128 + 15, -9, 1, 0])
+    lines = []
+    done = rg.run_grid(pts, runner=lambda point: next(codes), log=lines.append)
+    assert [len(done[k]) for k in ("interrupted", "failed", "ran")] == [2, 1, 1]
+    assert done["interrupted"] == [pts[0].run_dir, pts[1].run_dir]
+    assert any("interrupted (signal 15)" in line for line in lines)
+    assert any("interrupted (signal 9)" in line for line in lines)

@@ -7,10 +7,12 @@ epoch whose scores are lost or booked twice on resume changes every later plan.
 
 import os
 import shutil
+import signal
 
 import pytest
 from conftest import crash
 
+from qtune.runs.checkpoint_file import load_checkpoint
 from qtune.train import run
 
 # 1437 digits samples, batch 64: InfoBatch trains all of epoch 0, 23 steps
@@ -210,3 +212,28 @@ def test_stopped_mid_epoch_times_the_epoch_from_its_checkpoint(make_cfg, uninter
         make_cfg, INFOBATCH + ["checkpoint.every_n_train_steps=5"], crash(step=30), "m", jump=fake_clock
     )
     assert_same_run(uninterrupted[0], resumed, resumed_after_a_gap=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_the_mid_epoch_position_and_exits_128_plus_it(make_cfg, uninterrupted, sig):
+    """What a preemption (SIGTERM) or Ctrl+C (SIGINT) does: the step in progress finishes,
+    last.ckpt holds the mid-epoch position, the exit status is 128 + the signal, no summary is
+    written; resuming gives the uninterrupted run."""
+    import lightning as L
+
+    class SendSignal(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 30:  # inside epoch 1 (23 steps per full epoch)
+                os.kill(os.getpid(), sig)
+
+    with pytest.raises(SystemExit) as stopped:
+        run(make_cfg(INFOBATCH, "sig"), extra_callbacks=[SendSignal()])
+    assert stopped.value.code == 128 + sig
+    run_dir = make_cfg(INFOBATCH, "sig").run_dir
+    assert not os.path.exists(f"{run_dir}/summary.json")
+    ckpt = load_checkpoint(f"{run_dir}/checkpoints/last.ckpt")
+    assert ckpt["global_step"] == 30
+    assert ckpt["callbacks"]["PruningCallback"]["epoch_progress"]["batches_done"] == 30 - 23
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    resumed = run(make_cfg(INFOBATCH + [f"ckpt_path={run_dir}/checkpoints/last.ckpt"], "sig"))
+    assert_same_run(uninterrupted[0], resumed)
