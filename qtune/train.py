@@ -150,7 +150,16 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
         path = load_or_build_base(cfg.model)
         print(f"base model ready: {path}")
         return {"base_path": str(path)}
+    from qtune.runs.lock import RunDirectoryLock
 
+    run_dir = Path(cfg.run_dir)
+    refuse_finished_run(run_dir, cfg.ckpt_path)
+    with RunDirectoryLock(run_dir):
+        return train(cfg, strategy, run_dir, t_start, extra_callbacks)
+
+
+def train(cfg: DictConfig, strategy, run_dir: Path, t_start: float, extra_callbacks: list | None) -> dict[str, Any]:
+    """Train, evaluate and write the run's files, holding its directory."""
     import lightning as L
 
     from qtune.lightning.console import QTuneModelSummary, QTuneProgressBar, quiet_libraries
@@ -171,8 +180,6 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     from qtune.runs.summary import build_summary
 
     quiet_libraries()
-    run_dir = Path(cfg.run_dir)
-    refuse_finished_run(run_dir, cfg.ckpt_path)
     resume = None  # (global step, taken mid-epoch) of the checkpoint resumed from
     epochs_done_at_budget = None  # a budgeted run resumed after its budget ran out
     if cfg.ckpt_path:

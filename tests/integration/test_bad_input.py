@@ -80,3 +80,16 @@ def test_a_non_finite_evaluation_stops_before_the_summary(make_cfg, monkeypatch)
     with pytest.raises(FloatingPointError, match=r"not finite \(eval.loss=nan\).*summary.json is not written"):
         run(resumed)
     assert summary.read_bytes() == before and json.loads(before)["eval"] == first["eval"]
+
+
+def test_a_second_run_in_a_directory_in_use_is_refused_writing_nothing(make_cfg):
+    from pathlib import Path
+
+    from qtune.runs.lock import RunDirectoryLock
+
+    cfg = make_cfg(["experiment=digits", "epochs=1"], "busy")
+    with RunDirectoryLock(cfg.run_dir):
+        with pytest.raises(RuntimeError, match="is in use by another run"):
+            run(cfg)
+    assert {p.name for p in Path(cfg.run_dir).iterdir()} == set()  # no log, checkpoint or summary
+    assert run(cfg)["epochs"] == 1  # free again
