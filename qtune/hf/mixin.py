@@ -53,8 +53,14 @@ from transformers import TrainerCallback
 
 from qtune.pruning.batch_stats import lm_stats, sample_scores
 from qtune.pruning.budget import UPPER_EPOCHS, ComputeBudget, build_budget
+from qtune.hf.data import (
+    KeepSampleId,
+    check_batches_have_labels,
+    check_map_style,
+    check_trainer_setup,
+    with_sample_id,
+)
 from qtune.pruning.core import PruningCore
-from qtune.pruning.indexed import IndexedDataset
 from qtune.pruning.planned_step import forward_tokens
 from qtune.pruning.sampler import shard_plan
 from qtune.pruning.train_step import train_step
@@ -64,31 +70,6 @@ from qtune.strategies.base import PruningStrategy
 
 STATE_FILE = "qtune_pruning.pt"
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant", "constant_with_warmup": "constant"}
-
-
-def with_sample_id(dataset):
-    first = dataset[0]
-    if not isinstance(first, dict):
-        raise TypeError("PruningMixin needs dataset items that are dicts (input_ids, labels, ...)")
-    if "sample_id" in first:
-        return dataset
-    if hasattr(dataset, "add_column"):  # a datasets.Dataset: a real column
-        return dataset.add_column("sample_id", list(range(len(dataset))))
-    return IndexedDataset(dataset)
-
-
-class KeepSampleId:
-    """Wraps a collator that builds its batch from known keys only (TRL's drops the rest): the
-    inner collator sees the items without ``sample_id``, which is added back as a tensor."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-
-    def __call__(self, features: list[dict]) -> dict:
-        ids = [int(f["sample_id"]) for f in features]
-        batch = self.inner([{k: v for k, v in f.items() if k != "sample_id"} for f in features])
-        batch["sample_id"] = torch.tensor(ids, dtype=torch.long)
-        return batch
 
 
 class EpochPlanSampler(Sampler[int]):
@@ -146,17 +127,14 @@ class PruningMixin:
         pruning_budget: float | None = None,
         **kwargs,
     ) -> None:
+        check_map_style(kwargs.get("train_dataset"))  # before Trainer's own, generic, message
         super().__init__(*args, **kwargs)
-        if self.args.world_size > 1:
-            raise NotImplementedError(
-                "PruningMixin runs in one process; for DDP/FSDP use qtune-train trainer=ddp (the Lightning engine)"
-            )
-        if self.train_dataset is None:
-            raise ValueError("PruningMixin needs a train_dataset")
+        check_trainer_setup(self.args, self.train_dataset)
         if not isinstance(pruning, PruningStrategy):
             pruning = build_strategy(pruning or "full", seed=self.args.seed, **(pruning_options or {}))
         self.train_dataset = with_sample_id(self.train_dataset)
         self.data_collator = KeepSampleId(self.data_collator)
+        check_batches_have_labels(self.data_collator, self.train_dataset)
         self.model_accepts_loss_kwargs = False  # our loss is a token mean: Trainer scales by GA
         self.pruning_budget = self._build_budget(pruning, pruning_budget)
         self._pruning_core = PruningCore(
@@ -216,12 +194,15 @@ class PruningMixin:
         return EpochPlanSampler(self)
 
     def set_initial_training_values(self, args, dataloader):
-        """Under a budget the budget stops the run: Trainer's epoch count and step bound are
-        lifted, so a strategy that keeps less runs the more epochs the budget buys."""
+        """Trainer sizes its loop from full epochs. Under a budget the budget stops the run, and
+        with ``max_steps`` that step count does: the epoch count is lifted (and, under a budget,
+        the step bound), so pruned, shorter epochs run until then."""
         values = list(super().set_initial_training_values(args, dataloader))
         if self.pruning_budget is not None:
             values[0] = UPPER_EPOCHS  # num_train_epochs
             values[-1] = UPPER_EPOCHS * values[1]  # max_steps = epochs x update steps per epoch
+        elif args.max_steps > 0:
+            values[0] = UPPER_EPOCHS
         return tuple(values)
 
     def _steps_multiple(self) -> int:
@@ -295,7 +276,11 @@ class PruningMixin:
 
     # -- LR schedule -----------------------------------------------------------------------
     def training_progress(self) -> float:
-        """(epoch + batches done / batches of this epoch's plan) / epochs."""
+        """(epoch + batches done / batches of this epoch's plan) / epochs; with ``max_steps``
+        the share of its micro-batches done (so the schedule ends at the last step run)."""
+        if self.args.max_steps > 0 and self.pruning_budget is None:
+            done = sum(h["batches"] for h in self.pruning_history) + self._pruning_core.batches_done
+            return min(done / (self.args.max_steps * self.args.gradient_accumulation_steps), 1.0)
         plan = self.pruning_plans.get(self._epoch)
         if plan is None:
             return self._epoch / self._num_epochs()
@@ -326,6 +311,8 @@ class PruningMixin:
             "core": self._pruning_core.state_dict(self._epoch),
             "epoch": self._epoch,
             "budget": None if budget is None else budget.state_dict(),
+            "gradient_accumulation_steps": self.args.gradient_accumulation_steps,
+            "world_size": self.args.world_size,
         }
 
     def load_pruning_state_dict(self, state: dict[str, Any]) -> None:
@@ -342,6 +329,14 @@ class PruningMixin:
         if budget is not None:
             budget.load_state_dict(saved)
         self._epoch = int(state["epoch"])
+        accumulation = state.get("gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        if self._pruning_core.resuming(self._epoch) and accumulation != self.args.gradient_accumulation_steps:
+            raise ValueError(
+                f"this checkpoint was taken mid-epoch with gradient_accumulation_steps={accumulation}; this "
+                f"trainer has {self.args.gradient_accumulation_steps}, which pads the epoch to other whole "
+                "steps and would retrain or skip samples. Resume with the same accumulation, or from an "
+                "end-of-epoch checkpoint"
+            )
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)

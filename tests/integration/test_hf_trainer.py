@@ -65,7 +65,7 @@ def make_trainer(model_dir, out, pruning, options=None, epochs=2, data=None, pru
     return PrunedTrainer(
         model=model,
         args=targs,
-        train_dataset=data or CountingDataset(),
+        train_dataset=data if data is not None else CountingDataset(),
         pruning=pruning,
         pruning_options=options or {},
         pruning_budget=pruning_budget,
@@ -199,6 +199,14 @@ def test_a_damaged_pruning_state_is_refused_naming_the_file(model_dir, tmp_path,
         again.train(resume_from_checkpoint=str(tmp_path / "checkpoint-5"))
 
 
+def test_resume_mid_epoch_with_another_accumulation_is_refused(model_dir, tmp_path):
+    opts = {"prune_ratio": 0.5}
+    make_trainer(model_dir, tmp_path, "infobatch", opts, epochs=1, save_strategy="steps", save_steps=5).train()
+    other = make_trainer(model_dir, tmp_path, "infobatch", opts, epochs=1, gradient_accumulation_steps=2)
+    with pytest.raises(ValueError, match="gradient_accumulation_steps=1; this trainer has 2"):
+        other.train(resume_from_checkpoint=str(tmp_path / "checkpoint-5"))
+
+
 def test_resume_under_a_budget_ends_where_the_uninterrupted_run_ends(model_dir, tmp_path):
     opts = {"keep_ratio": 0.25}
     whole = make_trainer(model_dir, tmp_path / "whole", "random", opts, pruning_budget=0.5)
@@ -322,3 +330,40 @@ def test_budget_buys_more_epochs_for_a_smaller_selection(model_dir, tmp_path):
 def test_budget_and_max_steps_together_are_refused(model_dir, tmp_path):
     with pytest.raises(ValueError, match="pruning_budget=0.5 and max_steps=3"):
         make_trainer(model_dir, tmp_path, "random", {"keep_ratio": 0.5}, pruning_budget=0.5, max_steps=3)
+
+
+@pytest.mark.parametrize("max_steps", [5, 11])
+def test_max_steps_runs_that_many_steps_over_pruned_epochs_and_ends_the_lr_there(model_dir, tmp_path, max_steps):
+    """Pruned epochs of 4 steps (16 of 32 samples, batch 4): Trainer's full-epoch arithmetic
+    stopped at 4 of 5 steps, or ran 12 steps for 11; the schedule now spans max_steps."""
+    trainer = make_trainer(model_dir, tmp_path, "random", {"keep_ratio": 0.5}, max_steps=max_steps)
+    lrs = train_recording_lr(trainer)
+    assert trainer.state.global_step == len(lrs) == max_steps
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12) and all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert sum(h["batches"] for h in trainer.pruning_history) == max_steps
+    assert [h["epoch"] for h in trainer.pruning_history] == list(range(-(-max_steps // 4)))
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("iterable", "an IterableDataset has none"),
+        ("empty", "empty train_dataset"),
+        ("no_labels", "carry no 'labels'"),
+        ("fractional", r"num_train_epochs=1.5: PruningMixin plans whole epochs"),
+        ("group_by_length", "train_sampling_strategy='group_by_length'"),
+    ],
+)
+def test_what_the_mixin_cannot_honour_is_refused_when_the_trainer_is_built(model_dir, tmp_path, case, message):
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(CountingDataset())
+
+    class NoLabels(CountingDataset):
+        def __getitem__(self, i):
+            return {k: v for k, v in super().__getitem__(i).items() if k != "labels"}
+
+    data = {"iterable": Stream(), "empty": CountingDataset(n=0), "no_labels": NoLabels()}.get(case)
+    args = {"fractional": {"epochs": 1.5}, "group_by_length": {"train_sampling_strategy": "group_by_length"}}
+    with pytest.raises((ValueError, TypeError), match=message):
+        make_trainer(model_dir, tmp_path, "random", {"keep_ratio": 0.5}, data=data, **args.get(case, {}))

@@ -1,0 +1,79 @@
+"""The Hugging Face integration's view of the training data: a ``sample_id`` on every item and
+every batch, and what the mixin cannot honour, refused when the trainer is built rather than at
+its first step."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import IterableDataset
+
+from qtune.pruning.indexed import IndexedDataset
+
+
+def check_map_style(train_dataset) -> None:
+    if isinstance(train_dataset, IterableDataset):
+        raise TypeError(
+            "PruningMixin plans each epoch over sample ids; an IterableDataset has none. Use a "
+            "map-style dataset (a datasets.Dataset, or a torch Dataset with __len__ and __getitem__)"
+        )
+
+
+def check_trainer_setup(args, train_dataset) -> None:
+    """Refuse, naming the argument, what a pruned run of whole epochs over sample ids cannot do."""
+    if args.world_size > 1:
+        raise NotImplementedError(
+            "PruningMixin runs in one process; for DDP/FSDP use qtune-train trainer=ddp (the Lightning engine)"
+        )
+    if train_dataset is None:
+        raise ValueError("PruningMixin needs a train_dataset")
+    check_map_style(train_dataset)
+    if len(train_dataset) == 0:
+        raise ValueError("PruningMixin got an empty train_dataset: there is nothing to plan")
+    epochs = float(args.num_train_epochs)
+    if args.max_steps <= 0 and epochs != int(epochs):
+        raise ValueError(
+            f"num_train_epochs={epochs:g}: PruningMixin plans whole epochs; use a whole number, or "
+            "max_steps (or pruning_budget) to stop inside an epoch"
+        )
+    strategy = str(getattr(args, "train_sampling_strategy", "random"))
+    if strategy != "random" or getattr(args, "group_by_length", False):
+        raise ValueError(
+            f"train_sampling_strategy={strategy!r}: with PruningMixin the epoch plan decides which "
+            "samples come and in what order; leave it 'random' (the plan is shuffled per epoch)"
+        )
+
+
+def check_batches_have_labels(collator, dataset) -> None:
+    """One item through the collator, so a dataset whose batches carry no labels (the loss needs
+    them) fails here, not at the first step."""
+    batch = collator([dataset[0]])
+    if "labels" not in batch:
+        raise ValueError(
+            "PruningMixin: batches of train_dataset carry no 'labels' (got "
+            f"{sorted(batch)}); give items labels (-100 on prompt tokens), or a collator that builds them"
+        )
+
+
+def with_sample_id(dataset):
+    first = dataset[0]
+    if not isinstance(first, dict):
+        raise TypeError("PruningMixin needs dataset items that are dicts (input_ids, labels, ...)")
+    if "sample_id" in first:
+        return dataset
+    if hasattr(dataset, "add_column"):  # a datasets.Dataset: a real column
+        return dataset.add_column("sample_id", list(range(len(dataset))))
+    return IndexedDataset(dataset)
+
+
+class KeepSampleId:
+    """Wraps a collator that builds its batch from known keys only (TRL's drops the rest): the
+    inner collator sees the items without ``sample_id``, which is added back as a tensor."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __call__(self, features: list[dict]) -> dict:
+        ids = [int(f["sample_id"]) for f in features]
+        batch = self.inner([{k: v for k, v in f.items() if k != "sample_id"} for f in features])
+        batch["sample_id"] = torch.tensor(ids, dtype=torch.long)
+        return batch
