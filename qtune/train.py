@@ -174,6 +174,7 @@ def train(cfg: DictConfig, strategy, run_dir: Path, t_start: float, extra_callba
     from qtune.lightning.module import QTuneModule
     from qtune.eval.evaluate import evaluate_model, validation_metrics
     from qtune.config.build import build_task_and_model
+    from qtune.data.fingerprint import data_fingerprint
     from qtune.kernels import set_default_backend
     from qtune.models.adapters import base_weights_digest, parameter_counts
     from qtune.runs.atomic import atomic_write_json
@@ -217,6 +218,7 @@ def train(cfg: DictConfig, strategy, run_dir: Path, t_start: float, extra_callba
         export_dir=run_dir / "plans" if cfg.export_plan else None,
         strategy_config=OmegaConf.to_container(cfg.strategy, resolve=True),
         budget=budget,
+        data_fingerprint=data_fingerprint(bundle),
     )
     module = QTuneModule(
         model,
@@ -329,6 +331,7 @@ def train(cfg: DictConfig, strategy, run_dir: Path, t_start: float, extra_callba
             f"only the evaluation with: qtune-eval {run_dir}"
         )
     summary["base_weights_sha256"] = base_digest
+    summary["data_fingerprint"] = pruning.core.data_fingerprint
     summary["budget"] = cfg.get("budget")
     summary["flops_vs_full"] = summary["flops_estimate"] / full_run_flops(
         int(cfg.epochs), bundle.train, num_params, trainable_params

@@ -52,6 +52,7 @@ class PruningCallback(Callback):
         export_dir=None,
         strategy_config: dict | None = None,
         budget=None,
+        data_fingerprint: dict | None = None,
     ) -> None:
         self.core = PruningCore(
             strategy,
@@ -61,6 +62,7 @@ class PruningCallback(Callback):
             export_dir=export_dir,
             strategy_config=strategy_config,
             budget=budget,
+            data_fingerprint=data_fingerprint,
         )
         self._trainer = None
         self._module = None

@@ -86,8 +86,10 @@ class PruningCore(ResumeState):
         strategy_config: dict | None = None,
         keep_past_plans: bool = False,
         budget: ComputeBudget | None = None,
+        data_fingerprint: dict | None = None,
     ) -> None:
         self.strategy = strategy
+        self.data_fingerprint = data_fingerprint  # qtune.data.fingerprint: checked on resume
         self.budget = budget  # budget=F: plans see the epochs it buys; scoring passes spend it
         self.keep_past_plans = keep_past_plans  # else finished epochs' plans leave the state
         self.strategy_config = strategy_config

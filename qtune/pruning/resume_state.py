@@ -43,6 +43,8 @@ class ResumeState:
         cfg: dict[str, Any] = {"seed": self.seed}
         if self.strategy_config is not None:
             cfg["strategy"] = self.strategy_config
+        if self.data_fingerprint is not None:  # the data a resume must train on
+            cfg["data"] = self.data_fingerprint
         return cfg
 
     def _epoch_progress(self, epoch: int) -> dict[str, Any]:

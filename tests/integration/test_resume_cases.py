@@ -175,6 +175,9 @@ def test_resume_with_other_settings_is_refused(make_cfg):
         run(make_cfg(base + ["strategy.keep_ratio=0.5", ckpt], "e"))
     with pytest.raises(ValueError, match=r"seed: 0 -> 1"):
         run(make_cfg(base + ["seed=1", ckpt], "e"))
+    # another split of the data (the same size): the data's digests differ, each named
+    with pytest.raises(ValueError, match=r"data.eval_digest: '\w+' -> '\w+'; data.train_digest: '\w+' -> '\w+'"):
+        run(make_cfg(base + ["data.seed=7", ckpt], "e"))
     with pytest.raises(ValueError, match=r"batch size 64; this run uses 32 \(config key batch_size"):
         run(make_cfg(base + ["batch_size=32", ckpt], "e"))
     assert not os.path.exists(make_cfg(base, "e").run_dir + "/summary.json")
