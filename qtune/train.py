@@ -89,7 +89,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path, resume: tuple[int, bool] | Non
 
 
 def write_final_scores(path: Path, pruning) -> None:
-    """The score store at the end of training, with each item's kind when the data has one:
+    """The statistics store at the end of training, with each item's kind when the data has one:
     what reports plot (e.g. the error-uncertainty plane)."""
     import numpy as np
 

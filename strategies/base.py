@@ -41,7 +41,7 @@ def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
 class SampleStatistics(Protocol):
     """Each sample's last statistics, indexed by ``sample_id`` (float tensors [N], NaN where a
     sample has no score yet): what an epoch plan reads. The pruning core's statistics store
-    (``qtune.pruning.score_store.ScoreStore``) is one; a test may pass any object with these."""
+    (``qtune.pruning.statistics_store.StatisticsStore``) is one; a test may pass any object with these."""
 
     num_samples: int
     loss: torch.Tensor  # mean response-token loss

@@ -3,7 +3,7 @@
 A wrong answer on a skill the model has learned shows as a high perplexity the model is
 confident about: high loss, low entropy (Q-Tuning's Q2). On the embedded task the study found
 the wrong answers there, and found that the paper's within-batch min-max normalisation hides
-them behind a few extreme perplexities, while ranks over the whole score store separate them.
+them behind a few extreme perplexities, while ranks over the whole statistics store separate them.
 So after ``warmup_epochs`` epochs on all the data, each epoch (before any fine-tuning neither
 score says anything about noise, and the first epoch's scores drift with the model as it
 learns the format within that epoch, so only a later epoch's scores decide; a suspect is not
@@ -21,7 +21,7 @@ trained again, so an early wrong call would stick):
    be memorised in turn;
 3. draws ⌊``keep_ratio`` · N⌋ samples uniformly from the rest (all of them when fewer).
 
-The scores come from the training forward of each sample's previous visit (the score store),
+The scores come from the training forward of each sample's previous visit (the statistics store),
 so no scoring pass is ever run. A sample with no score yet (NaN) is never a suspect. This is
 qtune's own policy, not a published method; docs/strategies.md says why it is built this way.
 """

@@ -5,7 +5,7 @@ gives four kinds of data: confidently wrong (Q2, a correctable misconception: tr
 its locally noisy tokens), right but unsure (Q4, calibration: train whole), right and sure (Q3,
 redundant) and wrong and unsure (Q1, likely noise): dropped. The pure rules live in
 ``qtuning_rules``; this class applies them per micro-batch (``level: batch``, the paper) or to
-the whole score store once per epoch (``level: epoch``, a qtune extension), and makes the
+the whole statistics store once per epoch (``level: epoch``, a qtune extension), and makes the
 quadrant actions configurable (``policy``, a second extension).
 """
 

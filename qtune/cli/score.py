@@ -3,7 +3,7 @@ for strategies that take scores from a file (``el2n``, ``ccs``: ``strategy.score
 
 Scores come from one no-grad pass through the same statistics path as training. With
 ``ckpt_path`` the model weights come from a qtune checkpoint, and the training dynamics that
-its score store accumulated (AUM, forgetting counts) are written too.
+its statistics store accumulated (AUM, forgetting counts) are written too.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def score(cfg: DictConfig) -> dict[str, np.ndarray]:
         store = (ckpt.get("callbacks", {}).get("PruningCallback") or {}).get("store")
         if store is not None and int(store["num_samples"]) != len(bundle.train):
             raise ValueError(
-                f"ckpt_path={cfg.ckpt_path}: its score store covers "
+                f"ckpt_path={cfg.ckpt_path}: its statistics store covers "
                 f"{int(store['num_samples'])} samples, this dataset has "
                 f"{len(bundle.train)}; was it written for other data?"
             )

@@ -18,7 +18,7 @@ What the mixin changes, and why:
 * **Loss** (``compute_loss``): token statistics through ``qtune.kernels``, the mean over kept
   response tokens with the plan's per-sample weights (InfoBatch), and batch plans (Q-Tuning)
   through :func:`qtune.pruning.train_step.train_step`, the step ``qtune-train`` runs.
-  The per-sample scores of the training forward feed the score store.
+  The per-sample scores of the training forward feed the statistics store.
 * **LR schedule**: Trainer fixes ``max_steps`` from full epochs; the mixin's schedule reads
   progress instead (epoch + share of this epoch's steps, over ``num_train_epochs``), so warm-up
   and decay span the steps actually run and the LR reaches the schedule's end at the last one.

@@ -15,8 +15,8 @@ scoring passes; the core holds every decision and number. Protocol for a Lightni
    ``batch["wrong_tokens"]`` [B, L] (label coordinates).
 4. ``training_step`` returns a dict with ``loss`` and either ``record`` (a
    :class:`qtune.pruning.train_step.StepRecord`, what :func:`~qtune.pruning.train_step.train_step`
-   gives; qtune's module does this) or, to feed the score store, ``sample_ids`` and ``scores``
-   (a dict of per-sample tensors named as in ``ScoreStore`` FIELDS, plus ``num_tokens``);
+   gives; qtune's module does this) or, to feed the statistics store, ``sample_ids`` and ``scores``
+   (a dict of per-sample tensors named as in ``StatisticsStore`` FIELDS, plus ``num_tokens``);
    optionally the counters of ``qtune.pruning.core.COUNTERS``, ``trained_mask`` and
    ``batch_info``.
 5. Strategies that need a scoring pass call ``pl_module.score_batch(batch)`` (no grad), which

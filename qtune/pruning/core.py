@@ -1,6 +1,6 @@
 """PruningCore: the trainer-independent part of pruning (no Lightning, no transformers here).
 
-It holds the strategy, the score store, the epochs' plans, the history, the compute totals and
+It holds the strategy, the statistics store, the epochs' plans, the history, the compute totals and
 the resumable state, behind a small protocol each trainer integration drives:
 
 1. ``plan_epoch(epoch, max_epochs, score_all)``: the epoch's plan (``score_all(epoch)`` runs a
@@ -9,7 +9,7 @@ the resumable state, behind a small protocol each trainer integration drives:
    ``wrong_tokens`` [B, L]), so a training step reads them from the batch.
 3. ``record_batch(record)`` after each step (a :class:`qtune.pruning.train_step.StepRecord`):
    per-sample scores, counters, batch-plan info.
-4. ``finish_epoch(epoch)``: merge the epoch's rows from every rank into the score store, book
+4. ``finish_epoch(epoch)``: merge the epoch's rows from every rank into the statistics store, book
    counters and one history entry, timed by ``epoch_clock`` (the integration starts it when the
    epoch's training starts and pauses it around validation).
 5. ``state_dict(epoch)`` / ``load_state_dict(state)`` (from :class:`ResumeState`).
@@ -31,7 +31,7 @@ from qtune.pruning import epoch_clock
 from qtune.pruning.epoch_clock import EpochClock
 from qtune.pruning.item_tracking import ItemTracker
 from qtune.pruning.resume_state import ResumeState
-from qtune.pruning.score_store import ScoreStore
+from qtune.pruning.statistics_store import StatisticsStore
 from qtune.pruning.train_step import StepRecord
 from qtune.strategies.base import EpochContext, EpochPlan, PruningStrategy
 
@@ -96,7 +96,7 @@ class PruningCore(ResumeState):
         self.export_dir = export_dir
         self.seed = int(seed)
         self.items = ItemTracker.maybe(item_meta)
-        self.store: ScoreStore | None = ScoreStore(num_samples) if num_samples else None
+        self.store: StatisticsStore | None = StatisticsStore(num_samples) if num_samples else None
         self.plans: dict[int, EpochPlan] = {}
         self.history: list[dict[str, Any]] = []
         self.totals = {k: 0.0 for k in COUNTERS} | {"train_time_s": 0.0, "scoring_time_s": 0.0}
@@ -154,9 +154,9 @@ class PruningCore(ResumeState):
         return self._batches_done
 
     # -- plans ---------------------------------------------------------------------------------
-    def ensure_store(self, num_samples: int) -> ScoreStore:
+    def ensure_store(self, num_samples: int) -> StatisticsStore:
         if self.store is None:
-            self.store = ScoreStore(num_samples)
+            self.store = StatisticsStore(num_samples)
         elif self.store.num_samples != num_samples:
             raise ValueError(
                 f"the training set has {num_samples} samples but the pruning state "
@@ -340,7 +340,7 @@ class PruningCore(ResumeState):
             self._export(epoch, plan)
         # this epoch's plan stays: Lightning restores an end-of-epoch checkpoint at the epoch
         # it ended and builds (not runs) a loader for it before moving on, and re-planning it
-        # would cost a scoring pass and change the score store
+        # would cost a scoring pass and change the statistics store
         if not self.keep_past_plans:
             self.plans = {e: p for e, p in self.plans.items() if e >= epoch}
         self.begin_epoch()
@@ -349,7 +349,7 @@ class PruningCore(ResumeState):
         return entry
 
     def _check_ranks_agree(self, epoch: int, plan: EpochPlan | None) -> None:
-        """Every rank must hold the same plan and, after the merge, the same score store."""
+        """Every rank must hold the same plan and, after the merge, the same statistics store."""
         if self.comm.world_size == 1:
             return
         if plan is not None and not self.comm.agree(digest(plan.sample_ids.sort().values)):
@@ -361,7 +361,7 @@ class PruningCore(ResumeState):
             state = self.store.state_dict()
             fp = digest(*(v for k, v in sorted(state.items()) if k != "num_samples"))
             if not self.comm.agree(fp):
-                raise RuntimeError(f"ranks hold different score stores after epoch {epoch}")
+                raise RuntimeError(f"ranks hold different statistics stores after epoch {epoch}")
 
     def _export(self, epoch: int, plan: EpochPlan) -> None:
         """Write the epoch's kept ids (and weights) as plain JSON, atomically."""

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from qtune.pruning.rng import capture_rng, pack_state, restore_rng, unpack_state
-from qtune.pruning.score_store import ScoreStore
+from qtune.pruning.statistics_store import StatisticsStore
 from qtune.strategies.base import EpochPlan
 
 
@@ -100,7 +100,7 @@ class ResumeState:
         self.strategy.load_state_dict(state["strategy"])
         if state["store"] is not None:
             if self.store is None:
-                self.store = ScoreStore(int(state["store"]["num_samples"]))
+                self.store = StatisticsStore(int(state["store"]["num_samples"]))
             self.store.load_state_dict(state["store"])
         self.plans = {int(e): EpochPlan(p["ids"], p["weights"], dict(p["info"])) for e, p in state["plans"].items()}
         self.history = list(state["history"])

@@ -9,7 +9,7 @@
 * ``plane_<task>.png``: the Q-Tuning error-uncertainty plane of one run's final scores (PPL on
   a log axis against entropy), coloured by item kind. The dashed lines are the quantile
   thresholds of Q-Tuning's split, P_lo/P_hi = PPL quantiles at α and 1−α and E_lo/E_hi = the
-  entropy quantiles at α and 1−α, computed over the whole final score store with α the run's
+  entropy quantiles at α and 1−α, computed over the whole final statistics store with α the run's
   last-epoch mean α (a run that records one, Q-Tuning's) or 0.25 otherwise. Training draws these per micro-batch,
   so the lines show where the quadrants fall, not any one batch's exact cut.
 """

@@ -1,4 +1,4 @@
-"""Two CPU processes (gloo): plans, shards and score stores agree across ranks."""
+"""Two CPU processes (gloo): plans, shards and statistics stores agree across ranks."""
 
 import json
 import os
@@ -42,14 +42,14 @@ def test_two_ranks_train_the_plan_once_and_agree(tmp_path):
         assert planned <= entry["samples_trained"] <= planned + 1
         exported = json.loads((tmp_path / "ddp" / "plans" / f"epoch_{e:03d}.json").read_text())
         assert len(exported["sample_ids"]) == planned and exported["plan_hash"] == entry["plan_hash"]
-    # the per-epoch cross-rank checks (same plan, same score store) ran and passed
+    # the per-epoch cross-rank checks (same plan, same statistics store) ran and passed
     assert s["eval"]["accuracy"] > 0.3
 
 
 @pytest.mark.parametrize("name", ["el2n", "ccs", "infobatch", "seta", "rs2", "qtuning"])
 def test_every_strategy_agrees_across_ranks(tmp_path, name):
     """The run itself checks, every epoch, that both ranks hold the same plan and the same
-    gathered score store (it stops with an error otherwise); scoring passes are sharded."""
+    gathered statistics store (it stops with an error otherwise); scoring passes are sharded."""
     s = _train(["experiment=digits", "epochs=3", f"strategy={name}"], tmp_path / name, tmp_path)
     assert all(e["world_size"] == 2 for e in s["epochs_detail"])
     n = s["train_samples_total"]

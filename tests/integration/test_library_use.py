@@ -66,7 +66,7 @@ def test_plain_lightning_module_trains_on_the_plan(tmp_path):
     for e in range(3):
         ctx = EpochContext(epoch=e, max_epochs=3, num_samples=40, seed=1, scores=None)
         assert per_epoch[e] == strat.epoch_plan(ctx).sample_ids.tolist()
-    # the score store holds the per-sample losses of the last epoch seen
+    # the statistics store holds the per-sample losses of the last epoch seen
     seen_last = per_epoch[2]
     assert (pruning.store.seen_epoch[seen_last] == 2).all()
     assert torch.isfinite(pruning.store.loss[seen_last]).all()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from qtune.pruning.score_store import ScoreStore
+from qtune.pruning.statistics_store import StatisticsStore
 from qtune.strategies import EpochContext, build_strategy
 from qtune.strategies.ccs import select_ccs, stratum_budgets
 
@@ -92,7 +92,7 @@ def ctx(st, e):
 
 
 def test_strategy_el2n_warmup_then_static():
-    st = ScoreStore(20)
+    st = StatisticsStore(20)
     strat = build_strategy("ccs", keep_ratio=0.5, beta=0.1, warmup_epochs=1)
     assert strat.epoch_plan(ctx(st, 0)).info["warmup"] == 1
     assert strat.needs_scoring_pass(ctx(st, 1)) and not strat.needs_scoring_pass(ctx(st, 0))
@@ -105,7 +105,7 @@ def test_strategy_el2n_warmup_then_static():
 
 
 def test_strategy_aum_is_negated_low_margin_cut():
-    st = ScoreStore(10)
+    st = StatisticsStore(10)
     for e in range(2):
         st.update(torch.arange(10), e, margin=torch.linspace(-0.9, 0.9, 10), track_dynamics=True)
     strat = build_strategy("ccs", keep_ratio=0.5, beta=0.2, score_column="aum", warmup_epochs=2)
@@ -118,7 +118,7 @@ def test_strategy_scores_file(tmp_path):
     p = tmp_path / "s.npz"
     np.savez(p, sample_id=np.arange(10), forgetting=np.arange(10)[::-1])
     strat = build_strategy("ccs", keep_ratio=0.5, beta=0.2, score_column="forgetting", scores_file=str(p))
-    out = strat.epoch_plan(ctx(ScoreStore(10), 0)).sample_ids.tolist()
+    out = strat.epoch_plan(ctx(StatisticsStore(10), 0)).sample_ids.tolist()
     assert len(out) == 5 and 0 not in out and 1 not in out  # most forgotten = ids 0, 1
 
 

@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import qtune.strategies as strategies
-from qtune.pruning.score_store import FIELDS, ScoreStore
+from qtune.pruning.statistics_store import FIELDS, StatisticsStore
 from qtune.strategies import (
     BatchStats,
     PruningStrategy,
@@ -39,7 +39,7 @@ def test_builtin_ratio_knobs_are_options_of_their_yaml(name):
 
 
 def test_statistics_vocabulary_is_what_the_engine_provides():
-    store = ScoreStore(2)
+    store = StatisticsStore(2)
     assert set(FIELDS) <= set(SAMPLE_STATISTICS)
     assert all(hasattr(store, s) for s in SAMPLE_STATISTICS)
     batch_fields = {f.name for f in dataclasses.fields(BatchStats)}
@@ -173,7 +173,7 @@ def test_the_statistics_store_is_what_a_plan_may_read():
 
     from qtune.strategies.base import SampleStatistics
 
-    store = ScoreStore(3)
+    store = StatisticsStore(3)
     assert isinstance(store, SampleStatistics)
     assert not isinstance(object(), SampleStatistics)
     hints = typing.get_type_hints(SampleStatistics)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qtune.pruning.score_store import ScoreStore
+from qtune.pruning.statistics_store import StatisticsStore
 from qtune.strategies import EpochContext, build_strategy
 from qtune.strategies.denoise import denoise_plan, estimated_noise_share, suspicion, unit_ranks
 
@@ -71,7 +71,7 @@ def test_planted_noise_is_found_at_any_scale():
 
 def test_strategy_warms_up_on_all_data_then_plans_from_the_store():
     s = build_strategy("denoise", seed=1, keep_ratio=0.25, suspect_fraction=0.1, warmup_epochs=1)
-    store = ScoreStore(40)
+    store = StatisticsStore(40)
     ctx = EpochContext(epoch=0, max_epochs=3, num_samples=40, seed=1, scores=store)
     assert s.epoch_plan(ctx).sample_ids.tolist() == list(range(40))
     assert not s.needs_scoring_pass(ctx)  # the training forward fills the store
@@ -92,7 +92,7 @@ def test_default_warm_up_is_two_full_epochs_and_the_second_epochs_scores_decide(
     never decide: epochs 0 and 1 train everything, epoch 2 plans from epoch 1's scores."""
     s = build_strategy("denoise", seed=0, keep_ratio=0.5, suspect_fraction=0.25)
     assert s.warmup_cost() == {"epochs": 2, "scoring_passes": 0}
-    store = ScoreStore(8)
+    store = StatisticsStore(8)
     # epoch 0: samples 0-1 look worst; epoch 1 (the model has moved): samples 6-7 do
     store.update(
         torch.arange(8),
@@ -122,7 +122,7 @@ def test_estimated_noise_share_counts_scored_samples_below_the_label_probability
 
 
 def _store(p_label, epoch=0, store=None):
-    store = store or ScoreStore(10)
+    store = store or StatisticsStore(10)
     store.update(
         torch.arange(10),
         epoch,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from qtune.pruning.score_store import ScoreStore
+from qtune.pruning.statistics_store import StatisticsStore
 from qtune.strategies import EpochContext, build_strategy
 from qtune.strategies.el2n import select_el2n
 
@@ -55,7 +55,7 @@ def test_keeps_at_least_one_and_empty_input():
 
 
 def test_warmup_then_static_selection():
-    st = ScoreStore(6)
+    st = StatisticsStore(6)
     strat = build_strategy("el2n", seed=0, keep_ratio=0.5, warmup_epochs=1)
     assert not strat.needs_scoring_pass(ctx(st, 0))
     assert strat.epoch_plan(ctx(st, 0)).sample_ids.tolist() == list(range(6))
@@ -71,7 +71,7 @@ def test_warmup_then_static_selection():
 
 
 def test_score_passes_average_over_last_warmup_epochs_ignoring_nan():
-    st = ScoreStore(4)
+    st = StatisticsStore(4)
     strat = build_strategy("el2n", keep_ratio=0.5, warmup_epochs=2, score_passes=2)
     assert [strat.needs_scoring_pass(ctx(st, e)) for e in range(4)] == [False, True, True, False]
     strat.epoch_plan(ctx(st, 0))
@@ -89,14 +89,14 @@ def test_scores_file_prunes_from_epoch_zero(tmp_path):
     path = tmp_path / "scores.npz"
     np.savez(path, sample_id=np.array([3, 2, 1, 0]), el2n=np.array([0.9, 0.1, 0.8, 0.2]))
     strat = build_strategy("el2n", keep_ratio=0.5, scores_file=str(path))
-    st = ScoreStore(4)
+    st = StatisticsStore(4)
     assert not strat.needs_scoring_pass(ctx(st, 0))
     # id 3 -> 0.9, id 1 -> 0.8
     assert strat.epoch_plan(ctx(st, 0)).sample_ids.tolist() == [1, 3]
 
 
 def test_state_roundtrip_resumes_same_subset():
-    st = ScoreStore(5)
+    st = StatisticsStore(5)
     st.update(torch.arange(5), 0, el2n=torch.tensor([0.5, 0.4, 0.3, 0.2, 0.1]), track_dynamics=False)
     a = build_strategy("el2n", keep_ratio=0.4, warmup_epochs=0)
     ids = a.epoch_plan(ctx(st, 0)).sample_ids

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qtune.pruning.loss import masked_token_mean
-from qtune.pruning.score_store import ScoreStore
+from qtune.pruning.statistics_store import StatisticsStore
 from qtune.strategies import EpochContext, build_strategy
 from qtune.strategies.infobatch import infobatch_plan
 
@@ -89,7 +89,7 @@ def test_unit_weights_reproduce_unpruned_token_mean_loss_exactly():
 
 
 def test_plan_weights_of_one_in_full_epochs_give_unpruned_loss():
-    st = ScoreStore(4)
+    st = StatisticsStore(4)
     st.update(torch.arange(4), 0, loss=torch.tensor([0.1, 0.2, 3.0, 4.0]), track_dynamics=False)
     strat = build_strategy("infobatch")
     plan = strat.epoch_plan(EpochContext(0, 8, 4, 0, st))
@@ -100,7 +100,7 @@ def test_plan_weights_of_one_in_full_epochs_give_unpruned_loss():
 
 
 def test_schedule_first_full_pruned_then_annealing_resets_weights():
-    st = ScoreStore(10)
+    st = StatisticsStore(10)
     st.update(torch.arange(10), 0, loss=torch.arange(10).float(), track_dynamics=False)
     strat = build_strategy("infobatch", prune_ratio=0.5, delta=0.875)
     c = lambda e: EpochContext(e, 3, 10, 0, st)  # noqa: E731  delta*E = 2.625 (not an integer)

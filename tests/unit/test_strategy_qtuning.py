@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from qtune.pruning.score_store import ScoreStore
+from qtune.pruning.statistics_store import StatisticsStore
 from qtune.strategies import BatchStats, EpochContext, build_strategy
 from qtune.strategies.qtuning import (
     normalize_scores,
@@ -229,7 +229,7 @@ def test_rows_without_response_never_kept():
 
 def test_epoch_level_plan_and_in_batch_token_stage():
     n = 8
-    store = ScoreStore(n)
+    store = StatisticsStore(n)
     store.update(torch.arange(n), 0, loss=PPL.log(), entropy=ENT, track_dynamics=False)
     strat = build_strategy("qtuning", level="epoch", sample_ratio=0.25)
     assert strat.scoring == "reuse"
@@ -244,7 +244,7 @@ def test_epoch_level_plan_and_in_batch_token_stage():
 
 def test_epoch_level_without_scores_is_full_data():
     strat = build_strategy("qtuning", level="epoch")
-    plan = strat.epoch_plan(EpochContext(0, 3, 5, 0, ScoreStore(5)))
+    plan = strat.epoch_plan(EpochContext(0, 3, 5, 0, StatisticsStore(5)))
     assert plan.sample_ids.tolist() == list(range(5))
 
 

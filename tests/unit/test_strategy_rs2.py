@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from qtune.pruning.score_store import ScoreStore
+from qtune.pruning.statistics_store import StatisticsStore
 from qtune.strategies import EpochContext, build_strategy
 from qtune.strategies.rs2 import rs2_plan
 
@@ -69,7 +69,7 @@ def test_deterministic_per_seed_and_seed_sensitive():
 
 
 def test_strategy_wraps_function_without_state():
-    st = ScoreStore(30)
+    st = StatisticsStore(30)
     strat = build_strategy("rs2", seed=4, keep_ratio=0.2)
     for e in range(4):
         plan = strat.epoch_plan(EpochContext(e, 4, 30, 4, st))

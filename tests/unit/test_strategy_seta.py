@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from qtune.pruning.score_store import ScoreStore
+from qtune.pruning.statistics_store import StatisticsStore
 from qtune.strategies import EpochContext, build_strategy
 from qtune.strategies.seta import seta_groups, seta_window
 
@@ -57,7 +57,7 @@ def test_groups_monotone_in_loss_property():
 
 def clustered_store(levels=5, per=20, seed=0):
     n = levels * per
-    st = ScoreStore(n)
+    st = StatisticsStore(n)
     g = torch.Generator().manual_seed(seed)
     loss = torch.arange(n).div(per, rounding_mode="floor").float() + 0.01 * torch.rand(n, generator=g)
     st.update(torch.arange(n), 0, loss=loss, track_dynamics=False)
@@ -102,7 +102,7 @@ def test_deterministic_per_seed():
 
 
 def test_unseen_samples_spread_over_groups_not_windowed_out():
-    st = ScoreStore(100)
+    st = StatisticsStore(100)
     st.update(torch.arange(50), 0, loss=torch.linspace(0, 1, 50), track_dynamics=False)
     plan = build_strategy("seta", p=0.0, seed=0).epoch_plan(ctx(st, 1))
     unseen_kept = int((plan.sample_ids >= 50).sum())
@@ -111,7 +111,7 @@ def test_unseen_samples_spread_over_groups_not_windowed_out():
 
 
 def test_tiny_dataset_keeps_one_sample():
-    st = ScoreStore(1)
+    st = StatisticsStore(1)
     assert build_strategy("seta").epoch_plan(ctx(st, 1)).sample_ids.numel() == 1
 
 

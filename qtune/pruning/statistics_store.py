@@ -1,7 +1,8 @@
-"""Per-sample scores indexed by ``sample_id``: what strategies read to plan an epoch.
+"""The statistics store: each sample's last per-sample statistics (loss, entropy, EL2N, label
+probability, ...) indexed by ``sample_id``: what strategies read to plan an epoch.
 
 Each training step writes the per-sample aggregates of the samples it saw; at the end of an
-epoch the writes of all ranks are merged (:meth:`ScoreStore.merge_updates`) so every rank holds
+epoch the writes of all ranks are merged (:meth:`StatisticsStore.merge_updates`) so every rank holds
 the same store. ``seen_epoch`` is -1 for a sample never scored.
 """
 
@@ -14,7 +15,7 @@ import torch
 FIELDS = ("loss", "entropy", "el2n", "p_label", "margin", "accuracy")
 
 
-class ScoreStore:
+class StatisticsStore:
     def __init__(self, num_samples: int) -> None:
         self.num_samples = int(num_samples)
         n = self.num_samples
@@ -85,7 +86,7 @@ class ScoreStore:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state["num_samples"]) != self.num_samples:
             raise ValueError(
-                f"checkpointed score store has {state['num_samples']} samples but the training "
+                f"checkpointed statistics store has {state['num_samples']} samples but the training "
                 f"set has {self.num_samples}: was the run resumed on a different dataset?"
             )
         for k, v in state.items():
