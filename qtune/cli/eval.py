@@ -1,7 +1,9 @@
 """``qtune-eval``: the end-of-training evaluations without training.
 
 * ``qtune-eval RUN_DIR [key=value ...]``: a finished run's ``final/`` model on the run's own
-  data (its ``config.yaml``), with any ``eval.*`` key overridden. Results go to
+  data (its ``config.yaml``), with ``eval.*``, ``eval_batch_size`` or ``kernels.*`` overridden
+  and nothing else (other data would be merged into the run's own results: for that, evaluate
+  ``model=hf model.path=RUN_DIR/final`` in a directory of its own). Results go to
   ``RUN_DIR/eval.json`` (plus ``eval_samples.jsonl`` and ``lm_eval_results.json``) and into the
   ``eval`` section of its ``summary.json``, which completes a run whose evaluation failed.
 * ``qtune-eval model=... [data=...] [key=value ...]``: any model qtune can load, as
@@ -20,6 +22,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 USAGE = "usage: qtune-eval [RUN_DIR] [key=value ...]"
+EVAL_KEYS = ("eval.", "eval_batch_size", "kernels.")  # what may change for a finished run
 
 
 def split_args(argv: Sequence[str]) -> tuple[Path | None, list[str]]:
@@ -46,11 +49,13 @@ def run_config(run_dir: Path, overrides: list[str]) -> DictConfig:
             f"{run_dir}: neither {RUN_CONFIG} nor .hydra/config.yaml; cannot tell which data the run trained on"
         )
     cfg = OmegaConf.load(source)
-    groups = [o for o in overrides if o.split("=", 1)[0] in ("model", "data", "strategy", "trainer")]
-    if groups:
+    changes = [o for o in overrides if not o.split("=", 1)[0].lstrip("+").startswith(EVAL_KEYS)]
+    if changes:
         raise SystemExit(
-            f"qtune-eval {run_dir}: {groups[0]} would change what the run was; "
-            "only keys such as eval.max_items=... apply to a finished run"
+            f"qtune-eval {run_dir}: {changes[0]} would change what the run was, and its recorded "
+            "results are the run's own; only eval.*, eval_batch_size and kernels.* apply to a "
+            "finished run. To evaluate its model on other data, give it a directory of its own: "
+            f"qtune-eval model=hf model.path={run_dir / 'final'} data=... run_dir=..."
         )
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     cfg.run_dir = str(run_dir)
@@ -90,8 +95,15 @@ def evaluate(run_dir: Path | None, overrides: list[str]) -> dict[str, Any]:
     from qtune.eval.harness import check_lm_eval
     from qtune.runs.atomic import atomic_write_json
 
+    summary = None
     if run_dir is not None:
         cfg = run_config(run_dir, overrides)
+        summary_path = run_dir / "summary.json"
+        if summary_path.is_file():  # read first: a broken one stops before anything is written
+            try:
+                summary = json.loads(summary_path.read_text())
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{summary_path}: not valid JSON ({exc}); nothing was evaluated or written") from None
         from qtune.data.tokenizer import FILENAME
         from qtune.eval.harness import task_names
 
@@ -118,9 +130,8 @@ def evaluate(run_dir: Path | None, overrides: list[str]) -> dict[str, Any]:
     atomic_write_json(
         out_dir / "eval.json", {"model": source, "eval": result, "config": OmegaConf.to_container(cfg.eval)}
     )
-    summary_path = out_dir / "summary.json"
-    if run_dir is not None and summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
+    if summary is not None:
+        summary_path = out_dir / "summary.json"
         summary["eval"] = {**(summary.get("eval") or {}), **result}
         summary.pop("eval_error", None)
         atomic_write_json(summary_path, summary)

@@ -97,3 +97,39 @@ def test_qtune_eval_refuses_harness_tasks_for_a_character_model_run(make_cfg, tm
     OmegaConf.save(make_cfg([], "tiny"), run_dir / "config.yaml")
     with pytest.raises(SystemExit, match="character tokenizer"):
         main([str(run_dir), "eval.lm_eval.tasks=[qtune_embedded]"])
+
+
+@pytest.mark.parametrize("override", ["data.path=other.jsonl", "data=digits", "+data.noise_fraction=0.5", "seed=3"])
+def test_qtune_eval_of_a_run_refuses_anything_but_eval_keys(make_cfg, tmp_path, override):
+    """A run's recorded results are its own: other data would be merged into them. Nothing is
+    written, and the message says how to evaluate the model on other data."""
+    from omegaconf import OmegaConf
+
+    from qtune.cli.eval import main
+    from qtune.data.tokenizer import CharTokenizer
+
+    run_dir = tmp_path / "done"
+    (run_dir / "final").mkdir(parents=True)
+    CharTokenizer().save(str(run_dir / "final"))
+    OmegaConf.save(make_cfg([], "done"), run_dir / "config.yaml")
+    (run_dir / "summary.json").write_text('{"eval": {"loss": 1.0}}')
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    with pytest.raises(SystemExit, match=rf"{override.split('=')[0].lstrip('+')}.*model.path={run_dir}/final data="):
+        main([str(run_dir), override])
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+
+
+def test_qtune_eval_with_a_broken_summary_writes_nothing(make_cfg, tmp_path):
+    from omegaconf import OmegaConf
+
+    from qtune.cli.eval import main
+    from qtune.data.tokenizer import CharTokenizer
+
+    run_dir = tmp_path / "half"
+    (run_dir / "final").mkdir(parents=True)
+    CharTokenizer().save(str(run_dir / "final"))
+    OmegaConf.save(make_cfg([], "half"), run_dir / "config.yaml")
+    (run_dir / "summary.json").write_text('{"eval": {"loss": 1.0')
+    with pytest.raises(SystemExit, match="summary.json: not valid JSON"):
+        main([str(run_dir)])
+    assert not (run_dir / "eval.json").exists()
