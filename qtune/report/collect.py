@@ -102,14 +102,31 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
     return [found[k] for k in sorted(found)]
 
 
+def summary_problem(summary: Any) -> str | None:
+    """What makes `summary` unusable as a run's record (None when it is one): the keys every
+    ``summary.json`` qtune writes has, with their types."""
+    if not isinstance(summary, dict):
+        return f"a JSON object expected, got {type(summary).__name__}"
+    if not isinstance(summary.get("strategy"), str) or not summary["strategy"]:
+        return "no 'strategy' name"
+    epochs = summary.get("epochs")
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        return f"'epochs' must be a whole number of at least 1, got {epochs!r}"
+    for key, kind in (("eval", dict), ("epochs_detail", list)):
+        if key in summary and not isinstance(summary[key], kind):
+            return f"'{key}' must be a JSON {'object' if kind is dict else 'array'}, got {type(summary[key]).__name__}"
+    return None
+
+
 def load_run(run_dir: Path) -> Run:
     path = run_dir / "summary.json"
     try:
         summary = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc}); move the run away or rerun it") from None
-    if not isinstance(summary, dict) or not isinstance(summary.get("epochs", 0), int):
-        raise ValueError(f"{path}: not a qtune summary (expected a JSON object with an integer 'epochs')")
+    problem = summary_problem(summary)
+    if problem:
+        raise ValueError(f"{path}: not a qtune summary ({problem}); move the run away or rerun it")
     config: dict = {}
     cfg_file = next(
         (f for f in (run_dir / ".hydra" / "config.yaml", run_dir / "config.yaml") if f.is_file()), None

@@ -245,9 +245,16 @@ def test_report_names_a_corrupt_summary_and_writes_nothing(tmp_path):
     (run_dir / "summary.json").write_text('{"epochs": 3, "eval": {"accu')
     with pytest.raises(ValueError, match=r"r1/summary.json: not valid JSON"):
         build_report([tmp_path / "runs"], tmp_path / "out")
-    (run_dir / "summary.json").write_text("[1, 2]")
-    with pytest.raises(ValueError, match=r"r1/summary.json: not a qtune summary"):
-        build_report([tmp_path / "runs"], tmp_path / "out")
+    for text, problem in [
+        ("[1, 2]", "a JSON object expected, got list"),
+        ("{}", "no 'strategy' name"),  # was counted as a full run of 0 epochs
+        ('{"strategy": "full", "epochs": 0}', "'epochs' must be a whole number of at least 1, got 0"),
+        ('{"strategy": "full", "epochs": 3, "eval": [0.9]}', "'eval' must be a JSON object, got list"),
+        ('{"strategy": "full", "epochs": 3, "epochs_detail": {}}', "'epochs_detail' must be a JSON array"),
+    ]:
+        (run_dir / "summary.json").write_text(text)
+        with pytest.raises(ValueError, match=rf"r1/summary.json: not a qtune summary \({problem}"):
+            build_report([tmp_path / "runs"], tmp_path / "out")
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit):
         build_report([tmp_path / "empty"], tmp_path / "out")
