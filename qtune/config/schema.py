@@ -39,7 +39,7 @@ class RunConfig:
     """Run-level keys of ``conf/train.yaml`` (the groups are checked on their own)."""
 
     task: Literal[TASKS] = "sft"
-    seed: int = 0
+    seed: int = knob(0, ge=0, lt=2**32)  # what Lightning's seed_everything accepts
     epochs: int = knob(8, ge=1)
     batch_size: int = knob(32, ge=1)
     eval_batch_size: int = knob(256, ge=1)
@@ -188,7 +188,7 @@ class JsonlData:
 class DigitsData:
     name: Literal["digits"] = "digits"
     eval_fraction: float = knob(0.2, gt=0.0, lt=1.0)
-    seed: int = 0
+    seed: int = knob(0, ge=0, lt=2**32)  # scikit-learn's random_state range
 
 
 MODELS = {"tiny_llama": TinyLlamaModel, "hf": HFModel, "mlp": MLPModel}

@@ -8,6 +8,7 @@ from the seed, so every rank and every resumed run sees the same split.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -52,6 +53,15 @@ def split_indices(labels: np.ndarray, eval_fraction: float, seed: int):
 
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"data.eval_fraction must be in (0, 1), got {eval_fraction}")
+    classes, n = len(np.unique(labels)), len(labels)
+    n_eval = math.ceil(eval_fraction * n)  # scikit-learn's count for a fractional test_size
+    if min(n_eval, n - n_eval) < classes:
+        lowest, highest = classes / n, 1 - classes / n
+        raise ValueError(
+            f"data.eval_fraction={eval_fraction} gives {n_eval} eval and {n - n_eval} training items for "
+            f"{classes} classes; the stratified split needs one of each class on both sides: use a value "
+            f"in [{math.ceil(lowest * 1e4) / 1e4}, {math.floor(highest * 1e4) / 1e4}]"
+        )
     idx_train, idx_eval = train_test_split(
         np.arange(len(labels)), test_size=eval_fraction, random_state=seed, stratify=labels
     )

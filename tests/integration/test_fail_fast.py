@@ -29,6 +29,11 @@ BAD = [  # (overrides, what the error must say), at least one per config group
         r"option 'score' is now called 'score_column' \(config key strategy.score_column",
     ),
     ("optim.lr=-1", r"optim.lr=-1 is out of range"),
+    ("seed=-1", r"seed=-1 must be at least 0"),
+    (
+        "experiment=digits data.eval_fraction=0.0001",
+        r"data.eval_fraction=0.0001 gives 1 eval and 1796 training items for 10 classes.*\[0.0056, 0.9944\]",
+    ),
     ("kernels.backend=cuda_magic", r"kernels.backend='cuda_magic' must be one of 'auto'"),
     ("checkpoint.every_n_train_steps=-1", r"checkpoint.every_n_train_steps=-1 must be at least 0"),
     ("trainer.max_epochs=0", r"trainer.max_epochs=0 must be an integer, at least 1"),
