@@ -77,7 +77,18 @@ def load_scores(path: str | Path, num_samples: int, column: str) -> torch.Tensor
         available = sorted(k for k in cols if k != "sample_id")
         raise KeyError(f"scores file {path} has no column {column!r}; available: {available}")
     ids = np.asarray(cols["sample_id"])
+    for name in ("sample_id", column):
+        if np.asarray(cols[name]).dtype.kind not in "biuf":
+            raise ValueError(
+                f"scores file {path}: column {name!r} holds {np.asarray(cols[name]).dtype} values, not numbers"
+            )
     vals = np.asarray(cols[column], dtype=np.float64).reshape(-1)
+    infinite = int(np.isinf(vals).sum())
+    if infinite:
+        raise ValueError(
+            f"scores file {path}: column {column!r} has {infinite} infinite value(s); a score is a "
+            "finite number, or NaN for a sample with no score (never kept)"
+        )
     if ids.size and not np.all(np.equal(np.mod(ids, 1), 0)):
         raise ValueError(f"scores file {path}: sample_id values must be integers")
     ids = ids.astype(np.int64).reshape(-1)

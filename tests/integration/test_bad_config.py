@@ -163,6 +163,14 @@ def test_scores_files_that_are_not_scores_name_the_file(tmp_path):
     np.savez(tmp_path / "nan.npz", sample_id=np.arange(2), el2n=np.full(2, np.nan))
     with pytest.raises(ValueError, match="no finite value"):
         load_scores(tmp_path / "nan.npz", 2, "el2n")
+    np.savez(tmp_path / "strings.npz", sample_id=np.arange(2), el2n=np.array(["a", "b"]))
+    with pytest.raises(ValueError, match=r"strings.npz: column 'el2n' holds <U1 values, not numbers"):
+        load_scores(tmp_path / "strings.npz", 2, "el2n")
+    np.savez(tmp_path / "inf.npz", sample_id=np.arange(3), el2n=np.array([0.5, np.inf, -np.inf]))
+    with pytest.raises(ValueError, match=r"inf.npz: column 'el2n' has 2 infinite value\(s\)"):
+        load_scores(tmp_path / "inf.npz", 3, "el2n")
+    np.savez(tmp_path / "some_nan.npz", sample_id=np.arange(2), el2n=np.array([0.5, np.nan]))
+    assert load_scores(tmp_path / "some_nan.npz", 2, "el2n")[1].isnan()  # NaN: no score, allowed
 
 
 def test_jsonl_with_a_lone_surrogate_names_file_line_and_field(tmp_path):
