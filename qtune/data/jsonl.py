@@ -21,6 +21,10 @@ Items that carry no training signal are dropped and counted, never silently trai
 * ``dropped_truncated``: the prompt alone fills ``max_length``, so truncation (which keeps the
   prompt first and cuts the response from the right) would leave no response token.
 
+Items kept whose response is cut by ``max_length`` (its end, end-of-sequence token included, is
+not trained: the model never learns where that answer stops) are counted as ``cut_responses``
+and logged.
+
 Anything else that is wrong with a line (bad JSON, a missing or mistyped field) is a
 :class:`DataError` naming ``file:line``, because guessing would train on the wrong thing.
 """
@@ -111,13 +115,35 @@ def _parse_chat(obj: dict, where: str, line: int) -> Record:
     return Record(clean[:last], clean[last]["content"], line, "chat", _field(obj, "group", where, required=False))
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """json's default keeps a repeated key's last value silently; a data file means one."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def parse_line(text: str, path: str | Path, line: int, fmt: str = "auto") -> Record:
     """Parse one non-blank JSONL line; errors name ``path:line``."""
     where = f"{path}:{line}"
+    body = text.rstrip("\n")
+    if "\r" in body.rstrip("\r"):  # CR-only line endings: the whole file reads as one line
+        raise DataError(
+            f"{where}: holds carriage returns (CR) inside the line: the file uses old Mac line "
+            "endings; convert them to LF (one JSON object per line)"
+        )
     try:
-        obj = json.loads(text.rstrip())
+        obj = json.loads(body.rstrip(), object_pairs_hook=_refuse_duplicate_keys)
     except json.JSONDecodeError as e:
         raise DataError(f"{where}: malformed JSON: {e.msg} (column {e.colno})") from None
+    except _DuplicateKey as e:
+        raise DataError(f"{where}: the key {e.args[0]!r} appears twice in one object; keep one") from None
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     form = fmt
@@ -186,7 +212,7 @@ def tokenize_records(
     Returns ``(examples, meta, info)`` with ``meta`` per kept item (source line and form) and
     ``info = {"dropped_empty": n, "dropped_truncated": m}``.
     """
-    info = {"dropped_empty": 0, "dropped_truncated": 0}
+    info = {"dropped_empty": 0, "dropped_truncated": 0, "cut_responses": 0}
     kept = [r for r in records if r.response.strip()]
     info["dropped_empty"] = len(records) - len(kept)
     template = getattr(tokenizer, "chat_template", None)
@@ -207,6 +233,8 @@ def tokenize_records(
         if max_length is not None and len(p) >= max_length:
             info["dropped_truncated"] += 1
             continue
+        if max_length is not None and len(p) + len(r) + len(suffix) > max_length:
+            info["cut_responses"] += 1  # kept, but its end (eos included) is not trained
         examples.append(TokenizedExample(p, r + suffix))
         meta.append({"line": rec.line, "format": rec.form} | ({"group": rec.group} if rec.group is not None else {}))
     return examples, meta, info
@@ -251,6 +279,13 @@ def _require_items(path, n_records: int, examples: Sequence, info: dict) -> None
             n_records,
             info["dropped_empty"],
             info["dropped_truncated"],
+        )
+    if info.get("cut_responses"):
+        log.warning(
+            "%s: %d kept items have their response cut by data.max_length (end-of-sequence token "
+            "included); counted as cut_responses",
+            path,
+            info["cut_responses"],
         )
     if not examples:
         raise DataError(

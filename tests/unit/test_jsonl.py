@@ -144,6 +144,7 @@ def test_truncation_keeps_prompt_and_drops_fully_truncated(hf, tmp_path):
         tok,
     )
     assert bundle.info["train"]["dropped_truncated"] == 1 and len(bundle.train) == 1
+    assert bundle.info["train"]["cut_responses"] == 1  # kept, its end (eos included) not trained
     item = bundle.train[0]
     p = expected_prompt(tok, [{"role": "user", "content": rows[0]["instruction"]}])
     assert len(p) < 16 and len(item["input_ids"]) == 16
@@ -170,6 +171,14 @@ def test_malformed_line_names_file_and_line(tmp_path):
     path.write_bytes(b'{"instruction": "a", "output": "b"}\n{"output": "\xff"}\n')
     with pytest.raises(DataError, match=r"bad\.jsonl:2: not valid UTF-8"):
         read_jsonl(path)
+    path.write_bytes(b'{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": "b", "output": "c"}\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: the key 'output' appears twice in one object"):
+        read_jsonl(path)
+    path.write_bytes(b'{"instruction": "a", "output": "b"}\r{"instruction": "c", "output": "d"}\r')
+    with pytest.raises(DataError, match=r"bad\.jsonl:1: holds carriage returns .* old Mac line endings"):
+        read_jsonl(path)
+    path.write_bytes(b'{"instruction": "a", "output": "b"}\r\n{"instruction": "c", "output": "d"}\r\n')
+    assert [r.line for r in read_jsonl(path)] == [1, 2]  # Windows line endings are fine
 
 
 @pytest.mark.parametrize(
