@@ -190,9 +190,15 @@ def test_a_damaged_pruning_state_is_refused_naming_the_file(model_dir, tmp_path,
     data = bytearray(state.read_bytes())
     if damage == "truncated":
         data = data[: len(data) // 2]
-    else:  # same size, still a zip: only the CRCs tell
-        middle = len(data) // 2
-        data[middle : middle + 4] = bytes(b ^ 0xFF for b in data[middle : middle + 4])
+    else:  # same size, still a zip: only the CRCs tell. A byte inside the largest entry's data
+        import struct
+        import zipfile
+
+        with zipfile.ZipFile(state) as archive:
+            entry = max(archive.infolist(), key=lambda i: i.file_size)
+        name_len, extra_len = struct.unpack("<HH", data[entry.header_offset + 26 : entry.header_offset + 30])
+        start = entry.header_offset + 30 + name_len + extra_len  # after the local file header
+        data[start + entry.file_size // 2] ^= 0xFF
     state.write_bytes(bytes(data))
     again = make_trainer(model_dir, tmp_path, "infobatch", opts, epochs=1)
     with pytest.raises(ValueError, match=f"resume_from_checkpoint={state}: .*pruning state"):
