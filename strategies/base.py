@@ -141,7 +141,7 @@ class PruningStrategy:
     #: With a batch plan, how the batch is scored: "separate" (a no-grad scoring pass before
     #: the backward, then forward and backward of the kept rows) or "reuse" (one forward with
     #: gradients; the plan only masks the loss). An instance may set it from its options.
-    scoring: str = "separate"
+    batch_scoring: str = "separate"
     #: Statistics the plans read (names in ``contract.STATISTICS``), for documentation and
     #: checks; the engine computes all of them in one kernel call whatever is declared.
     statistics: tuple[str, ...] = ()

@@ -33,7 +33,7 @@ SAMPLE_STATISTICS = ("loss", "ppl", "entropy", "el2n", "p_label", "margin", "acc
 TOKEN_STATISTICS = ("token_loss", "token_entropy")
 STATISTICS = SAMPLE_STATISTICS + TOKEN_STATISTICS
 
-_CHOICES = {"scoring": SCORING, "entropy_scope": ENTROPY_SCOPES, "loss_denominator": LOSS_DENOMINATORS}
+_CHOICES = {"batch_scoring": SCORING, "entropy_scope": ENTROPY_SCOPES, "loss_denominator": LOSS_DENOMINATORS}
 
 
 def _fail(owner: str, attr: str, value: Any, expected: str) -> None:

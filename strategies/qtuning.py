@@ -36,7 +36,7 @@ DEFAULT_POLICY = {"q1": "drop", "q2": "prune", "q3": "drop", "q4": "keep"}
 POLICY_LETTERS = {"keep": "K", "prune": "P", "drop": "D"}
 _CHOICES = {
     "level": ("batch", "epoch"),
-    "scoring": SCORING,
+    "batch_scoring": SCORING,
     "entropy_scope": ENTROPY_SCOPES,
     "token_budget": ("per_sample", "batch_code"),
     "loss_denominator": LOSS_DENOMINATORS,
@@ -61,7 +61,7 @@ def parse_policy(policy: Mapping[Any, str] | None) -> dict[int, str]:
 
 @register_strategy("qtuning")
 class QTuning(PruningStrategy):
-    """Contract declarations set from the options: ``scoring`` (separate: no-grad scoring
+    """Contract declarations set from the options: ``batch_scoring`` (separate: no-grad scoring
     pass, then forward and backward on kept rows only; reuse: the official single forward with
     gradient, masking only), ``entropy_scope`` (which tokens ``sample_entropy`` averages),
     ``loss_denominator`` (response: kept response tokens; all_attended: the code's, every
@@ -71,6 +71,7 @@ class QTuning(PruningStrategy):
     uses_batch_plan: ClassVar[bool] = True
     statistics = ("ppl", "entropy", "token_loss", "token_entropy")
     ratio_keys = {"sample_ratio": "keep", "token_ratio": "keep"}
+    renamed_options = {"scoring": "batch_scoring"}  # "scoring" also names the scoring pass
 
     def __init__(
         self,
@@ -83,7 +84,7 @@ class QTuning(PruningStrategy):
         policy: Mapping[str, str] | None = None,
         normalize: str = "minmax",
         level: str = "batch",
-        scoring: str | None = None,
+        batch_scoring: str | None = None,
         entropy_scope: str = "response",
         token_budget: str = "per_sample",
         loss_denominator: str = "response",
@@ -97,10 +98,10 @@ class QTuning(PruningStrategy):
         self.policy = parse_policy(policy)
         self.kept_quadrants = tuple(q for q, a in self.policy.items() if a != "drop")
         # an epoch-level plan still needs in-batch token PPL, which the training forward gives
-        scoring = scoring or ("reuse" if level == "epoch" else "separate")
+        batch_scoring = batch_scoring or ("reuse" if level == "epoch" else "separate")
         opts = dict(
             level=level,
-            scoring=scoring,
+            batch_scoring=batch_scoring,
             entropy_scope=entropy_scope,
             token_budget=token_budget,
             loss_denominator=loss_denominator,

@@ -1,6 +1,6 @@
 """One training step under a batch plan, for any trainer (no Lightning here).
 
-The strategy's declared contract (``PruningStrategy.scoring``, ``entropy_scope``,
+The strategy's declared contract (``PruningStrategy.batch_scoring``, ``entropy_scope``,
 ``loss_denominator``) decides the shape of the step: "separate" scores the micro-batch without
 gradients, lets the strategy choose rows and tokens, then forwards and backwards the kept rows
 only (the compute saving); "reuse" forwards once with gradients and the plan only masks the
@@ -69,7 +69,7 @@ def planned_step(
     """Score ``batch``, ask ``strategy.batch_plan``, and compute the loss of what it keeps.
     ``stats_fn(batch, labels=None)`` gives token statistics (with gradients when enabled);
     ``weights`` [B] are the epoch plan's loss weights of the batch's rows, or None."""
-    reuse = strategy.scoring == "reuse"
+    reuse = strategy.batch_scoring == "reuse"
     response = response_mask(batch, task)
     full_labels = None if task == "classify" else next_token_labels(batch)
     with torch.set_grad_enabled(reuse and torch.is_grad_enabled()):

@@ -17,7 +17,7 @@ class KeepEvenIds(PruningStrategy):
 
     def __init__(self, scoring="separate", loss_denominator="response"):
         super().__init__(0)
-        self.scoring, self.loss_denominator = scoring, loss_denominator
+        self.batch_scoring, self.loss_denominator = scoring, loss_denominator
         self.seen = None
 
     def batch_plan(self, stats):

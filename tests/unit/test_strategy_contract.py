@@ -51,7 +51,7 @@ def test_statistics_vocabulary_is_what_the_engine_provides():
 
 def test_declarations_set_from_options_are_those_the_engine_reads():
     qt = build_strategy("qtuning", level="epoch", entropy_scope="all", loss_denominator="all_attended")
-    assert (qt.uses_batch_plan, qt.scoring, qt.entropy_scope, qt.loss_denominator) == (
+    assert (qt.uses_batch_plan, qt.batch_scoring, qt.entropy_scope, qt.loss_denominator) == (
         True,
         "reuse",
         "all",
@@ -59,14 +59,14 @@ def test_declarations_set_from_options_are_those_the_engine_reads():
     )
     assert build_strategy("ccs", score_column="aum").statistics == ("aum",)
     plain = build_strategy("random")
-    assert (plain.uses_batch_plan, plain.scoring, plain.loss_denominator) == (False, "separate", "response")
+    assert (plain.uses_batch_plan, plain.batch_scoring, plain.loss_denominator) == (False, "separate", "response")
 
 
 @pytest.mark.parametrize(
     "attr,value",
     [
         ("uses_batch_plan", "yes"),
-        ("scoring", "twice"),
+        ("batch_scoring", "twice"),
         ("entropy_scope", "prompt"),
         ("loss_denominator", "all"),
         ("statistics", "loss"),
@@ -94,11 +94,11 @@ def test_an_instance_declaration_is_checked_when_built():
     class SetsScoring(PruningStrategy):
         def __init__(self, seed: int = 0, how: str = "reuse") -> None:
             super().__init__(seed)
-            self.scoring = how
+            self.batch_scoring = how
 
     try:
-        assert build_strategy("bad_instance_test").scoring == "reuse"
-        with pytest.raises(TypeError, match=r"SetsScoring\.scoring='sideways'"):
+        assert build_strategy("bad_instance_test").batch_scoring == "reuse"
+        with pytest.raises(TypeError, match=r"SetsScoring\.batch_scoring='sideways'"):
             build_strategy("bad_instance_test", how="sideways")
     finally:
         _REGISTRY.pop("bad_instance_test", None)
@@ -152,7 +152,7 @@ def test_a_plugin_with_a_bad_declaration_is_skipped_with_a_warning(monkeypatch):
     import qtune.strategies.registry as reg
 
     class BadPlugin(PruningStrategy):
-        scoring = "sometimes"
+        batch_scoring = "sometimes"
 
     class FakeEP:
         name = "bad_plugin_test"
@@ -162,7 +162,7 @@ def test_a_plugin_with_a_bad_declaration_is_skipped_with_a_warning(monkeypatch):
 
     monkeypatch.setattr(reg, "_ENTRY_POINTS_LOADED", False)
     monkeypatch.setattr(reg, "entry_points", lambda group: [FakeEP()])
-    with pytest.warns(UserWarning, match=r"bad_plugin_test.*BadPlugin\.scoring='sometimes'"):
+    with pytest.warns(UserWarning, match=r"bad_plugin_test.*BadPlugin\.batch_scoring='sometimes'"):
         names = registered_names()
     assert "bad_plugin_test" not in names and "random" in names
 

@@ -190,7 +190,7 @@ def stats(ppl, ent, t=6, token_entropy=None, attention=None, ids=None):
 
 def test_batch_plan_default_policy():
     strat = build_strategy("qtuning", sample_ratio=0.25, token_ratio=0.5)
-    assert strat.uses_batch_plan and strat.scoring == "separate" and strat.level == "batch"
+    assert strat.uses_batch_plan and strat.batch_scoring == "separate" and strat.level == "batch"
     plan = strat.batch_plan(stats(PPL, ENT))
     assert plan.keep.tolist() == [True, False, False, False, False, False, True, False]
     # Q2 row 6 keeps ceil(.5*4) = 2 of its 4 response tokens; Q4 row 0 keeps all 4
@@ -232,7 +232,7 @@ def test_epoch_level_plan_and_in_batch_token_stage():
     store = StatisticsStore(n)
     store.update(torch.arange(n), 0, loss=PPL.log(), entropy=ENT, track_dynamics=False)
     strat = build_strategy("qtuning", level="epoch", sample_ratio=0.25)
-    assert strat.scoring == "reuse"
+    assert strat.batch_scoring == "reuse"
     ctx = EpochContext(1, 3, n, 0, store)
     assert strat.needs_scoring_pass(ctx)
     plan = strat.epoch_plan(ctx)
@@ -252,7 +252,8 @@ def test_epoch_level_without_scores_is_full_data():
     "key,value",
     [
         ("level", "step"),
-        ("scoring", "x"),
+        ("batch_scoring", "x"),
+        ("scoring", "reuse"),  # the old name: refused, naming batch_scoring
         ("entropy_scope", "p"),
         ("token_budget", "y"),
         ("loss_denominator", "z"),
