@@ -10,13 +10,18 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
 
-def _finished(run_dir: Path, config: DictConfig) -> bool:
-    return (run_dir / "summary.json").exists() and not config.get("ckpt_path")
+def _protected(run_dir: Path, config: DictConfig) -> bool:
+    """A finished run (the job refuses the command unless it resumes one) or a run in progress
+    (the job refuses a second run in its directory)."""
+    from qtune.runs.lock import held_by_another
+
+    return ((run_dir / "summary.json").exists() and not config.get("ckpt_path")) or held_by_another(run_dir)
 
 
 class KeepFinishedRunConfig(Callback):
-    """A command pointed at a directory that already holds a finished run is refused by the job
-    (``refuse_finished_run``), but Hydra writes the job's ``.hydra/`` files before the job
+    """A command pointed at a directory that already holds a finished run, or one that another
+    run is using, is refused by the job (``refuse_finished_run``, ``RunDirectoryLock``), but
+    Hydra writes the job's ``.hydra/`` files before the job
     starts, which would replace the finished run's config with the refused command's (and
     change its report). Hydra turns exceptions of callbacks into warnings, so the refusal
     itself stays in the job; here a single run is told not to write ``.hydra/``, and a
@@ -28,7 +33,7 @@ class KeepFinishedRunConfig(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)  # run.dir may use ${hydra:...}
-        if _finished(Path(str(config.hydra.run.dir)), config):
+        if _protected(Path(str(config.hydra.run.dir)), config):
             with read_write(config.hydra), open_dict(config.hydra):
                 config.hydra.output_subdir = None
 
@@ -37,10 +42,13 @@ class KeepFinishedRunConfig(Callback):
         sweep = Path(str(config.hydra.sweep.dir))
         if not sweep.is_dir() or config.get("ckpt_path"):
             return
-        for summary in sweep.glob("**/summary.json"):
-            hydra_dir = summary.parent / ".hydra"
+        from qtune.runs.lock import LOCK_NAME, held_by_another
+
+        busy = [p.parent for p in sweep.glob(f"**/{LOCK_NAME}") if held_by_another(p.parent)]
+        for run_dir in [s.parent for s in sweep.glob("**/summary.json")] + busy:
+            hydra_dir = run_dir / ".hydra"
             files = hydra_dir.iterdir() if hydra_dir.is_dir() else []
-            self._saved[summary.parent.resolve()] = {f.name: f.read_bytes() for f in files if f.is_file()}
+            self._saved[run_dir.resolve()] = {f.name: f.read_bytes() for f in files if f.is_file()}
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         run_dir = Path(str(HydraConfig.get().runtime.output_dir)).resolve()

@@ -26,6 +26,22 @@ def is_launching_process() -> bool:
     return all(os.environ.get(var, "0") == "0" for var in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
+def held_by_another(run_dir: str | os.PathLike) -> bool:
+    """True while another process holds `run_dir`'s lock (a probe that takes nothing)."""
+    path = Path(run_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock the probe took
+    return False
+
+
 class RunDirectoryLock:
     """``with RunDirectoryLock(run_dir): ...``; a second holder is refused with ``RuntimeError``."""
 

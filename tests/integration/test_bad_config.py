@@ -325,3 +325,24 @@ def test_a_resumed_run_keeps_the_metrics_logged_before_its_checkpoint(make_cfg, 
 
     # every row of the uninterrupted run, once, with the same values (timings aside)
     assert rows("r") == rows("u")
+
+
+def test_a_second_command_on_a_run_in_progress_leaves_its_config_alone(tmp_path):
+    """Hydra writes .hydra/ before the job refuses the command: a running run's must survive."""
+    from qtune.runs.lock import RunDirectoryLock
+
+    run_dir = tmp_path / "busy"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("first: run\n")
+    env = dict(os.environ, WANDB_MODE="offline")
+    with RunDirectoryLock(run_dir):
+        res = subprocess.run(
+            [sys.executable, "-m", "qtune.train", "experiment=digits", "epochs=1", f"hydra.run.dir={run_dir}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert res.returncode != 0 and "is in use by another run" in res.stderr, res.stderr[-2000:]
+        assert (run_dir / ".hydra" / "config.yaml").read_text() == "first: run\n"
+        assert sorted(p.name for p in (run_dir / ".hydra").iterdir()) == ["config.yaml"]
