@@ -161,22 +161,20 @@ def run(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
 def train(cfg: DictConfig, strategy, run_dir: Path, t_start: float, extra_callbacks: list | None) -> dict[str, Any]:
     """Train, evaluate and write the run's files, holding its directory."""
     import lightning as L
-
-    from qtune.lightning.console import QTuneModelSummary, QTuneProgressBar, quiet_libraries
-
-    from qtune.lightning.callback import PruningCallback
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from qtune.lightning.checkpointing import LastCheckpoint
-    from qtune.lightning.signals import StopOnSignal
-    from qtune.pruning.budget import full_run_flops
-    from qtune.lightning.datamodule import QTuneDataModule
-    from qtune.lightning.module import QTuneModule
-    from qtune.eval.evaluate import evaluate_model, validation_metrics
     from qtune.config.build import build_task_and_model
     from qtune.data.fingerprint import data_fingerprint
+    from qtune.eval.evaluate import evaluate_model, validation_metrics
     from qtune.kernels import set_default_backend
+    from qtune.lightning.callback import PruningCallback
+    from qtune.lightning.checkpointing import LastCheckpoint
+    from qtune.lightning.console import QTuneModelSummary, QTuneProgressBar, quiet_libraries
+    from qtune.lightning.datamodule import QTuneDataModule
+    from qtune.lightning.module import QTuneModule
+    from qtune.lightning.signals import StopOnSignal
     from qtune.models.adapters import base_weights_digest, parameter_counts
+    from qtune.pruning.budget import full_run_flops
     from qtune.runs.atomic import atomic_write_json
     from qtune.runs.summary import build_summary
 

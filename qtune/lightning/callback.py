@@ -43,27 +43,10 @@ class PruningCallback(Callback):
     """`strategy_config` (the strategy's settings, e.g. its Hydra node) is stored in
     checkpoints, and resuming with other settings or another seed is refused."""
 
-    def __init__(
-        self,
-        strategy: PruningStrategy,
-        seed: int = 0,
-        num_samples: int | None = None,
-        item_meta: list[dict] | None = None,
-        export_dir=None,
-        strategy_config: dict | None = None,
-        budget=None,
-        data_fingerprint: dict | None = None,
-    ) -> None:
-        self.core = PruningCore(
-            strategy,
-            seed=seed,
-            num_samples=num_samples,
-            item_meta=item_meta,
-            export_dir=export_dir,
-            strategy_config=strategy_config,
-            budget=budget,
-            data_fingerprint=data_fingerprint,
-        )
+    def __init__(self, strategy: PruningStrategy, **core_options) -> None:
+        """`core_options` are :class:`PruningCore`'s (seed, num_samples, item_meta, export_dir,
+        strategy_config, budget, data_fingerprint)."""
+        self.core = PruningCore(strategy, **core_options)
         self._trainer = None
         self._module = None
 
