@@ -5,7 +5,10 @@
 #      importable) and fp32 4096x32000,
 #   3. the default job under Lightning's DDP strategy on the GPU (bf16-mixed), Q-Tuning 0.25 x 0.5,
 #      then full, then one epoch of Q-Tuning under FSDP (Lightning refuses FSDP on CPU, so this
-#      is where trainer=fsdp runs), each with summary.json kept.
+#      is where trainer=fsdp runs), each with summary.json kept,
+#   4. PruningMixin inside transformers.Trainer under torchrun on every GPU (FSDP2 when there are
+#      two or more: accelerate enables FSDP only for GPU process groups), Q-Tuning 0.25 x 0.5,
+#      each rank's record (plans, history, store and weight digests) kept.
 # Each step has its own time limit (under 10 minutes in all; most steps need far less), so one
 # slow step cannot take the others' results with it; the benchmarks write their JSON row by row.
 # Results go to $OUT (default: ./gpu_check): check.log, the two benchmark JSONs and the three
@@ -52,4 +55,14 @@ train() {  # name, time limit, overrides...
 train ddp_qtuning 150 trainer=ddp trainer.devices=1 strategy=qtuning
 train ddp_full 90 trainer=ddp trainer.devices=1 strategy=full
 train fsdp_qtuning 60 trainer=fsdp trainer.devices=1 strategy=qtuning epochs=1
+step "hf mixin under torchrun"
+NGPU=$(nvidia-smi -L | wc -l)
+FSDP=""
+[ "$NGPU" -ge 2 ] && FSDP="--fsdp"
+python3 -c "import sys; sys.path.insert(0, '$REPO/tests'); from pathlib import Path; \
+from tiny_hf import save_tiny_llama; save_tiny_llama(Path('/tmp/hf_llama'))" 2>&1 | tail -3 | tee -a "$LOG"
+timeout 120 python3 -m torch.distributed.run --nproc-per-node "$NGPU" "$REPO/tests/distributed/hf_job.py" \
+  --gpu $FSDP --model /tmp/hf_llama --out /tmp/hf_gpu --pruning qtuning \
+  --options '{"sample_ratio": 0.25, "token_ratio": 0.5}' 2>&1 | tail -8 | tee -a "$LOG"
+cp /tmp/hf_gpu/rank*.json "$OUT/" 2>/dev/null
 step done

@@ -20,21 +20,29 @@ def check_map_style(train_dataset) -> None:
 
 def check_trainer_setup(args, train_dataset) -> None:
     """Refuse, naming the argument, what a pruned run of whole epochs over sample ids cannot do."""
-    if args.world_size > 1:
-        raise NotImplementedError(
-            "PruningMixin runs in one process; for DDP/FSDP use qtune-train trainer=ddp (the Lightning engine)"
-        )
     if train_dataset is None:
         raise ValueError("PruningMixin needs a train_dataset")
     check_map_style(train_dataset)
     if len(train_dataset) == 0:
         raise ValueError("PruningMixin got an empty train_dataset: there is nothing to plan")
+    if len(train_dataset) < args.world_size:
+        raise ValueError(
+            f"train_dataset has {len(train_dataset)} samples for {args.world_size} processes: "
+            "every process needs at least one"
+        )
     epochs = float(args.num_train_epochs)
     if args.max_steps <= 0 and epochs != int(epochs):
         raise ValueError(
             f"num_train_epochs={epochs:g}: PruningMixin plans whole epochs; use a whole number, or "
             "max_steps (or pruning_budget) to stop inside an epoch"
         )
+    accelerator = getattr(args, "accelerator_config", None)
+    for key in ("split_batches", "dispatch_batches"):
+        if getattr(accelerator, key, None):
+            raise ValueError(
+                f"accelerator_config.{key}=True: with PruningMixin each process builds its own "
+                "batches from the epoch plan's shared sequence; leave it unset"
+            )
     strategy = str(getattr(args, "train_sampling_strategy", "random"))
     if strategy != "random" or getattr(args, "group_by_length", False):
         raise ValueError(

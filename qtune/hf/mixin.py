@@ -37,9 +37,13 @@ What the mixin changes, and why:
   ``train(resume_from_checkpoint=...)`` restores it and replaces Trainer's assumption of equal
   epochs with the real position (epoch and batches done), so the run continues exactly.
 
-Not supported: several processes (DDP/FSDP/DeepSpeed launches raise; ``qtune-train`` runs
-those), ``IterableDataset`` training sets, and ``resume_from_checkpoint`` of a checkpoint
-written without the mixin.
+* **Several processes** (``torchrun`` / ``accelerate launch``): every rank plans alike; the
+  sampler yields one sequence that accelerate shards batch by batch (``qtune.hf.sampling``);
+  rows are gathered over ``torch.distributed`` at each epoch's end; scoring passes are split
+  over the ranks; the state is gathered at each checkpoint and written by rank 0.
+
+Not supported: ``IterableDataset`` training sets, ``resume_from_checkpoint`` of a checkpoint
+written without the mixin, and accelerate's ``split_batches`` / ``dispatch_batches``.
 """
 
 from __future__ import annotations
@@ -48,7 +52,6 @@ import os
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Sampler
 from transformers import TrainerCallback
 
 from qtune.pruning.batch_stats import lm_stats, sample_scores
@@ -62,7 +65,8 @@ from qtune.hf.data import (
 )
 from qtune.pruning.core import PruningCore
 from qtune.pruning.planned_step import forward_tokens
-from qtune.pruning.sampler import shard_plan
+from qtune.pruning.distributed import Collective, TorchDistributed
+from qtune.hf.sampling import EpochPlanSampler, global_epoch_order, scoring_shares
 from qtune.pruning.train_step import train_step
 from qtune.pruning.schedule import lr_factor, training_progress
 from qtune.strategies import build_strategy
@@ -70,23 +74,6 @@ from qtune.strategies.base import PruningStrategy
 
 STATE_FILE = "qtune_pruning.pt"
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant", "constant_with_warmup": "constant"}
-
-
-class EpochPlanSampler(Sampler[int]):
-    """The ids of the owner's current epoch plan; ``len`` is the dataset's (Trainer's upper
-    bound for an epoch)."""
-
-    def __init__(self, owner: "PruningMixin") -> None:
-        self.owner, self.epoch = owner, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self):
-        return iter(self.owner._epoch_ids(self.epoch).tolist())
-
-    def __len__(self) -> int:
-        return self.owner._pruning_core.store.num_samples
 
 
 class _BookEpochs(TrainerCallback):
@@ -105,8 +92,9 @@ class _BookBudgetSteps(TrainerCallback):
         self.owner = owner
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        budget = self.owner.pruning_budget
-        budget.book_step(float(self.owner._step_flops))
+        budget, comm = self.owner.pruning_budget, self.owner._pruning_core.comm
+        flops = torch.as_tensor(self.owner._step_flops, dtype=torch.float64)
+        budget.book_step(comm.sum({"flops": flops})["flops"])  # every rank's step: one all-reduce
         self.owner._step_flops = 0.0
         if budget.exhausted:
             control.should_training_stop = True
@@ -146,6 +134,8 @@ class PruningMixin:
             budget=self.pruning_budget,
         )
         self._pruning_core.batch_size = self.args.per_device_train_batch_size
+        if self.args.world_size > 1:  # torchrun / accelerate launch: gathers over the process group
+            self._pruning_core.comm = Collective(TorchDistributed(self.args.device))
         self._epoch = 0
         self._step_flops = 0.0  # this optimiser step's FLOPs so far (a device tensor in a step)
         self.add_callback(_BookEpochs(self))
@@ -165,7 +155,7 @@ class PruningMixin:
         from qtune.models.adapters import parameter_counts
 
         num_params, trainable = parameter_counts(self.model)
-        batch = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+        batch = self._steps_multiple() * self.args.world_size
         return build_budget(
             float(fraction),
             self._num_epochs(),
@@ -191,7 +181,7 @@ class PruningMixin:
             self._signature_columns.append("sample_id")
 
     def _get_train_sampler(self, train_dataset=None):
-        return EpochPlanSampler(self)
+        return EpochPlanSampler(lambda: self._epoch_ids(self._epoch), len(self.train_dataset))
 
     def set_initial_training_values(self, args, dataloader):
         """Trainer sizes its loop from full epochs. Under a budget the budget stops the run, and
@@ -206,14 +196,25 @@ class PruningMixin:
         return tuple(values)
 
     def _steps_multiple(self) -> int:
+        """Samples of one optimiser step on one rank."""
         return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
 
     def _epoch_ids(self, epoch: int) -> torch.Tensor:
-        """This epoch's shuffled plan, padded to whole optimiser steps."""
+        """This epoch's shuffled plan, padded to whole optimiser steps on every rank: the one
+        sequence accelerate deals out to the ranks batch by batch (``qtune.hf.sampling``)."""
         plan = self.plan_epoch(epoch)
-        return shard_plan(
-            plan.sample_ids, seed=self.args.seed, epoch=epoch, rank=0, world_size=1, multiple=self._steps_multiple()
+        return global_epoch_order(
+            plan.sample_ids,
+            seed=self.args.seed,
+            epoch=epoch,
+            step_samples=self._steps_multiple(),
+            world_size=self.args.world_size,
         )
+
+    def _rank_batches(self, planned: int) -> int:
+        """Micro-batches each rank runs in an epoch whose plan has `planned` ids."""
+        per_round = self._steps_multiple() * self.args.world_size
+        return -(-planned // per_round) * self.args.gradient_accumulation_steps
 
     # -- plans -----------------------------------------------------------------------------
     def _num_epochs(self) -> int:
@@ -230,19 +231,23 @@ class PruningMixin:
         return plan
 
     def _scoring_pass(self, epoch: int) -> None:
+        """A no-grad pass over every sample, each rank scoring its share (gathered by the core)."""
         model = self.model
         was_training = model.training
         model.eval()
-        loader = DataLoader(
-            self.train_dataset, batch_size=self.args.per_device_train_batch_size, collate_fn=self.data_collator
+        data, collate = self.train_dataset, self.data_collator
+        shares = scoring_shares(
+            len(data), self.args.process_index, self.args.world_size, self.args.per_device_train_batch_size
         )
 
-        def score_batch(batch):
-            batch = self._prepare_inputs(batch)
+        def score_batch(share):
+            ids, real = share
+            batch = self._prepare_inputs(collate([data[i] for i in ids]))
             stats = lm_stats(model, batch)
-            return batch["sample_id"], sample_scores(stats, stats.valid), forward_tokens(batch)
+            scores = {k: v[:real] for k, v in sample_scores(stats, stats.valid).items()}
+            return batch["sample_id"][:real], scores, forward_tokens(batch)
 
-        self._pruning_core.run_scoring_pass(epoch, loader, score_batch)
+        self._pruning_core.run_scoring_pass(epoch, shares, score_batch)
         model.train(was_training)
 
     # -- loss ------------------------------------------------------------------------------
@@ -284,8 +289,7 @@ class PruningMixin:
         plan = self.pruning_plans.get(self._epoch)
         if plan is None:
             return self._epoch / self._num_epochs()
-        step = self._steps_multiple()
-        batches = -(-plan.sample_ids.numel() // step) * step // self.args.per_device_train_batch_size
+        batches = self._rank_batches(plan.sample_ids.numel())
         return training_progress(
             self._epoch, self._pruning_core.batches_done, batches, self._num_epochs(), self.pruning_budget
         )
@@ -343,8 +347,12 @@ class PruningMixin:
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if os.path.isdir(folder) and self.args.should_save:
-            torch.save(self.pruning_state_dict(), os.path.join(folder, STATE_FILE))
+        state = self.pruning_state_dict()  # on every rank: it gathers each rank's progress
+        if self.args.should_save:
+            from qtune.runs.atomic import replaced_file
+
+            with replaced_file(os.path.join(folder, STATE_FILE)) as tmp:
+                torch.save(state, tmp)
 
     def _init_training_state(
         self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
@@ -371,7 +379,7 @@ class PruningMixin:
         )  # refuses another batch size
         self.plan_epoch(epoch)
         core.epoch_clock.start(core.resumed_epoch_seconds)
-        if done * self.args.per_device_train_batch_size >= len(self._epoch_ids(epoch)):
+        if done >= self._rank_batches(len(self._epoch_ids(epoch))):
             self._finish_epoch()  # saved at an epoch's last step, before the epoch was booked
             return self._epoch, 0
         return epoch, done

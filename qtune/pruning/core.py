@@ -31,6 +31,7 @@ from qtune.pruning import epoch_clock
 from qtune.pruning.epoch_clock import EpochClock
 from qtune.pruning.item_tracking import ItemTracker
 from qtune.pruning.resume_state import ResumeState
+from qtune.pruning.rng import pack_state, unpack_state
 from qtune.pruning.statistics_store import StatisticsStore
 from qtune.pruning.train_step import StepRecord
 from qtune.strategies.base import EpochContext, EpochPlan, PruningStrategy
@@ -257,10 +258,18 @@ class PruningCore(ResumeState):
             self._batch_info[k] = self._batch_info.get(k, 0.0) + v
 
     def _epoch_batch_info(self) -> dict[str, float]:
-        """This epoch's summed batch-plan numbers on the host; ``alpha`` becomes a mean."""
-        info = {k: float(v) for k, v in self._batch_info.items()}
-        if "alpha" in info and info.get("batches"):
-            info["alpha"] /= info["batches"]
+        """This epoch's batch-plan numbers summed over every rank's batches (a rank may lack a
+        key another has, so the dicts are gathered whole); ``alpha`` becomes a mean over the
+        planned batches, whose count leaves the entry (its ``batches`` is per rank)."""
+        mine = {k: float(v) for k, v in self._batch_info.items()}
+        ranks = [mine] if self.comm.world_size == 1 else [unpack_state(t) for t in self.comm.per_rank(pack_state(mine))]
+        info: dict[str, float] = {}
+        for rank_info in ranks:
+            for k, v in rank_info.items():
+                info[k] = info.get(k, 0.0) + v
+        planned = info.pop("batches", 0.0)
+        if "alpha" in info and planned:
+            info["alpha"] /= planned
         return info
 
     def check_finite(self, epoch: int) -> None:

@@ -1,4 +1,9 @@
-"""Once-per-epoch collectives: gather variable-length per-rank rows, sum counters."""
+"""Once-per-epoch collectives: gather variable-length per-rank rows, sum counters.
+
+The backend is Lightning's Trainer under ``qtune-train``, or :class:`TorchDistributed` (plain
+``torch.distributed``, the process group torchrun / accelerate set up) under the Hugging Face
+mixin: both offer ``world_size``, ``global_rank`` and ``strategy.{all_gather, reduce,
+root_device}``."""
 
 from __future__ import annotations
 
@@ -86,3 +91,36 @@ class Collective:
 
     def per_rank(self, t: torch.Tensor) -> list[torch.Tensor]:
         return gather_per_rank(self.backend, t)
+
+
+class TorchDistributed:
+    """The backend :class:`Collective` reads, over the default ``torch.distributed`` process
+    group. ``device`` is where collectives run: the CUDA device under NCCL, the CPU under gloo."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("TorchDistributed needs an initialised torch.distributed process group")
+        self._dist = dist
+        self.root_device = torch.device(device)
+        self.world_size = dist.get_world_size()
+        self.global_rank = dist.get_rank()
+
+    @property
+    def strategy(self) -> "TorchDistributed":
+        return self  # Lightning's spelling: trainer.strategy.all_gather(...)
+
+    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
+        """[world, *t.shape]: every rank's tensor (same shape on every rank), in rank order."""
+        t = t.to(self.root_device).contiguous()
+        out = [torch.empty_like(t) for _ in range(self.world_size)]
+        self._dist.all_gather(out, t)
+        return torch.stack(out)
+
+    def reduce(self, t: torch.Tensor, reduce_op: str = "sum") -> torch.Tensor:
+        if reduce_op != "sum":
+            raise ValueError(f"only reduce_op='sum' is used here, got {reduce_op!r}")
+        t = t.to(self.root_device).clone()
+        self._dist.all_reduce(t, op=self._dist.ReduceOp.SUM)
+        return t

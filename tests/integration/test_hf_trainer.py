@@ -358,6 +358,7 @@ def test_max_steps_runs_that_many_steps_over_pruned_epochs_and_ends_the_lr_there
         ("no_labels", "carry no 'labels'"),
         ("fractional", r"num_train_epochs=1.5: PruningMixin plans whole epochs"),
         ("group_by_length", "train_sampling_strategy='group_by_length'"),
+        ("split_batches", r"accelerator_config.split_batches=True"),
     ],
 )
 def test_what_the_mixin_cannot_honour_is_refused_when_the_trainer_is_built(model_dir, tmp_path, case, message):
@@ -370,6 +371,10 @@ def test_what_the_mixin_cannot_honour_is_refused_when_the_trainer_is_built(model
             return {k: v for k, v in super().__getitem__(i).items() if k != "labels"}
 
     data = {"iterable": Stream(), "empty": CountingDataset(n=0), "no_labels": NoLabels()}.get(case)
-    args = {"fractional": {"epochs": 1.5}, "group_by_length": {"train_sampling_strategy": "group_by_length"}}
+    args = {
+        "fractional": {"epochs": 1.5},
+        "group_by_length": {"train_sampling_strategy": "group_by_length"},
+        "split_batches": {"accelerator_config": {"split_batches": True}},
+    }
     with pytest.raises((ValueError, TypeError), match=message):
         make_trainer(model_dir, tmp_path, "random", {"keep_ratio": 0.5}, data=data, **args.get(case, {}))

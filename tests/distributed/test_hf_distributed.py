@@ -1,0 +1,161 @@
+"""PruningMixin under torchrun and accelerate launch: two CPU processes (gloo) train each planned
+id once between them, hold equal stores, histories and weights, and resume exactly."""
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from tiny_hf import save_tiny_llama
+
+pytestmark = pytest.mark.distributed
+
+JOB = Path(__file__).with_name("hf_job.py")
+ENV = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline")
+STEP = 4 * 2  # per-device batch x ranks: the plan is padded to whole rounds of this
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+ONE = [sys.executable]  # one process
+CASES = {
+    "random": {"keep_ratio": 0.5},
+    "infobatch": {"prune_ratio": 0.5},
+    "qtuning": {"sample_ratio": 0.25, "token_ratio": 0.5},
+    "el2n": {"warmup_epochs": 1, "keep_ratio": 0.5},
+}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_llama(tmp_path_factory.mktemp("hfdist") / "llama")
+
+
+def run(model_dir, out, pruning, *args, launcher=TORCHRUN, expect_ok=True):
+    cmd = [*launcher, str(JOB), "--model", str(model_dir), "--out", str(out), "--pruning", pruning]
+    cmd += ["--options", json.dumps(CASES.get(pruning, {})), *map(str, args)]
+    res = subprocess.run(cmd, cwd=out.parent, env=ENV, capture_output=True, text=True, timeout=600)
+    if not expect_ok:
+        return res
+    assert res.returncode == 0, res.stderr[-4000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(1 if launcher is ONE else 2)]
+
+
+@pytest.fixture(scope="module")
+def shared_run(model_dir, tmp_path_factory):
+    """Runs several tests read, made once: ``shared_run(pruning, *args)``."""
+    done = {}
+
+    def get(pruning, *args):
+        key = (pruning, *map(str, args))
+        if key not in done:
+            done[key] = run(model_dir, tmp_path_factory.mktemp(pruning), pruning, *args)
+        return done[key]
+
+    return get
+
+
+def assert_ranks_agree(a, b):
+    for key in ("store", "history", "weights", "params", "plans", "global_step"):
+        assert a[key] == b[key], key
+
+
+@pytest.mark.parametrize("pruning", list(CASES))
+def test_two_ranks_train_each_planned_id_once_and_agree(shared_run, pruning):
+    a, b = shared_run(pruning, "--epochs", 3, "--trainer", "trainer")
+    assert a["world_size"] == b["world_size"] == 2
+    assert_ranks_agree(a, b)  # the runs also check plans and stores each epoch, and stop if not
+    for epoch, plan in a["plans"].items():
+        trained = Counter(a["trained"][epoch] + b["trained"][epoch])
+        padded = -(-len(plan) // STEP) * STEP
+        assert sorted(trained) == plan  # every planned id, nothing else
+        assert sum(trained.values()) == padded  # and each once, apart from the pad repeats
+        assert len(a["trained"][epoch]) == len(b["trained"][epoch])  # no rank waits at the end
+        entry = a["history"][int(epoch)]
+        if pruning != "qtuning":  # the batch plan trains a share of each batch
+            assert entry["samples_trained"] == padded
+        assert entry["batches"] == padded // STEP
+    assert a["last_lr"] == pytest.approx(0.0, abs=1e-12)  # the schedule ends at the last step run
+    if pruning == "el2n":  # one scoring pass over every sample, shared by the ranks
+        assert [h["scoring_tokens"] for h in a["history"]] == [0.0, 40 * 12, 0.0]
+    if pruning == "infobatch":
+        assert any(w is not None and max(w) > 1.0 for w in a["weights"].values())  # rescaled kept samples
+
+
+def test_random_plans_equal_one_process_plans(model_dir, tmp_path, shared_run):
+    two = shared_run("random")[0]
+    one = run(model_dir, tmp_path / "one", "random", launcher=ONE)[0]
+    assert one["world_size"] == 1 and two["plans"] == one["plans"]
+
+
+def test_sft_trainer_with_lora_on_two_ranks(model_dir, tmp_path):
+    a, b = run(model_dir, tmp_path / "sft", "qtuning", "--trainer", "sft", "--peft", "--batch-size", 8)
+    assert_ranks_agree(a, b)
+    # a quarter of each 8-sample batch: 2 per batch, 3 batches per rank (40 padded to 48)
+    assert [h["samples_trained"] for h in a["history"]] == [12.0, 12.0]
+
+
+def test_accelerate_launch_runs_the_same_plans(model_dir, tmp_path, shared_run):
+    launcher = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launcher += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+    a, b = run(model_dir, tmp_path / "acc", "random", launcher=launcher)
+    torchrun = shared_run("random")[0]
+    assert_ranks_agree(a, b)
+    assert a["plans"] == torchrun["plans"] and a["params"] == torchrun["params"]
+
+
+def test_budget_stops_every_rank_at_the_same_step(model_dir, tmp_path):
+    a, b = run(model_dir, tmp_path / "budget", "random", "--budget", 0.5, "--epochs", 4)
+    assert_ranks_agree(a, b)
+    assert 0.45 <= a["budget_spent"] <= 0.5  # within one step of half the full run's FLOPs
+    assert a["budget_spent"] == b["budget_spent"]
+
+
+@pytest.fixture(scope="module")
+def stopped_runs(model_dir, tmp_path_factory):
+    """Per trainer: its arguments and a two-rank run stopped right after its last checkpoint."""
+    runs = {}
+    for trainer, pruning, args, save, stop in (
+        ("trainer", "infobatch", ["--epochs", 3], 3, 9),
+        ("sft", "random", ["--batch-size", 8], 2, 4),
+    ):
+        args = [*args, "--trainer", trainer]
+        out = tmp_path_factory.mktemp(f"stopped_{trainer}") / "run"
+        out.mkdir()
+        res = run(model_dir, out, pruning, *args, "--save-steps", save, "--stop-after", stop, expect_ok=False)
+        assert res.returncode == 0 and not (out / "rank0.json").exists(), res.stderr[-3000:]  # stopped
+        runs[trainer] = (pruning, args, out)
+    return runs
+
+
+# InfoBatch on two ranks runs 5, 4 and 5 steps: step 3 is inside epoch 0, step 6 inside the
+# pruned epoch 1, step 9 its last step (saved before the epoch is booked)
+@pytest.mark.parametrize("trainer, step", [("trainer", 3), ("trainer", 6), ("trainer", 9), ("sft", 2)])
+def test_a_stopped_two_rank_run_resumes_to_the_same_weights(
+    model_dir, tmp_path, shared_run, stopped_runs, trainer, step
+):
+    pruning, args, stopped = stopped_runs[trainer]
+    whole = shared_run(pruning, *args)[0]
+    out = tmp_path / "resumed"
+    out.mkdir()
+    a, b = run(model_dir, out, pruning, *args, "--resume", stopped / f"checkpoint-{step}")
+    assert_ranks_agree(a, b)
+    assert a["params"] == whole["params"] and a["store"] == whole["store"]
+    assert [h["batches"] for h in a["history"]] == [h["batches"] for h in whole["history"]]
+
+
+def test_resume_on_another_world_size(model_dir, tmp_path):
+    """At an epoch's end the plan re-shards over another world size; mid-epoch it is refused."""
+    out = tmp_path / "epochs"
+    two = run(model_dir, out, "infobatch", "--epochs", 3, "--save-epochs")[0]
+    for f in out.glob("rank*.json"):
+        f.unlink()
+    resumed = run(model_dir, out, "infobatch", "--epochs", 3, "--resume", out / "checkpoint-5", launcher=ONE)[0]
+    assert resumed["world_size"] == 1
+    assert [h["world_size"] for h in resumed["history"]] == [2, 1, 1]
+    assert resumed["plans"]["1"] == two["plans"]["1"]  # planned from the same epoch-0 scores
+    assert resumed["history"][1]["batches"] == -(-len(two["plans"]["1"]) // 4)  # one rank's steps now
+    out = tmp_path / "mid"
+    run(model_dir, out, "infobatch", "--save-steps", 3, "--stop-after", 3, expect_ok=False)
+    mid = run(model_dir, out, "infobatch", "--resume", out / "checkpoint-3", launcher=ONE, expect_ok=False)
+    assert mid.returncode != 0 and "taken mid-epoch with 2 ranks" in mid.stderr
