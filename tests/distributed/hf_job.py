@@ -74,6 +74,14 @@ def build(a):
     )
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not a.gpu:
         common["ddp_backend"] = "gloo"
+    if a.zero:  # DeepSpeed ZeRO stage a.zero (on CPU: DS_ACCELERATOR=cpu, gloo)
+        common["deepspeed"] = {
+            "zero_optimization": {"stage": a.zero},
+            "train_micro_batch_size_per_gpu": "auto",
+            "gradient_accumulation_steps": "auto",
+            "train_batch_size": "auto",
+            "gradient_clipping": "auto",
+        }
     if a.fsdp:
         common["fsdp"] = "full_shard auto_wrap"
         common["fsdp_config"] = {"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}
@@ -134,6 +142,7 @@ def main() -> None:
     p.add_argument("--peft", action="store_true")
     p.add_argument("--fsdp", action="store_true")  # FSDP2 through Trainer: GPU process groups only
     p.add_argument("--gpu", action="store_true")
+    p.add_argument("--zero", type=int, default=0)
     a = p.parse_args()
     trainer, trained = build(a)
     trainer.train(resume_from_checkpoint=a.resume)
@@ -157,6 +166,8 @@ def main() -> None:
     if trainer.pruning_budget is not None:  # the share of the full run's FLOPs spent
         report["budget_spent"] = trainer.pruning_budget.spent / trainer.pruning_budget.full_run_flops
     Path(a.out, f"rank{rank}.json").write_text(json.dumps(report))
+    if torch.distributed.is_initialized():  # gloo aborts now and then at exit without this
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

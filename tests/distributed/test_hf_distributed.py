@@ -16,7 +16,8 @@ pytestmark = pytest.mark.distributed
 JOB = Path(__file__).with_name("hf_job.py")
 ENV = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline")
 STEP = 4 * 2  # per-device batch x ranks: the plan is padded to whole rounds of this
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+# --standalone: a free port of its own, so that runs elsewhere on the machine cannot collide
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 ONE = [sys.executable]  # one process
 CASES = {
     "random": {"keep_ratio": 0.5},
@@ -31,10 +32,10 @@ def model_dir(tmp_path_factory):
     return save_tiny_llama(tmp_path_factory.mktemp("hfdist") / "llama")
 
 
-def run(model_dir, out, pruning, *args, launcher=TORCHRUN, expect_ok=True):
+def run(model_dir, out, pruning, *args, launcher=TORCHRUN, expect_ok=True, env=ENV):
     cmd = [*launcher, str(JOB), "--model", str(model_dir), "--out", str(out), "--pruning", pruning]
     cmd += ["--options", json.dumps(CASES.get(pruning, {})), *map(str, args)]
-    res = subprocess.run(cmd, cwd=out.parent, env=ENV, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(cmd, cwd=out.parent, env=env, capture_output=True, text=True, timeout=600)
     if not expect_ok:
         return res
     assert res.returncode == 0, res.stderr[-4000:]
@@ -55,6 +56,17 @@ def shared_run(model_dir, tmp_path_factory):
     return get
 
 
+def assert_each_planned_id_trained_once(a, b):
+    """Both ranks' trained ids of each epoch: every planned id, each once apart from the pad
+    repeats, in equal numbers per rank (no rank waits at the end). Yields (epoch, plan)."""
+    for epoch, plan in a["plans"].items():
+        trained = Counter(a["trained"][epoch] + b["trained"][epoch])
+        assert sorted(trained) == plan
+        assert sum(trained.values()) == -(-len(plan) // STEP) * STEP
+        assert len(a["trained"][epoch]) == len(b["trained"][epoch])
+    return list(a["plans"].items())
+
+
 def assert_ranks_agree(a, b):
     for key in ("store", "history", "weights", "params", "plans", "global_step"):
         assert a[key] == b[key], key
@@ -65,12 +77,8 @@ def test_two_ranks_train_each_planned_id_once_and_agree(shared_run, pruning):
     a, b = shared_run(pruning, "--epochs", 3, "--trainer", "trainer")
     assert a["world_size"] == b["world_size"] == 2
     assert_ranks_agree(a, b)  # the runs also check plans and stores each epoch, and stop if not
-    for epoch, plan in a["plans"].items():
-        trained = Counter(a["trained"][epoch] + b["trained"][epoch])
+    for epoch, plan in assert_each_planned_id_trained_once(a, b):
         padded = -(-len(plan) // STEP) * STEP
-        assert sorted(trained) == plan  # every planned id, nothing else
-        assert sum(trained.values()) == padded  # and each once, apart from the pad repeats
-        assert len(a["trained"][epoch]) == len(b["trained"][epoch])  # no rank waits at the end
         entry = a["history"][int(epoch)]
         if pruning != "qtuning":  # the batch plan trains a share of each batch
             assert entry["samples_trained"] == padded
@@ -96,7 +104,13 @@ def test_sft_trainer_with_lora_on_two_ranks(model_dir, tmp_path):
 
 
 def test_accelerate_launch_runs_the_same_plans(model_dir, tmp_path, shared_run):
+    import socket
+
+    with socket.socket() as sock:  # a free port for the main process
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     launcher = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launcher += ["--main_process_port", str(port)]
     launcher += ["--mixed_precision", "no", "--dynamo_backend", "no"]
     a, b = run(model_dir, tmp_path / "acc", "random", launcher=launcher)
     torchrun = shared_run("random")[0]
@@ -159,3 +173,25 @@ def test_resume_on_another_world_size(model_dir, tmp_path):
     run(model_dir, out, "infobatch", "--save-steps", 3, "--stop-after", 3, expect_ok=False)
     mid = run(model_dir, out, "infobatch", "--resume", out / "checkpoint-3", launcher=ONE, expect_ok=False)
     assert mid.returncode != 0 and "taken mid-epoch with 2 ranks" in mid.stderr
+
+
+@pytest.mark.slow  # about three minutes: DeepSpeed starts slowly on CPU
+def test_deepspeed_zero_trains_the_plan_and_resumes_exactly(model_dir, tmp_path):
+    """ZeRO-2 and ZeRO-3 through Trainer's ``deepspeed`` argument, on DeepSpeed's CPU
+    accelerator (gloo): each planned id is trained once across the ranks, the ranks agree, the
+    scoring pass is split over them, and a ZeRO-2 run stopped inside the pruned epoch resumes
+    to the same weights as the uninterrupted one."""
+    pytest.importorskip("deepspeed")
+    env = dict(ENV, DS_ACCELERATOR="cpu")
+    for stage in (2, 3):
+        a, b = run(model_dir, tmp_path / f"zero{stage}", "el2n", "--epochs", 2, "--zero", stage, env=env)
+        assert_ranks_agree(a, b)
+        assert_each_planned_id_trained_once(a, b)
+        assert [h["scoring_tokens"] for h in a["history"]] == [0.0, 40 * 12]
+    args = ["--epochs", 3, "--zero", 2]
+    whole = run(model_dir, tmp_path / "whole", "infobatch", *args, env=env)[0]
+    out = tmp_path / "stopped"
+    run(model_dir, out, "infobatch", *args, "--save-steps", 3, "--stop-after", 6, expect_ok=False, env=env)
+    a, b = run(model_dir, out, "infobatch", *args, "--resume", out / "checkpoint-6", env=env)
+    assert_ranks_agree(a, b)
+    assert a["params"] == whole["params"] and a["store"] == whole["store"]
