@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 
 from .base import EpochContext, EpochPlan, PruningStrategy, check_ratio, epoch_generator
-from .counting import check_fraction, check_warmup, floor_count, nan_last_order
+from .counting import check_fraction, check_warmup, first_mask, floor_count, nan_last_order, order_key
 from .registry import register_strategy
 
 _SALT = 0xDE
@@ -81,17 +81,21 @@ def denoise_plan(
     entropy_weight: float,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ascending kept ids, ascending suspect ids) for one epoch."""
+    """(ascending kept ids, ascending suspect ids) for one epoch.
+
+    Cost: the two rank sorts of ``suspicion`` (integer sorts), then O(N): the suspects are a
+    selection (``first_mask``), not a third sort, and the kept ids come back ascending from a
+    mask rather than from sorting them.
+    """
     s = suspicion(loss, entropy, entropy_weight)
     n = s.numel()
     scored = int((~torch.isnan(s)).sum())
-    suspects = nan_last_order(s, descending=True)[: floor_count(suspect_fraction, scored)]
-    rest = torch.ones(n, dtype=torch.bool)
-    rest[suspects] = False
-    pool = torch.nonzero(rest).flatten()
+    suspect = first_mask(order_key(s, descending=True), floor_count(suspect_fraction, scored))
+    pool = torch.nonzero(~suspect).flatten()
     k = min(pool.numel(), max(1, floor_count(keep_ratio, n)))
-    kept = pool[torch.randperm(pool.numel(), generator=generator)[:k]]
-    return kept.sort().values, suspects.sort().values
+    kept = torch.zeros(n, dtype=torch.bool)
+    kept[pool[torch.randperm(pool.numel(), generator=generator)[:k]]] = True
+    return torch.nonzero(kept).flatten(), torch.nonzero(suspect).flatten()
 
 
 @register_strategy("denoise")
