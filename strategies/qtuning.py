@@ -29,6 +29,7 @@ from .qtuning_rules import (  # noqa: F401  (re-exported: public as qtuning.*)
     token_mask,
     token_mask_batch_code,
 )
+from .qtuning_epoch import split_samples_epoch
 from .registry import register_strategy
 
 ACTIONS = ("keep", "prune", "drop")
@@ -153,6 +154,27 @@ class QTuning(PruningStrategy):
             prune_rows |= acting == q
         return keep, quad, alpha, prune_rows & keep, filled
 
+    def _split_epoch(self, ppl: torch.Tensor, ent: torch.Tensor):
+        """``_split`` over the whole store: the same answer in a few passes (``qtuning_epoch``)."""
+        keep, quad, alpha, like = split_samples_epoch(
+            ppl,
+            ent,
+            self.sample_ratio,
+            self.tol,
+            self.max_iter,
+            kept_quadrants=self.kept_quadrants,
+            normalize=self.normalize,
+            fill_up=self.fill_up,
+        )
+        kept_table, prune_table = torch.zeros(5, dtype=torch.bool), torch.zeros(5, dtype=torch.bool)
+        kept_table[list(self.kept_quadrants)] = True
+        prune_table[[q for q, a in self.policy.items() if a == "prune"]] = True
+        filled = keep & ~kept_table[quad]
+        if not torch.equal(torch.isfinite(ppl), torch.isfinite(ent)):
+            like = like_quadrant(ppl, ent, self.normalize)  # _split normalises each over its own
+        acting = torch.where(filled, like, quad)
+        return keep, quad, alpha, prune_table[acting] & keep, filled
+
     @staticmethod
     def _counts(quad: torch.Tensor, keep: torch.Tensor, filled: torch.Tensor) -> dict[str, Any]:
         info: dict[str, Any] = {f"q{q}": (quad == q).sum() for q in range(1, 5)}
@@ -171,10 +193,12 @@ class QTuning(PruningStrategy):
         if not torch.isfinite(ppl).any():  # no scores (engine ran no pass): train everything
             self._prune_ids = None
             return EpochPlan(torch.arange(n), info={"planned_keep_ratio": 1.0, "unscored": n})
-        keep, quad, alpha, prune_rows, filled = self._split(ppl, ent)
+        keep, quad, alpha, prune_rows, filled = self._split_epoch(ppl, ent)
         self._prune_ids = prune_rows.cpu()
         ids = torch.nonzero(keep).flatten()
-        info = {k: int(v) for k, v in self._counts(quad, keep, filled).items()}
+        per_quadrant = torch.bincount(quad, minlength=5).tolist()
+        info = {f"q{q}": per_quadrant[q] for q in range(1, 5)}
+        info.update(middle=per_quadrant[0], kept=int(keep.sum()), fill_up=int(filled.sum()))
         if ids.numel() == 0:  # a policy that leaves nothing eligible: never plan an empty epoch
             ids, self._prune_ids, info["empty_fallback"] = torch.arange(n), None, 1
         info.update(
