@@ -155,20 +155,64 @@ def denoise_plan(loss, entropy, keep_ratio, suspect_fraction, entropy_weight, ge
 
 
 # -- seta ---------------------------------------------------------------------------------------
-def seta_plan(strategy, ctx) -> torch.Tensor:
-    """SeTa's ids for ``ctx`` (the old epoch_plan, ids only)."""
-    from qtune.strategies.seta import seta_groups, seta_window
+def seta_groups(losses: torch.Tensor, k: int) -> torch.Tensor:
+    import warnings
+
+    import numpy as np
+
+    x = torch.as_tensor(losses, dtype=torch.float64).flatten().cpu().numpy()
+    n, k = x.size, int(k)
+    groups = np.zeros(n, dtype=np.int64)
+    if n == 0 or k <= 1:
+        return torch.from_numpy(groups)
+    known = ~np.isnan(x)
+    vals = x[known]
+    distinct = np.unique(vals)
+    if distinct.size <= 1:
+        for g, chunk in enumerate(np.array_split(np.arange(n), k)):
+            groups[chunk] = g
+        return torch.from_numpy(groups)
+    if distinct.size < k:
+        g_known = np.searchsorted(distinct, vals)
+    else:
+        from sklearn.cluster import KMeans
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            labels = KMeans(n_clusters=k, random_state=0, n_init="auto").fit(vals.reshape(-1, 1)).labels_
+        present = np.unique(labels)
+        means = np.array([vals[labels == c].mean() for c in present])
+        rank = np.empty(int(labels.max()) + 1, dtype=np.int64)
+        rank[present[np.argsort(means, kind="stable")]] = np.arange(present.size)
+        g_known = rank[labels]
+    groups[known] = g_known
+    groups[~known] = np.arange(int((~known).sum())) % k
+    return torch.from_numpy(groups)
+
+
+def seta_plan(strategy, ctx) -> tuple[torch.Tensor, dict]:
+    """SeTa's (ids, info) for ``ctx``: the old epoch_plan."""
+    from qtune.strategies.seta import seta_window
 
     n = ctx.num_samples
     g = epoch_generator(strategy.seed, ctx.epoch, salt=0x5E7A)
     ids = torch.randperm(n, generator=g)[: floor_count(strategy.keep, n)]
-    if not strategy.annealing(ctx):
-        groups = seta_groups(ctx.scores.loss[ids], strategy.k)
+    info: dict = {"planned_keep_ratio": strategy.keep}
+    if strategy.annealing(ctx):
+        info["annealing"] = 1
+    else:
+        info["annealing"] = 0
+        losses = ctx.scores.loss[ids]
+        groups = seta_groups(losses, strategy.k)
         start, stop = seta_window(strategy.k, strategy.w, ctx.epoch)
+        info.update({"window_start": start, "window_stop": stop, "unseen": int(torch.isnan(losses).sum())})
+        for j in range(strategy.k):
+            info[f"group_size_{j}"] = int((groups == j).sum())
         ids = ids[(groups >= start) & (groups < stop)]
     if ids.numel() == 0 and n > 0:
         ids = torch.randint(n, (1,), generator=g)
-    return ids.sort().values
+    info["realised_keep_ratio"] = ids.numel() / max(1, n)
+    return ids.sort().values, info
 
 
 # -- qtuning level=epoch ------------------------------------------------------------------------

@@ -167,12 +167,22 @@ def test_seta_plans_equal_over_epochs(n):
         strat = build_strategy("seta", seed=7, **opts)
         for e in range(8):
             ctx = EpochContext(e, 8, n, 7, store)
-            plan = strat.epoch_plan(ctx)
-            assert torch.equal(plan.sample_ids, ref.seta_plan(strat, ctx)), (opts, e)
+            plan, (ids, info) = strat.epoch_plan(ctx), ref.seta_plan(strat, ctx)
+            assert torch.equal(plan.sample_ids, ids) and plan.info == info, (opts, e)
+    for levels in (1, 3, 5, 6):  # fewer, as many and more distinct losses than groups
+        st = filled_store(n, 8)
+        g = torch.Generator().manual_seed(levels)
+        st.loss.copy_((torch.randint(0, levels, (n,), generator=g) * 0.7).float())
+        st.loss[::7] = float("nan")
+        strat = build_strategy("seta", seed=3, k=5, w=0.4)
+        for e in range(4):
+            ctx = EpochContext(e, 8, n, 3, st)
+            plan, (ids, info) = strat.epoch_plan(ctx), ref.seta_plan(strat, ctx)
+            assert torch.equal(plan.sample_ids, ids) and plan.info == info, (levels, e)
     empty = StatisticsStore(n)  # never scored: every loss NaN
     strat = build_strategy("seta", seed=1)
     ctx = EpochContext(2, 8, n, 1, empty)
-    assert torch.equal(strat.epoch_plan(ctx).sample_ids, ref.seta_plan(strat, ctx))
+    assert torch.equal(strat.epoch_plan(ctx).sample_ids, ref.seta_plan(strat, ctx)[0])
 
 
 QTUNING_OPTIONS = [
