@@ -54,7 +54,7 @@ def select_ccs(
     m = min(n, max(1, floor_count(keep_ratio, n)))  # never an empty coreset
     cut = floor_count(beta, n)
     order = nan_last_order(s, descending=True)
-    scored = int((~torch.isnan(s)).sum())  # NaN sorts last: the scored ids are order[:scored]
+    scored = int(torch.count_nonzero(~torch.isnan(s)))  # NaN sorts last: the scored ids are order[:scored]
     pool = order[min(cut, scored) : scored]
     chosen = torch.zeros(n, dtype=torch.bool)
     if pool.numel() <= m:
@@ -79,7 +79,7 @@ def select_ccs(
             if b:
                 members = pool[ends[j] - counts[j] : ends[j]]
                 chosen[members[torch.randperm(members.numel(), generator=generator)[:b]]] = True
-    short = m - int(chosen.sum())
+    short = m - int(torch.count_nonzero(chosen))
     if short > 0:
         unknown = torch.nonzero(torch.isnan(s)).flatten()
         chosen[unknown[torch.randperm(unknown.numel(), generator=generator)[:short]]] = True
@@ -153,7 +153,7 @@ class CCS(StaticSubset):
         g = epoch_generator(self.seed, ctx.epoch, _SALT)
         selected = select_ccs(scores, self.keep_ratio, self.beta, self.num_bins, g)
         return selected, {
-            "scored_samples": int(torch.isfinite(scores).sum()),
+            "scored_samples": int(torch.count_nonzero(torch.isfinite(scores))),
             "cutoff": floor_count(self.beta, ctx.num_samples),
-            "topped_up_unscored": int(torch.isnan(scores[selected]).sum()),
+            "topped_up_unscored": int(torch.count_nonzero(torch.isnan(scores[selected]))),
         }

@@ -89,7 +89,7 @@ def denoise_plan(
     """
     s = suspicion(loss, entropy, entropy_weight)
     n = s.numel()
-    scored = int((~torch.isnan(s)).sum())
+    scored = int(torch.count_nonzero(~torch.isnan(s)))
     suspect = first_mask(order_key(s, descending=True), floor_count(suspect_fraction, scored))
     pool = torch.nonzero(~suspect).flatten()
     k = min(pool.numel(), max(1, floor_count(keep_ratio, n)))

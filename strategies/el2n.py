@@ -115,7 +115,7 @@ class EL2N(StaticSubset):
         kept = scores[selected]
         finite = torch.isfinite(kept)
         return selected, {
-            "scored_samples": int(torch.isfinite(scores).sum()),
+            "scored_samples": int(torch.count_nonzero(torch.isfinite(scores))),
             "score_passes_done": len(self._scored_epochs),
             "kept_score_min": float(kept[finite].min()) if finite.any() else float("nan"),
         }

@@ -123,7 +123,9 @@ class SeTa(PruningStrategy):
             groups = seta_groups(losses, self.k)
             start, stop = seta_window(self.k, self.w, ctx.epoch)
             in_window = (groups >= start) & (groups < stop)
-            info.update({"window_start": start, "window_stop": stop, "unseen": int(torch.isnan(losses).sum())})
+            info.update(
+                {"window_start": start, "window_stop": stop, "unseen": int(torch.count_nonzero(torch.isnan(losses)))}
+            )
             sizes = torch.bincount(groups, minlength=self.k).tolist()
             for j in range(self.k):
                 info[f"group_size_{j}"] = int(sizes[j])

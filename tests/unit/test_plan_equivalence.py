@@ -192,6 +192,7 @@ QTUNING_OPTIONS = [
     dict(sample_ratio=0.9, fill_up=False),
     dict(policy={"q1": "keep", "q3": "prune", "q4": "drop"}),
     dict(policy={"q2": "drop", "q4": "prune"}, sample_ratio=0.4),
+    dict(policy={"q1": "keep", "q2": "drop", "q3": "prune", "q4": "drop"}, sample_ratio=0.7),  # no fill-up
 ]
 
 
