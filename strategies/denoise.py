@@ -41,36 +41,37 @@ _SALT = 0xDE
 
 def unit_ranks(x: torch.Tensor) -> torch.Tensor:
     """Ranks of the finite entries scaled to [0, 1] (ties by index, NaN stays NaN); a single
-    finite entry gets rank 0.5."""
+    finite entry gets rank 0.5. One integer sort of x, NaN last: its first entries are the
+    finite ones in rank order, so no gather of the finite entries is needed."""
     x = torch.as_tensor(x, dtype=torch.float64).flatten().cpu()
     out = torch.full_like(x, float("nan"))
-    known = torch.nonzero(~torch.isnan(x)).flatten()
-    if known.numel():
-        order = nan_last_order(x[known], descending=False)
-        ranks = torch.empty(known.numel(), dtype=torch.float64)
-        ranks[order] = torch.arange(known.numel(), dtype=torch.float64)
-        out[known] = ranks / (known.numel() - 1) if known.numel() > 1 else 0.5
+    k = int(torch.count_nonzero(~torch.isnan(x)))
+    if k:
+        ranked = nan_last_order(x, descending=False)[:k]
+        out[ranked] = torch.arange(k, dtype=torch.float64) / (k - 1) if k > 1 else 0.5
     return out
 
 
 def suspicion(loss: torch.Tensor, entropy: torch.Tensor, entropy_weight: float) -> torch.Tensor:
     """rank(loss) − w·rank(entropy): high for confident (low-entropy) high-loss samples; NaN
     where either score is missing."""
-    known = ~(
-        torch.isnan(torch.as_tensor(loss, dtype=torch.float64))
-        | torch.isnan(torch.as_tensor(entropy, dtype=torch.float64))
-    )
-    loss = torch.where(known, torch.as_tensor(loss, dtype=torch.float64), float("nan"))
-    entropy = torch.where(known, torch.as_tensor(entropy, dtype=torch.float64), float("nan"))
-    return unit_ranks(loss) - float(entropy_weight) * unit_ranks(entropy)
+    loss = torch.as_tensor(loss, dtype=torch.float64).flatten()
+    entropy = torch.as_tensor(entropy, dtype=torch.float64).flatten()
+    missing = torch.isnan(loss) | torch.isnan(entropy)
+    unknown = int(torch.count_nonzero(missing))
+    if int(torch.count_nonzero(torch.isnan(loss))) != unknown:  # else NaN exactly there already
+        loss = loss.masked_fill(missing, float("nan"))
+    if int(torch.count_nonzero(torch.isnan(entropy))) != unknown:
+        entropy = entropy.masked_fill(missing, float("nan"))
+    return unit_ranks(loss).sub_(unit_ranks(entropy).mul_(float(entropy_weight)))
 
 
 def estimated_noise_share(p_label: torch.Tensor, below: float) -> float:
     """Share of the scored samples (finite ``p_label``) whose mean label-token probability is
     below ``below``; 0 when none is scored."""
     p = torch.as_tensor(p_label, dtype=torch.float64).flatten()
-    scored = p[~torch.isnan(p)]
-    return float((scored < below).sum()) / scored.numel() if scored.numel() else 0.0
+    scored = int(torch.count_nonzero(~torch.isnan(p)))
+    return float(torch.count_nonzero(p < below)) / scored if scored else 0.0
 
 
 def denoise_plan(

@@ -141,6 +141,12 @@ def suspicion(loss, entropy, entropy_weight: float) -> torch.Tensor:
     return unit_ranks(loss) - float(entropy_weight) * unit_ranks(entropy)
 
 
+def estimated_noise_share(p_label, below: float) -> float:
+    p = torch.as_tensor(p_label, dtype=torch.float64).flatten()
+    scored = p[~torch.isnan(p)]
+    return float((scored < below).sum()) / scored.numel() if scored.numel() else 0.0
+
+
 def denoise_plan(loss, entropy, keep_ratio, suspect_fraction, entropy_weight, generator):
     s = suspicion(loss, entropy, entropy_weight)
     n = s.numel()

@@ -153,6 +153,7 @@ def test_denoise_plan_equal(n):
             from qtune.strategies.base import epoch_generator
 
             frac = strat._auto_share
+            assert frac == ref.estimated_noise_share(st.p_label, 0.5)
             old = ref.denoise_plan(st.loss, st.entropy, 0.6, frac, 0.5, epoch_generator(2, e, 0xDE))
             assert torch.equal(plan.sample_ids, old[0]) and plan.info["suspects"] == old[1].numel()
 
