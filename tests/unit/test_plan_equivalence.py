@@ -186,6 +186,15 @@ def test_seta_plans_equal_over_epochs(n):
     assert torch.equal(strat.epoch_plan(ctx).sample_ids, ref.seta_plan(strat, ctx)[0])
 
 
+def test_seta_groups_when_the_first_values_hide_the_distinct_ones():
+    from qtune.strategies.seta import seta_groups
+
+    for tail in ([1.0, 2.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [float("nan"), 3.0]):
+        x = torch.cat([torch.zeros(5000, dtype=torch.float64), torch.tensor(tail, dtype=torch.float64)])
+        x = torch.cat([x, x.flip(0)])
+        assert torch.equal(seta_groups(x, 5), ref.seta_groups(x, 5)), tail
+
+
 QTUNING_OPTIONS = [
     dict(),
     dict(sample_ratio=0.6, tol=1e-9),  # every bisection step runs
