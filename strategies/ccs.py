@@ -44,7 +44,8 @@ def select_ccs(
     range [min, max] into ``num_bins`` equal-width half-open bins (the last one closed), gives
     each bin ``stratum_budgets`` and samples uniformly inside it. NaN scores are neither cut nor
     binned; they only top the coreset up, uniformly, when the scored pool is too small.
-    ``generator=None`` means a fixed seed 0 (never the global RNG).
+    ``generator=None`` means a fixed seed 0 (never the global RNG). Cost: one integer sort of
+    the N scores, then O(N): each bin is a slice of the sorted pool.
     """
     if generator is None:
         generator = torch.Generator().manual_seed(0)
@@ -53,10 +54,11 @@ def select_ccs(
     m = min(n, max(1, floor_count(keep_ratio, n)))  # never an empty coreset
     cut = floor_count(beta, n)
     order = nan_last_order(s, descending=True)
-    known = order[~torch.isnan(s[order])]
-    pool = known[cut:]
+    scored = int(torch.count_nonzero(~torch.isnan(s)))  # NaN sorts last: the scored ids are order[:scored]
+    pool = order[min(cut, scored) : scored]
+    chosen = torch.zeros(n, dtype=torch.bool)
     if pool.numel() <= m:
-        chosen = pool
+        chosen[pool] = True
     else:
         vals = s[pool]
         lo, hi = float(vals.min()), float(vals.max())
@@ -66,17 +68,22 @@ def select_ccs(
         else:
             bins = torch.zeros(pool.numel(), dtype=torch.long)
         counts = torch.bincount(bins, minlength=num_bins).tolist()
-        picks = []
+        # the pool is in descending score order, so its bins descend too: bin j is one slice
+        # of the pool, in the same order as ``pool[bins == j]``, found without a pass per bin
+        ends = [0] * num_bins
+        top = 0
+        for j in reversed(range(num_bins)):
+            top += counts[j]
+            ends[j] = top
         for j, b in enumerate(stratum_budgets(counts, m)):
             if b:
-                members = pool[bins == j]
-                picks.append(members[torch.randperm(members.numel(), generator=generator)[:b]])
-        chosen = torch.cat(picks) if picks else pool[:0]
-    short = m - chosen.numel()
+                members = pool[ends[j] - counts[j] : ends[j]]
+                chosen[members[torch.randperm(members.numel(), generator=generator)[:b]]] = True
+    short = m - int(torch.count_nonzero(chosen))
     if short > 0:
         unknown = torch.nonzero(torch.isnan(s)).flatten()
-        chosen = torch.cat([chosen, unknown[torch.randperm(unknown.numel(), generator=generator)[:short]]])
-    return chosen.sort().values
+        chosen[unknown[torch.randperm(unknown.numel(), generator=generator)[:short]]] = True
+    return torch.nonzero(chosen).flatten()
 
 
 @register_strategy("ccs")
@@ -146,7 +153,7 @@ class CCS(StaticSubset):
         g = epoch_generator(self.seed, ctx.epoch, _SALT)
         selected = select_ccs(scores, self.keep_ratio, self.beta, self.num_bins, g)
         return selected, {
-            "scored_samples": int(torch.isfinite(scores).sum()),
+            "scored_samples": int(torch.count_nonzero(torch.isfinite(scores))),
             "cutoff": floor_count(self.beta, ctx.num_samples),
-            "topped_up_unscored": int(torch.isnan(scores[selected]).sum()),
+            "topped_up_unscored": int(torch.count_nonzero(torch.isnan(scores[selected]))),
         }

@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 
 from .base import EpochContext, EpochPlan, PruningStrategy, check_ratio, epoch_generator
-from .counting import check_fraction, check_warmup, floor_count, nan_last_order
+from .counting import check_fraction, check_warmup, first_mask, floor_count, nan_last_order, order_key
 from .registry import register_strategy
 
 _SALT = 0xDE
@@ -41,36 +41,37 @@ _SALT = 0xDE
 
 def unit_ranks(x: torch.Tensor) -> torch.Tensor:
     """Ranks of the finite entries scaled to [0, 1] (ties by index, NaN stays NaN); a single
-    finite entry gets rank 0.5."""
+    finite entry gets rank 0.5. One integer sort of x, NaN last: its first entries are the
+    finite ones in rank order, so no gather of the finite entries is needed."""
     x = torch.as_tensor(x, dtype=torch.float64).flatten().cpu()
     out = torch.full_like(x, float("nan"))
-    known = torch.nonzero(~torch.isnan(x)).flatten()
-    if known.numel():
-        order = nan_last_order(x[known], descending=False)
-        ranks = torch.empty(known.numel(), dtype=torch.float64)
-        ranks[order] = torch.arange(known.numel(), dtype=torch.float64)
-        out[known] = ranks / (known.numel() - 1) if known.numel() > 1 else 0.5
+    k = int(torch.count_nonzero(~torch.isnan(x)))
+    if k:
+        ranked = nan_last_order(x, descending=False)[:k]
+        out[ranked] = torch.arange(k, dtype=torch.float64) / (k - 1) if k > 1 else 0.5
     return out
 
 
 def suspicion(loss: torch.Tensor, entropy: torch.Tensor, entropy_weight: float) -> torch.Tensor:
     """rank(loss) − w·rank(entropy): high for confident (low-entropy) high-loss samples; NaN
     where either score is missing."""
-    known = ~(
-        torch.isnan(torch.as_tensor(loss, dtype=torch.float64))
-        | torch.isnan(torch.as_tensor(entropy, dtype=torch.float64))
-    )
-    loss = torch.where(known, torch.as_tensor(loss, dtype=torch.float64), float("nan"))
-    entropy = torch.where(known, torch.as_tensor(entropy, dtype=torch.float64), float("nan"))
-    return unit_ranks(loss) - float(entropy_weight) * unit_ranks(entropy)
+    loss = torch.as_tensor(loss, dtype=torch.float64).flatten()
+    entropy = torch.as_tensor(entropy, dtype=torch.float64).flatten()
+    missing = torch.isnan(loss) | torch.isnan(entropy)
+    unknown = int(torch.count_nonzero(missing))
+    if int(torch.count_nonzero(torch.isnan(loss))) != unknown:  # else NaN exactly there already
+        loss = loss.masked_fill(missing, float("nan"))
+    if int(torch.count_nonzero(torch.isnan(entropy))) != unknown:
+        entropy = entropy.masked_fill(missing, float("nan"))
+    return unit_ranks(loss).sub_(unit_ranks(entropy).mul_(float(entropy_weight)))
 
 
 def estimated_noise_share(p_label: torch.Tensor, below: float) -> float:
     """Share of the scored samples (finite ``p_label``) whose mean label-token probability is
     below ``below``; 0 when none is scored."""
     p = torch.as_tensor(p_label, dtype=torch.float64).flatten()
-    scored = p[~torch.isnan(p)]
-    return float((scored < below).sum()) / scored.numel() if scored.numel() else 0.0
+    scored = int(torch.count_nonzero(~torch.isnan(p)))
+    return float(torch.count_nonzero(p < below)) / scored if scored else 0.0
 
 
 def denoise_plan(
@@ -81,17 +82,21 @@ def denoise_plan(
     entropy_weight: float,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ascending kept ids, ascending suspect ids) for one epoch."""
+    """(ascending kept ids, ascending suspect ids) for one epoch.
+
+    Cost: the two rank sorts of ``suspicion`` (integer sorts), then O(N): the suspects are a
+    selection (``first_mask``), not a third sort, and the kept ids come back ascending from a
+    mask rather than from sorting them.
+    """
     s = suspicion(loss, entropy, entropy_weight)
     n = s.numel()
-    scored = int((~torch.isnan(s)).sum())
-    suspects = nan_last_order(s, descending=True)[: floor_count(suspect_fraction, scored)]
-    rest = torch.ones(n, dtype=torch.bool)
-    rest[suspects] = False
-    pool = torch.nonzero(rest).flatten()
+    scored = int(torch.count_nonzero(~torch.isnan(s)))
+    suspect = first_mask(order_key(s, descending=True), floor_count(suspect_fraction, scored))
+    pool = torch.nonzero(~suspect).flatten()
     k = min(pool.numel(), max(1, floor_count(keep_ratio, n)))
-    kept = pool[torch.randperm(pool.numel(), generator=generator)[:k]]
-    return kept.sort().values, suspects.sort().values
+    kept = torch.zeros(n, dtype=torch.bool)
+    kept[pool[torch.randperm(pool.numel(), generator=generator)[:k]]] = True
+    return torch.nonzero(kept).flatten(), torch.nonzero(suspect).flatten()
 
 
 @register_strategy("denoise")

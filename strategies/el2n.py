@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .base import EpochContext, check_ratio
-from .counting import check_fraction, nan_last_order, round_count, check_skip_plus_keep, check_warmup
+from .counting import check_fraction, ranked_slice, round_count, check_skip_plus_keep, check_warmup
 from .registry import register_strategy
 from .scores_file import load_scores
 from .static_subset import StaticSubset
@@ -27,7 +27,7 @@ def select_el2n(scores: torch.Tensor, keep_ratio: float, offset: float = 0.0) ->
     NaN scores (never seen, no response tokens) rank below every real score, so they are kept
     only when the budget exceeds the scored samples. Ties: lower index ranks higher. At least
     one sample is kept; if the offset would push the window past the end it is shifted back so
-    the kept count is still met.
+    the kept count is still met. Two O(N) selections (``ranked_slice``), no sort of N scores.
     """
     scores = torch.as_tensor(scores).flatten()
     n = scores.numel()
@@ -35,8 +35,7 @@ def select_el2n(scores: torch.Tensor, keep_ratio: float, offset: float = 0.0) ->
         return torch.zeros(0, dtype=torch.long)
     k = min(n, max(1, round_count(keep_ratio, n)))
     start = min(round_count(offset, n), n - k)
-    order = nan_last_order(scores, descending=True)
-    return order[start : start + k].sort().values
+    return ranked_slice(scores, start, start + k, descending=True)
 
 
 @register_strategy("el2n")
@@ -116,7 +115,7 @@ class EL2N(StaticSubset):
         kept = scores[selected]
         finite = torch.isfinite(kept)
         return selected, {
-            "scored_samples": int(torch.isfinite(scores).sum()),
+            "scored_samples": int(torch.count_nonzero(torch.isfinite(scores))),
             "score_passes_done": len(self._scored_epochs),
             "kept_score_min": float(kept[finite].min()) if finite.any() else float("nan"),
         }

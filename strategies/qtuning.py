@@ -29,6 +29,7 @@ from .qtuning_rules import (  # noqa: F401  (re-exported: public as qtuning.*)
     token_mask,
     token_mask_batch_code,
 )
+from .qtuning_epoch import in_quadrants, split_samples_epoch
 from .registry import register_strategy
 
 ACTIONS = ("keep", "prune", "drop")
@@ -153,6 +154,31 @@ class QTuning(PruningStrategy):
             prune_rows |= acting == q
         return keep, quad, alpha, prune_rows & keep, filled
 
+    def _split_epoch(self, ppl: torch.Tensor, ent: torch.Tensor):
+        """``_split`` over the whole store: the same answer in a few passes (``qtuning_epoch``);
+        the quadrant comes back as int8."""
+        keep, quad, alpha, ppl_like = split_samples_epoch(
+            ppl,
+            ent,
+            self.sample_ratio,
+            self.tol,
+            self.max_iter,
+            kept_quadrants=self.kept_quadrants,
+            normalize=self.normalize,
+            fill_up=self.fill_up,
+        )
+        filled = keep & ~in_quadrants(quad, self.kept_quadrants)
+        prune_q = [q for q, a in self.policy.items() if a == "prune"]
+        prune_rows = keep & ~filled & in_quadrants(quad, prune_q)
+        if bool(filled.any()):  # a filled row acts as its like-quadrant
+            if ppl_like is None:
+                ppl_like = like_quadrant(ppl, ent, self.normalize) == 2
+            if 2 in prune_q:
+                prune_rows |= filled & ppl_like
+            if 4 in prune_q:
+                prune_rows |= filled & ~ppl_like
+        return keep, quad, alpha, prune_rows, filled
+
     @staticmethod
     def _counts(quad: torch.Tensor, keep: torch.Tensor, filled: torch.Tensor) -> dict[str, Any]:
         info: dict[str, Any] = {f"q{q}": (quad == q).sum() for q in range(1, 5)}
@@ -171,15 +197,19 @@ class QTuning(PruningStrategy):
         if not torch.isfinite(ppl).any():  # no scores (engine ran no pass): train everything
             self._prune_ids = None
             return EpochPlan(torch.arange(n), info={"planned_keep_ratio": 1.0, "unscored": n})
-        keep, quad, alpha, prune_rows, filled = self._split(ppl, ent)
+        keep, quad, alpha, prune_rows, filled = self._split_epoch(ppl, ent)
         self._prune_ids = prune_rows.cpu()
         ids = torch.nonzero(keep).flatten()
-        info = {k: int(v) for k, v in self._counts(quad, keep, filled).items()}
+        per_quadrant = [int(torch.count_nonzero(quad == q)) for q in range(5)]
+        info = {f"q{q}": per_quadrant[q] for q in range(1, 5)}
+        info.update(
+            middle=per_quadrant[0], kept=int(torch.count_nonzero(keep)), fill_up=int(torch.count_nonzero(filled))
+        )
         if ids.numel() == 0:  # a policy that leaves nothing eligible: never plan an empty epoch
             ids, self._prune_ids, info["empty_fallback"] = torch.arange(n), None, 1
         info.update(
             alpha=float(alpha),
-            prune_rows=int(prune_rows.sum()),
+            prune_rows=int(torch.count_nonzero(prune_rows)),
             planned_keep_ratio=self.sample_ratio,
             realised_keep_ratio=ids.numel() / max(1, n),
         )

@@ -40,7 +40,16 @@ COUNTERS = ("samples_trained", "tokens_trained", "forward_tokens", "scoring_toke
 
 
 def plan_hash(ids: torch.Tensor) -> str:
-    return hashlib.sha1(ids.sort().values.numpy().tobytes()).hexdigest()[:12]
+    """sha1 of the plan's ids in ascending order (12 hex digits): equal for equal sets.
+
+    Strategies return ascending ids, so a linear check replaces the sort, and the hash reads
+    the tensor's buffer without a copy; the value is that of ``sha1(ids.sort().values)``.
+    """
+    if ids.dim() != 1:
+        return hashlib.sha1(ids.sort().values.numpy().tobytes()).hexdigest()[:12]
+    if ids.numel() > 1 and not bool((ids[1:] >= ids[:-1]).all()):
+        ids = ids.sort().values
+    return hashlib.sha1(ids.contiguous().numpy()).hexdigest()[:12]
 
 
 class BatchExtras:
