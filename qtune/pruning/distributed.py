@@ -1,4 +1,4 @@
-"""Once-per-epoch collectives: gather variable-length per-rank rows, sum counters."""
+"""Once-per-epoch collectives: gather variable-length per-rank rows, reduce buffers, sum counters."""
 
 from __future__ import annotations
 
@@ -77,6 +77,13 @@ class Collective:
 
     def gather_rows(self, rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return gather_rows(self.backend, rows)
+
+    def reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """``t`` reduced elementwise over ranks (``op``: sum or max), on every rank."""
+        if self.world_size == 1:
+            return t
+        strategy = self.backend.strategy
+        return strategy.reduce(t.to(strategy.root_device), reduce_op=op)
 
     def sum(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
         return sum_over_ranks(self.backend, values)
