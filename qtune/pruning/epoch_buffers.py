@@ -1,10 +1,11 @@
 """The epoch's per-sample statistics in dense buffers indexed by sample id, until the epoch ends.
 
 A list of per-step rows grows with every step (160-185 bytes a sample at 1e7 samples, seconds to
-join); these buffers are allocated once, about 38 bytes a sample, and each step writes its
-samples in place with ``index_put_`` on the device the step ran on: the write is queued on the
-step's stream, so there is no host sync. (Host buffers would need each step's values on the host
-before writing them, which is a sync, or staging them until later, which is the rows again.)
+join); these buffers are allocated once, about 38 bytes a sample, on the device the steps run
+on, and written in place with ``index_put_``: the writes are queued on the steps' stream, so
+there is no host sync. (Host buffers would need each step's values on the host before writing
+them, which is a sync.) Steps are staged, up to ``stage_samples`` ids (a few hundred steps),
+and written together: one write is ~30 tiny kernels whatever its size.
 
 The result must be exactly what merging the concatenated rows into the store gives
 (:meth:`StatisticsStore.merge_updates`; a sample trained twice in an epoch, a pad repeat, is the
@@ -42,6 +43,10 @@ def last_occurrence(keys: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(last).index_put_((perm,), last)
 
 
+def _join(parts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([p if p.dim() == 1 else p.reshape(-1) for p in parts])
+
+
 def _pack(mask: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.packbits(mask.cpu().numpy()))
 
@@ -55,7 +60,10 @@ class EpochBuffers:
     written without signal, 3 with); ``aum`` [N+1] (NaN: none); ``flags`` [N+1, 2] uint8
     (unlearned, bad). Row N takes the writes a step must not make (earlier repeats)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stage_samples: int = 8192) -> None:
+        self.stage_samples = int(stage_samples)  # 0: write every step
+        self._staged: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
+        self._staged_count = 0
         self.keys: list[str] | None = None
         self.values: torch.Tensor | None = None
         self.aum: torch.Tensor | None = None
@@ -73,7 +81,7 @@ class EpochBuffers:
 
     def reset(self) -> None:
         """A new epoch: nothing written (the allocation is kept)."""
-        self._fresh = True
+        self._fresh, self._staged, self._staged_count = True, [], 0
         if self.values is not None:
             self.values[:, -1] = 0
             self.aum.fill_(float("nan"))
@@ -90,12 +98,15 @@ class EpochBuffers:
         self.flags = torch.zeros((n, 2), dtype=torch.uint8, device=device)
 
     def written(self) -> torch.Tensor:
+        self.flush()
         return self.values[:-1, -1] > 0
 
     # -- per step ----------------------------------------------------------------------------
     def record(self, sample_ids: torch.Tensor, scores: dict[str, torch.Tensor], num_samples: int) -> None:
-        """Write one step's per-sample scores (all on the step's device)."""
-        ids = sample_ids.detach().reshape(-1).long()
+        """Book one step's per-sample scores (on the step's device). They are written in batches
+        of ``stage_samples``: a write is ~30 tiny kernels (~200 µs of host time on CPU, launch
+        bound on GPU), which per step would cost 7x the rest of ``record_batch``."""
+        ids = sample_ids.detach()
         if self.values is None or (self._fresh and self.keys != list(scores)):
             self._allocate(list(scores), num_samples, ids.device)
         elif self.keys != list(scores):
@@ -103,11 +114,22 @@ class EpochBuffers:
                 f"a step recorded scores {sorted(scores)} after steps of this epoch recorded {sorted(self.keys)}: "
                 "every step must give the same per-sample scores"
             )
+        self._fresh = False
+        self._staged.append((ids, {k: v.detach() for k, v in scores.items()}))
+        self._staged_count += ids.numel()
+        if self._staged_count >= self.stage_samples:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the staged steps (in step order) into the buffers."""
+        if not self._staged:
+            return
+        staged, self._staged, self._staged_count = self._staged, [], 0
+        ids = _join([i for i, _ in staged]).long()
+        scores = {k: _join([s[k] for _, s in staged]) for k in self.keys}
         if self.values.device != ids.device:  # restored from a checkpoint on the host
             self.to(ids.device)
-        self._fresh = False
         n = self.num_samples
-        scores = {k: v.detach().reshape(-1) for k, v in scores.items()}
         ntok = scores.get("num_tokens")
         signal = ntok > 0 if ntok is not None else torch.ones_like(ids, dtype=torch.bool)
         cols = [(v.long() if k == "num_tokens" else v).float() for k, v in scores.items()]
@@ -126,10 +148,12 @@ class EpochBuffers:
         self.flags.scatter_reduce_(0, ids[:, None].expand(-1, 2), src, "amax")
 
     def to(self, device) -> None:
+        self.flush()
         self.values, self.aum, self.flags = (t.to(device) for t in (self.values, self.aum, self.flags))
 
     def nonfinite_ids(self) -> list[int]:
         """Ids whose loss was non-finite in some step with response tokens."""
+        self.flush()
         return [] if self.flags is None else self.flags[:-1, 1].nonzero().flatten().cpu().tolist()
 
     # -- epoch end ---------------------------------------------------------------------------
@@ -138,6 +162,7 @@ class EpochBuffers:
         it (the last in the rows' gather order); any rank's flags."""
         if comm.world_size == 1 or self.values is None:
             return
+        self.flush()
         rank = comm.rank
 
         def take_highest(written: torch.Tensor, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,30 +179,30 @@ class EpochBuffers:
         self.flags = comm.reduce(self.flags.to(torch.int32), "max").to(self.flags.device).to(torch.uint8)
 
     def apply(self, store, epoch: int) -> None:
-        """Write the epoch into the store as ``merge_updates`` of its rows would."""
+        """Write the epoch into the store as ``merge_updates`` of its rows would, with dense
+        elementwise selects over all ids (no scattered writes; the buffers are not copied on the
+        host, and one device-to-host copy each otherwise)."""
         if self.values is None:
             return
-        ids = self.written().nonzero().flatten()
-        if ids.numel() == 0:
-            return
-        vals, aum, flags = self.values[ids].cpu(), self.aum[ids].cpu(), self.flags[ids].cpu()
-        ids = ids.cpu()
-        signal = vals[:, -1] > 2
-        col = {k: vals[:, j] for j, k in enumerate(self.keys)}
-        for name, v in col.items():
+        self.flush()
+        vals, aum, flags = (t[:-1].cpu() for t in (self.values, self.aum, self.flags))
+        written, signal = vals[:, -1] > 0, vals[:, -1] > 2
+        scored, silent = written & signal, written & ~signal
+        for j, name in enumerate(self.keys):
             if name == "num_tokens":
-                store.num_tokens[ids] = v.long()
+                torch.where(written, vals[:, j].long(), store.num_tokens, out=store.num_tokens)
             else:
-                getattr(store, name)[ids] = v.masked_fill(~signal, float("nan"))
-        store.seen_epoch[ids] = int(epoch)
-        if "margin" in col:
-            ok = torch.isfinite(aum)
-            store.aum_sum[ids[ok]] += aum[ok]
-            store.aum_count[ids[ok]] += 1
-        if "accuracy" in col:
-            now, was = col["accuracy"] >= 0.5, store.learned[ids]
-            store.forgetting[ids[was & flags[:, 0].bool()]] += 1
-            store.learned[ids] = torch.where(signal, now, was)
+                old = getattr(store, name).masked_fill_(silent, float("nan"))  # no response tokens
+                torch.where(scored, vals[:, j], old, out=old)
+        store.seen_epoch.masked_fill_(written, int(epoch))
+        if "margin" in self.keys:
+            ok = torch.isfinite(aum)  # only ever written where the sample was written
+            torch.where(ok, store.aum_sum + aum, store.aum_sum, out=store.aum_sum)
+            store.aum_count += ok
+        if "accuracy" in self.keys:
+            was = store.learned.clone()
+            store.forgetting += was & flags[:, 0].bool()
+            torch.where(scored, vals[:, self.keys.index("accuracy")] >= 0.5, was, out=store.learned)
 
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict | None:

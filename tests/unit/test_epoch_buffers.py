@@ -60,8 +60,7 @@ def assert_same_store(a: StatisticsStore, b: StatisticsStore):
             assert v == w, k
 
 
-def through_buffers(store, rows, epoch, buffers=None):
-    buffers = buffers or EpochBuffers()
+def through_buffers(store, rows, epoch, buffers):
     buffers.reset()
     for r in rows:
         buffers.record(r["sample_ids"], {k: v for k, v in r.items() if k != "sample_ids"}, store.num_samples)
@@ -75,6 +74,7 @@ def test_last_occurrence_marks_the_last_of_each_value():
     assert last_occurrence(torch.tensor([5])).tolist() == [True]
 
 
+@pytest.mark.parametrize("stage", [0, 5, 8192])  # written every step, every few, at the end
 @pytest.mark.parametrize(
     "keys, dtype, ntok_dtype",
     [
@@ -85,9 +85,9 @@ def test_last_occurrence_marks_the_last_of_each_value():
         (("accuracy", "loss"), torch.float32, torch.long),  # no num_tokens: every write has signal
     ],
 )
-def test_buffers_give_the_store_the_rows_merge_over_several_epochs(keys, dtype, ntok_dtype):
+def test_buffers_give_the_store_the_rows_merge_over_several_epochs(keys, dtype, ntok_dtype, stage):
     gen = torch.Generator().manual_seed(len(keys) + dtype.itemsize)
-    ref, new, buffers = StatisticsStore(N), StatisticsStore(N), EpochBuffers()
+    ref, new, buffers = StatisticsStore(N), StatisticsStore(N), EpochBuffers(stage)
     for epoch in range(4):  # dynamics (aum, forgetting) carry over epochs
         rows = random_rows(gen, 14, keys, dtype, ntok_dtype)
         reference_merge(ref, rows, epoch)
@@ -109,7 +109,7 @@ def test_a_repeat_in_one_step_keeps_its_last_write_and_any_forgetting():
         }
     ]
     reference_merge(ref, rows, 0)
-    through_buffers(store, rows, 0)
+    through_buffers(store, rows, 0, EpochBuffers(0))
     assert_same_store(ref, store)
     assert store.forgetting[2] == 1 and store.aum_sum[2] == 0.25 and store.learned[2]
 
