@@ -5,8 +5,9 @@ buffers by sample id (``new``) against the per-step rows they replaced (``old``,
 
 One epoch of the ``full`` strategy over N samples in steps of ``--batch`` ids, each step's scores
 as ``sample_scores`` gives them (six float32 fields and int64 token counts, new tensors each
-step). Columns: ``record_us`` mean ``record_batch`` time per step; ``held_mb`` resident memory
-the epoch's statistics added by its end (``tensor_mb``: their tensors' bytes); ``finish_s``
+step). Columns: ``record_us`` mean ``record_batch`` time per step; ``half_held_mb`` resident
+memory the epoch's statistics added by half the epoch, ``held_mb`` by its end (after the
+mid-epoch checkpoint's temporaries), ``tensor_mb`` their tensors' bytes (no object overhead); ``finish_s``
 ``finish_epoch``; ``mid_*`` a checkpoint of the core's state at half the epoch (file size, save =
 ``state_dict`` + ``torch.save``, load = ``torch.load(weights_only=True)`` + ``load_state_dict``);
 ``end_*`` the same after the epoch; ``peak_mb`` the process's peak RSS.
@@ -28,7 +29,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_REV = "2f3525a"  # the last commit whose core kept per-step rows
-COLUMNS = ["mode", "n", "record_us", "held_mb", "tensor_mb", "finish_s", "mid_mb", "mid_save_s", "mid_load_s"]
+COLUMNS = [
+    "mode",
+    "n",
+    "record_us",
+    "half_held_mb",
+    "held_mb",
+    "tensor_mb",
+    "finish_s",
+    "mid_mb",
+    "mid_save_s",
+    "mid_load_s",
+]
 COLUMNS += ["end_mb", "end_save_s", "end_load_s", "peak_mb"]
 
 
@@ -95,6 +107,7 @@ def one_point(mode: str, n: int, batch: int, rev: str) -> dict:
     base, spent, out = rss_mb(), 0.0, {"mode": mode, "n": n}
     for i in range(steps):
         if i == steps // 2:
+            out["half_held_mb"] = round(rss_mb() - base, 1)
             mid = checkpoint(core, make_core, 0, Path(tmp, "mid.pt"))
             out.update({f"mid_{k}": v for k, v in mid.items()})
         ids = order[i * batch : (i + 1) * batch]

@@ -76,7 +76,8 @@ class BatchExtras:
 class PruningCore(ResumeState):
     """`strategy_config` (the strategy's settings, e.g. its Hydra node) is stored in
     checkpoints, and resuming with other settings or another seed is refused. Plans of
-    finished epochs are dropped (checkpoints stay small) unless `keep_past_plans`."""
+    finished epochs are dropped unless `keep_past_plans` (then kept in memory, never in
+    checkpoints: those hold only the plans a resume needs)."""
 
     def __init__(
         self,
@@ -93,7 +94,7 @@ class PruningCore(ResumeState):
         self.strategy = strategy
         self.data_fingerprint = data_fingerprint  # qtune.data.fingerprint: checked on resume
         self.budget = budget  # budget=F: plans see the epochs it buys; scoring passes spend it
-        self.keep_past_plans = keep_past_plans  # else finished epochs' plans leave the state
+        self.keep_past_plans = keep_past_plans  # else finished epochs' plans are dropped
         self.strategy_config = strategy_config
         self.export_dir = export_dir
         self.seed = int(seed)

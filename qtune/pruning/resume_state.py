@@ -63,6 +63,13 @@ class ResumeState:
             "token_rows": list(self._token_rows),
         }
 
+    def _plans_to_save(self):
+        """The plans a resume needs: the last finished epoch's (Lightning builds that epoch's
+        loader again on resuming an end-of-epoch checkpoint) and later ones. Past plans a
+        ``keep_past_plans`` core holds stay in memory only, so checkpoints do not grow."""
+        last = self.history[-1]["epoch"] if self.history else None
+        return [(e, p) for e, p in self.plans.items() if last is None or e >= last]
+
     def state_dict(self, epoch: int = 0) -> dict[str, Any]:
         multi = self.comm.world_size > 1
         progress = self._epoch_progress(epoch)
@@ -72,7 +79,7 @@ class ResumeState:
             "config": self._run_config(),
             "strategy": self.strategy.state_dict(),
             "store": self.store.state_dict() if self.store is not None else None,
-            "plans": {e: {"ids": p.sample_ids, "weights": p.weights, "info": p.info} for e, p in self.plans.items()},
+            "plans": {e: {"ids": p.sample_ids, "weights": p.weights, "info": p.info} for e, p in self._plans_to_save()},
             "history": self.history,
             "totals": dict(self.totals),
             "epoch_progress": progress,
