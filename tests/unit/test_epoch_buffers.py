@@ -248,3 +248,18 @@ def test_ranks_end_with_the_store_of_the_rows_gathered_in_rank_order():
     reference_merge(ref, [r for rows in per_rank for r in rows], 0)
     for core in cores:
         assert_same_store(ref, core.store)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_buffers_on_the_gpu_give_the_same_store():
+    """On CUDA a repeated index in one ``index_put_`` lands in any order: the buffers must
+    resolve repeats themselves."""
+    gen = torch.Generator().manual_seed(11)
+    ref, new, buffers = StatisticsStore(N), StatisticsStore(N), EpochBuffers(64)
+    for epoch in range(3):
+        rows = random_rows(gen, 30)
+        reference_merge(ref, rows, epoch)
+        through_buffers(new, [{k: v.cuda() for k, v in r.items()} for r in rows], epoch, buffers)
+        assert buffers.values.is_cuda
+        assert_same_store(ref, new)
