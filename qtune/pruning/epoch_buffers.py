@@ -211,10 +211,11 @@ class EpochBuffers:
         ``aum`` only where it is not the entry's own margin (a repeated id)."""
         if self.values is None:
             return None
-        ids = self.written().nonzero().flatten()
+        written = self.written()
+        ids = written.nonzero().flatten()
         vals = self.values[ids].cpu()
         signal = vals[:, -1] > 2
-        cols = {k: vals[:, j].clone() for j, k in enumerate(self.keys)}
+        cols = {k: vals[:, j].clone() for j, k in enumerate(self.keys)}  # own storages: only these are saved
         if "num_tokens" in cols:
             t = cols["num_tokens"]
             small = t.numel() == 0 or (t.abs().max() < 2**15)
@@ -226,7 +227,7 @@ class EpochBuffers:
             "version": VERSION,
             "num_samples": self.num_samples,
             "keys": list(self.keys),
-            "written": _pack(self.written()),
+            "written": _pack(written),
             "columns": cols,
             "signal": _pack(signal),
             "flags": _pack(self.flags[ids].cpu().flatten()),
