@@ -63,21 +63,24 @@ def old_core_class(rev: str, tmp: str):
     return _old_core.PruningCore
 
 
-def checkpoint(core, make_core, epoch: int, path: Path) -> dict:
+def checkpoint(core, make_core, epoch: int, path: Path, repeats: int) -> dict:
+    """Size, and the fastest of ``repeats`` saves and loads (the disk is shared)."""
     import torch
 
-    t0 = time.perf_counter()
-    torch.save(core.state_dict(epoch), path)
-    save = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    make_core().load_state_dict(torch.load(path, weights_only=True))
-    load = time.perf_counter() - t0
+    save = load = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.save(core.state_dict(epoch), path)
+        save = min(save, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        make_core().load_state_dict(torch.load(path, weights_only=True))
+        load = min(load, time.perf_counter() - t0)
     size = path.stat().st_size / 2**20
     path.unlink()
     return {"mb": round(size, 1), "save_s": round(save, 3), "load_s": round(load, 3)}
 
 
-def one_point(mode: str, n: int, batch: int, rev: str) -> dict:
+def one_point(mode: str, n: int, batch: int, rev: str, repeats: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -108,7 +111,7 @@ def one_point(mode: str, n: int, batch: int, rev: str) -> dict:
     for i in range(steps):
         if i == steps // 2:
             out["half_held_mb"] = round(rss_mb() - base, 1)
-            mid = checkpoint(core, make_core, 0, Path(tmp, "mid.pt"))
+            mid = checkpoint(core, make_core, 0, Path(tmp, "mid.pt"), repeats)
             out.update({f"mid_{k}": v for k, v in mid.items()})
         ids = order[i * batch : (i + 1) * batch]
         scores = {k: v[: ids.numel()].clone() for k, v in pool[i % len(pool)].items()}
@@ -126,7 +129,7 @@ def one_point(mode: str, n: int, batch: int, rev: str) -> dict:
     t0 = time.perf_counter()
     core.finish_epoch(0, elapsed=0.0)
     out["finish_s"] = round(time.perf_counter() - t0, 3)
-    end = checkpoint(core, make_core, 0, Path(tmp, "end.pt"))
+    end = checkpoint(core, make_core, 0, Path(tmp, "end.pt"), repeats)
     out.update({f"end_{k}": v for k, v in end.items()})
     out["peak_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return out
@@ -144,17 +147,19 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", default=["1e5", "1e6"], help="training-set sizes (1e7 takes minutes)")
     ap.add_argument("--modes", nargs="+", default=["new", "old"], choices=["new", "old"])
     ap.add_argument("--batch", type=int, default=64, help="ids per step")
+    ap.add_argument("--repeats", type=int, default=1, help="checkpoint saves and loads per point (the fastest)")
     ap.add_argument("--old-rev", default=OLD_REV, help="git revision of the rows-keeping core")
     ap.add_argument("--json", default=str(ROOT / "docs/results/bench_scale_core.json"))
     ap.add_argument("--one", nargs=2, metavar=("MODE", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one_point(args.one[0], int(float(args.one[1])), args.batch, args.old_rev)))
+        print(json.dumps(one_point(args.one[0], int(float(args.one[1])), args.batch, args.old_rev, args.repeats)))
         return
     rows = []
     for size in args.sizes:
         for mode in args.modes:
             cmd = [sys.executable, __file__, "--one", mode, size, "--batch", str(args.batch), "--old-rev", args.old_rev]
+            cmd += ["--repeats", str(args.repeats)]
             env = dict(os.environ, OMP_NUM_THREADS="1")
             done = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if done.returncode:
@@ -163,7 +168,8 @@ def main() -> None:
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     print(table(rows))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"batch": args.batch, "old_rev": args.old_rev, "rows": rows}, indent=1))
+    meta = {"batch": args.batch, "old_rev": args.old_rev, "repeats": args.repeats}
+    Path(args.json).write_text(json.dumps(meta | {"rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
