@@ -83,7 +83,6 @@ def checkpoint(core, make_core, epoch: int, path: Path, repeats: int) -> dict:
 def one_point(mode: str, n: int, batch: int, rev: str, repeats: int) -> dict:
     import torch
 
-    torch.set_num_threads(1)
     from qtune.pruning.train_step import StepRecord
     from qtune.strategies import build_strategy
 
@@ -153,6 +152,9 @@ def main() -> None:
     ap.add_argument("--one", nargs=2, metavar=("MODE", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
+        import torch
+
+        torch.set_num_threads(1)
         print(json.dumps(one_point(args.one[0], int(float(args.one[1])), args.batch, args.old_rev, args.repeats)))
         return
     rows = []
