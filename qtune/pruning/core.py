@@ -106,7 +106,7 @@ class PruningCore(ResumeState):
         self.comm = Collective()
         self.weights: torch.Tensor | None = None  # dense loss weights of the plan in force
         self._pass_tokens = 0.0  # scoring-pass tokens not yet in a history entry
-        self._buffers = EpochBuffers()  # the epoch's per-sample scores, written in place per step
+        self._buffers = EpochBuffers()  # the epoch's per-sample scores, by sample id on the steps' device
         self.begin_epoch()
         self.epoch_clock = EpochClock()
         self._nonfinite: torch.Tensor | None = None  # any non-finite loss since the last check
