@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -131,6 +132,7 @@ def one_point(mode: str, n: int, batch: int, rev: str, repeats: int) -> dict:
     end = checkpoint(core, make_core, 0, Path(tmp, "end.pt"), repeats)
     out.update({f"end_{k}": v for k, v in end.items()})
     out["peak_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
