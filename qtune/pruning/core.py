@@ -9,7 +9,8 @@ the resumable state, behind a small protocol each trainer integration drives:
    ``wrong_tokens`` [B, L]), so a training step reads them from the batch.
 3. ``record_batch(record)`` after each step (a :class:`qtune.pruning.train_step.StepRecord`):
    per-sample scores, counters, batch-plan info.
-4. ``finish_epoch(epoch)``: merge the epoch's rows from every rank into the statistics store, book
+4. ``finish_epoch(epoch)``: merge the epoch's statistics (dense buffers by sample id,
+   :mod:`qtune.pruning.epoch_buffers`) from every rank into the statistics store, book
    counters and one history entry, timed by ``epoch_clock`` (the integration starts it when the
    epoch's training starts and pauses it around validation).
 5. ``state_dict(epoch)`` / ``load_state_dict(state)`` (from :class:`ResumeState`).
@@ -28,6 +29,7 @@ import torch
 from qtune.pruning.budget import ComputeBudget
 from qtune.pruning.distributed import Collective, digest
 from qtune.pruning import epoch_clock
+from qtune.pruning.epoch_buffers import EpochBuffers
 from qtune.pruning.epoch_clock import EpochClock
 from qtune.pruning.item_tracking import ItemTracker
 from qtune.pruning.resume_state import ResumeState
@@ -84,7 +86,8 @@ class BatchExtras:
 class PruningCore(ResumeState):
     """`strategy_config` (the strategy's settings, e.g. its Hydra node) is stored in
     checkpoints, and resuming with other settings or another seed is refused. Plans of
-    finished epochs are dropped (checkpoints stay small) unless `keep_past_plans`."""
+    finished epochs are dropped unless `keep_past_plans` (then kept in memory, never in
+    checkpoints: those hold only the plans a resume needs)."""
 
     def __init__(
         self,
@@ -101,7 +104,7 @@ class PruningCore(ResumeState):
         self.strategy = strategy
         self.data_fingerprint = data_fingerprint  # qtune.data.fingerprint: checked on resume
         self.budget = budget  # budget=F: plans see the epochs it buys; scoring passes spend it
-        self.keep_past_plans = keep_past_plans  # else finished epochs' plans leave the state
+        self.keep_past_plans = keep_past_plans  # else finished epochs' plans are dropped
         self.strategy_config = strategy_config
         self.export_dir = export_dir
         self.seed = int(seed)
@@ -113,6 +116,7 @@ class PruningCore(ResumeState):
         self.comm = Collective()
         self.weights: torch.Tensor | None = None  # dense loss weights of the plan in force
         self._pass_tokens = 0.0  # scoring-pass tokens not yet in a history entry
+        self._buffers = EpochBuffers()  # the epoch's per-sample scores, by sample id on the steps' device
         self.begin_epoch()
         self.epoch_clock = EpochClock()
         self._nonfinite: torch.Tensor | None = None  # any non-finite loss since the last check
@@ -122,7 +126,7 @@ class PruningCore(ResumeState):
         self.batch_size: int | None = None  # the integration's per-rank batch size (resume checks it)
 
     def begin_epoch(self) -> None:
-        self._rows: list[dict[str, torch.Tensor]] = []
+        self._buffers.reset()
         self._counters: dict[str, torch.Tensor] = {}
         self._batch_info: dict[str, float] = {}
         self._token_rows: list[dict[str, torch.Tensor]] = []  # token masks, with export_dir
@@ -228,7 +232,7 @@ class PruningCore(ResumeState):
     # -- per batch -----------------------------------------------------------------------------
     def record_batch(self, record: StepRecord | dict | None, batch_idx: int | None = None) -> None:
         """Book one training step (a :class:`StepRecord`, or a user module's outputs dict, read
-        by ``StepRecord.from_outputs``); its tensors stay on the device until the epoch ends."""
+        by ``StepRecord.from_outputs``); its scores are written on the device, no host sync."""
         self._batches_done = self._batches_done + 1 if batch_idx is None else batch_idx + 1
         record = StepRecord.from_outputs(record) if not isinstance(record, StepRecord) else record
         if record is None:
@@ -237,8 +241,8 @@ class PruningCore(ResumeState):
         bad = ~torch.isfinite(record.loss.detach())
         self._nonfinite = bad if self._nonfinite is None else (self._nonfinite | bad)
         ids = record.sample_ids.detach()
-        if record.scores:
-            self._rows.append({"sample_ids": ids, **{k: v.detach() for k, v in record.scores.items()}})
+        if record.scores and self.store is not None:
+            self._buffers.record(ids, record.scores, self.store.num_samples)
         if self.items is not None:
             for key, val in self.items.step_counts(ids, record.trained_mask).items():
                 self._add(key, val)
@@ -285,14 +289,10 @@ class PruningCore(ResumeState):
         """Fail loudly, naming the samples, if any loss since the last check was NaN or inf."""
         if self._nonfinite is None or not bool(self._nonfinite):
             return
-        ids = []
-        for r in self._rows:
-            if "loss" in r:
-                bad = ~torch.isfinite(r["loss"].cpu()) & (r["num_tokens"].cpu() > 0 if "num_tokens" in r else True)
-                ids += r["sample_ids"].cpu()[bad].tolist()
+        ids = self._buffers.nonfinite_ids()
         raise FloatingPointError(
             f"non-finite training loss in epoch {epoch}; samples with a non-finite loss: "
-            f"{sorted(set(ids))[:50] or 'unknown (no per-sample scores recorded)'}. "
+            f"{ids[:50] or 'unknown (no per-sample scores recorded)'}. "
             "No checkpoint or summary is written for this state."
         )
 
@@ -324,11 +324,9 @@ class PruningCore(ResumeState):
         self.check_finite(epoch)
         if elapsed is None:
             elapsed = self.epoch_clock.elapsed()
-        if self._rows and self.store is not None:
-            rows = {k: torch.cat([r[k].flatten().cpu() for r in self._rows]) for k in self._rows[0]}
-            rows = self.comm.gather_rows(rows)
-            ids = rows.pop("sample_ids")
-            self.store.merge_updates(ids, epoch, **rows)
+        if self.store is not None:
+            self._buffers.gather(self.comm)  # every rank records scores, or none does
+            self._buffers.apply(self.store, epoch)
         counts = self.comm.sum({k: torch.as_tensor(v) for k, v in self._counters.items()})
         for k, v in counts.items():
             self.totals[k] = self.totals.get(k, 0.0) + v

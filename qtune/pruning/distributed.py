@@ -1,4 +1,4 @@
-"""Once-per-epoch collectives: gather variable-length per-rank rows, sum counters.
+"""Once-per-epoch collectives: gather variable-length per-rank rows, reduce buffers, sum counters.
 
 The backend is Lightning's Trainer under ``qtune-train``, or :class:`TorchDistributed` (plain
 ``torch.distributed``, the process group torchrun / accelerate set up) under the Hugging Face
@@ -83,6 +83,13 @@ class Collective:
     def gather_rows(self, rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return gather_rows(self.backend, rows)
 
+    def reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """``t`` reduced elementwise over ranks (``op``: sum or max), on every rank."""
+        if self.world_size == 1:
+            return t
+        strategy = self.backend.strategy
+        return strategy.reduce(t.to(strategy.root_device), reduce_op=op)
+
     def sum(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
         return sum_over_ranks(self.backend, values)
 
@@ -119,8 +126,9 @@ class TorchDistributed:
         return torch.stack(out)
 
     def reduce(self, t: torch.Tensor, reduce_op: str = "sum") -> torch.Tensor:
-        if reduce_op != "sum":
-            raise ValueError(f"only reduce_op='sum' is used here, got {reduce_op!r}")
+        ops = {"sum": self._dist.ReduceOp.SUM, "max": self._dist.ReduceOp.MAX}
+        if reduce_op not in ops:
+            raise ValueError(f"reduce_op must be one of {sorted(ops)}, got {reduce_op!r}")
         t = t.to(self.root_device).clone()
-        self._dist.all_reduce(t, op=self._dist.ReduceOp.SUM)
+        self._dist.all_reduce(t, op=ops[reduce_op])
         return t

@@ -1,7 +1,8 @@
 """What the pruning core puts in a checkpoint, and how a resumed run picks it back up.
 
 Split from the callback because resuming has cases of its own: a checkpoint taken in the
-middle of an epoch (each rank's rows, counters and RNG state for the half-done epoch), one
+middle of an epoch (each rank's written statistics, counters and RNG state for the half-done
+epoch; older checkpoints' per-step rows are converted), one
 taken after an epoch's last batch but before its end-of-epoch bookkeeping (Lightning then
 resumes at the next epoch and never calls ``on_train_epoch_end`` for it), and a run resumed
 with other settings than the ones it was started with (an error naming the keys).
@@ -56,11 +57,18 @@ class ResumeState:
             "batches_done": self._batches_done,
             "batch_size": self.batch_size,
             "time_s": elapsed if self._batches_done else 0.0,
-            "rows": [{k: v.cpu() for k, v in r.items()} for r in self._rows],
+            "buffers": self._buffers.state_dict(),
             "counters": {k: torch.as_tensor(v).cpu() for k, v in self._counters.items()},
             "batch_info": {k: float(v) for k, v in self._batch_info.items()},
             "token_rows": list(self._token_rows),
         }
+
+    def _plans_to_save(self):
+        """The plans a resume needs: the last finished epoch's (Lightning builds that epoch's
+        loader again on resuming an end-of-epoch checkpoint) and later ones. Past plans a
+        ``keep_past_plans`` core holds stay in memory only, so checkpoints do not grow."""
+        last = self.history[-1]["epoch"] if self.history else None
+        return [(e, p) for e, p in self.plans.items() if last is None or e >= last]
 
     def state_dict(self, epoch: int = 0) -> dict[str, Any]:
         multi = self.comm.world_size > 1
@@ -71,7 +79,7 @@ class ResumeState:
             "config": self._run_config(),
             "strategy": self.strategy.state_dict(),
             "store": self.store.state_dict() if self.store is not None else None,
-            "plans": {e: {"ids": p.sample_ids, "weights": p.weights, "info": p.info} for e, p in self.plans.items()},
+            "plans": {e: {"ids": p.sample_ids, "weights": p.weights, "info": p.info} for e, p in self._plans_to_save()},
             "history": self.history,
             "totals": dict(self.totals),
             "epoch_progress": progress,
@@ -122,7 +130,11 @@ class ResumeState:
             self._resume_batch_size = progress.get("batch_size")
             self._resume_elapsed = float(progress.get("time_s", 0.0))
             self._batches_done = int(progress["batches_done"])
-            self._rows = list(progress["rows"])
+            self._buffers.reset()
+            if progress.get("buffers") is not None:
+                self._buffers.load_state_dict(progress["buffers"])
+            elif progress.get("rows") and self.store is not None:  # written before the buffers
+                self._buffers.load_rows(list(progress["rows"]), self.store.num_samples)
             self._counters = dict(progress["counters"])
             self._batch_info = dict(progress["batch_info"])
             self._token_rows = list(progress.get("token_rows", []))
