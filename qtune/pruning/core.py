@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from qtune.pruning.batch_extras import BatchExtras
 from qtune.pruning.budget import ComputeBudget
 from qtune.pruning.distributed import Collective, digest
 from qtune.pruning import epoch_clock
@@ -52,35 +53,6 @@ def plan_hash(ids: torch.Tensor) -> str:
     if ids.numel() > 1 and not bool((ids[1:] >= ids[:-1]).all()):
         ids = ids.sort().values
     return hashlib.sha1(ids.contiguous().numpy()).hexdigest()[:12]
-
-
-class BatchExtras:
-    """Adds the plan's per-sample loss weights and the data's wrong-answer token flags to a
-    collated batch (small and picklable: it runs in loader workers)."""
-
-    def __init__(self, inner: Callable | None, weights: torch.Tensor | None, wrong_by_id: torch.Tensor | None) -> None:
-        self.inner, self.weights, self.wrong_by_id = inner, weights, wrong_by_id
-
-    def __call__(self, items):
-        if self.inner is None:
-            from torch.utils.data import default_collate
-
-            batch = default_collate(items)
-        else:
-            batch = self.inner(items)
-        return self.add(batch)
-
-    def add(self, batch: dict) -> dict:
-        ids = batch["sample_id"]
-        if self.weights is not None:
-            batch["sample_weight"] = self.weights[ids.cpu()].to(ids.device)
-        if self.wrong_by_id is not None and "input_ids" in batch:
-            # label coordinates (label j predicts input token j + 1), padded to the input length
-            # so that trimming a batch's columns trims them alike
-            length = batch["input_ids"].shape[1]
-            w = self.wrong_by_id[ids.cpu(), 1 : 1 + length]
-            batch["wrong_tokens"] = torch.nn.functional.pad(w, (0, length - w.shape[1])).to(ids.device)
-        return batch
 
 
 class PruningCore(ResumeState):
