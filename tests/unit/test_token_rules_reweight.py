@@ -82,7 +82,8 @@ def test_loss_and_gradient_match_plain_pytorch(name):
     z = z0.clone().requires_grad_(True)
     logp = F.log_softmax(z, -1)
     nll = -logp.gather(-1, yy).squeeze(-1)
-    inputs = TokenInputs(loss=nll, response_mask=resp, p_label=(-nll).exp().detach())
+    # p_label handed over with its graph: the rule itself must stop the gradient (sg)
+    inputs = TokenInputs(loss=nll, response_mask=resp, p_label=(-nll).exp())
     if name == "eaft":
         inputs.topk_entropy = plain_topk_entropy(z.detach(), 20)
     if name == "asft":
