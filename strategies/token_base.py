@@ -66,8 +66,8 @@ class TokenInputs:
     """Per-token tensors [B, T] of the rows that train, in label coordinates.
 
     ``loss`` is the policy's NLL (it may carry gradient; rules read it detached). Fields a rule
-    does not declare may be None. ``seed``/``epoch``/``step``/``rank`` seed random rules;
-    ``step`` is the micro-batch index in the epoch, so a resumed run draws the same tokens.
+    does not declare may be None. ``seed``/``epoch``/``step`` and ``sample_ids`` [B] (else
+    ``rank``) seed random rules, so a resumed run draws the same tokens.
     """
 
     loss: torch.Tensor
@@ -79,6 +79,7 @@ class TokenInputs:
     kl: torch.Tensor | None = None
     base_loss: torch.Tensor | None = None
     score: torch.Tensor | None = None
+    sample_ids: torch.Tensor | None = None
     seed: int = 0
     epoch: int = 0
     step: int = 0

@@ -1,9 +1,12 @@
 """Token rule ``random``: a uniform random share of the response tokens, the control every
 token rule must beat (Q-Tuning's "Random" token baseline).
 
-The draw comes from a private generator seeded by (seed, epoch, step, rank), never the global
-RNG, so a resumed run masks the same tokens and ranks draw independently. Drawn on the CPU and
-moved to the batch's device, so the mask is the same on every device.
+The draw comes from private generators, never the global RNG: one per row seeded by (seed,
+epoch, step, sample id) when the batch's ids are given, so a row's draw depends neither on the
+rank nor on the other rows (micro-batches of one optimizer step under gradient accumulation
+draw independently), else one per batch seeded by (seed, epoch, step, rank). A resumed run
+masks the same tokens. Drawn on the CPU and moved to the batch's device: the same mask on every
+device.
 """
 
 from __future__ import annotations
@@ -23,12 +26,23 @@ def token_generator(seed: int, epoch: int, step: int, rank: int = 0) -> torch.Ge
     return g
 
 
+def random_keys(shape: torch.Size, seed: int, epoch: int, step: int, rank: int = 0, sample_ids=None) -> torch.Tensor:
+    """float64 uniform keys [B, T] on the CPU: per row from (seed, epoch, step, sample id) with
+    ``sample_ids``, else from one generator of (seed, epoch, step, rank)."""
+    if sample_ids is None:
+        return torch.rand(shape, generator=token_generator(seed, epoch, step, rank), dtype=torch.float64)
+    rows = [int(i) for i in torch.as_tensor(sample_ids).flatten().tolist()]
+    if len(rows) != shape[0]:
+        raise ValueError(f"{len(rows)} sample ids for {shape[0]} rows")
+    keys = [torch.rand(shape[1:], generator=token_generator(seed, epoch, step, i), dtype=torch.float64) for i in rows]
+    return torch.stack(keys) if keys else torch.zeros(shape, dtype=torch.float64)
+
+
 def random_token_mask(
-    response_mask: torch.Tensor, keep_ratio: float, generator: torch.Generator, scope: str = "sequence"
+    response_mask: torch.Tensor, keep_ratio: float, keys: torch.Tensor, scope: str = "sequence"
 ) -> torch.Tensor:
-    """bool[B, T]: ``keep_count`` response tokens per row (or per batch), uniformly at random."""
-    u = torch.rand(response_mask.shape, generator=generator, dtype=torch.float64).to(response_mask.device)
-    return drop_highest(u, response_mask, keep_ratio, scope)
+    """bool[B, T]: the ``keep_count`` response tokens per row (or per batch) with the lowest keys."""
+    return drop_highest(keys.to(response_mask.device), response_mask, keep_ratio, scope)
 
 
 @register_token_rule("random")
@@ -42,6 +56,7 @@ class RandomTokens(TokenRule):
         self.scope = check_scope(scope, ("sequence", "batch"), "strategy.token.scope")
 
     def apply(self, inputs: TokenInputs) -> TokenDecision:
-        g = token_generator(self.seed, inputs.epoch, inputs.step, inputs.rank)
-        keep = random_token_mask(inputs.response_mask, self.keep_ratio, g, self.scope)
+        x = inputs
+        keys = random_keys(x.response_mask.shape, self.seed, x.epoch, x.step, x.rank, x.sample_ids)
+        keep = random_token_mask(x.response_mask, self.keep_ratio, keys, self.scope)
         return decision(keep.float(), inputs.response_mask, "kept", reweights=False)

@@ -11,7 +11,7 @@ from qtune.strategies.qtuning_rules import token_mask
 from qtune.strategies.token_base import drop_highest
 from qtune.strategies.token_cleaning import tokencleaning_mask
 from qtune.strategies.token_ppl import ppl_token_mask
-from qtune.strategies.token_random import random_token_mask, token_generator
+from qtune.strategies.token_random import random_keys, random_token_mask, token_generator
 from qtune.strategies.token_rho1 import rho1_token_mask
 from qtune.strategies.token_scores import global_threshold, load_token_scores, save_token_scores, threshold_from_file
 from qtune.strategies.token_scores import scatter_scores
@@ -121,13 +121,31 @@ def test_random_tokens_are_seeded_by_seed_epoch_step_rank():
     # the same draw written plainly: uniform keys, the lowest-keyed half kept
     u = torch.rand(resp.shape, generator=token_generator(4, 2, 9), dtype=torch.float64)
     assert torch.equal(a.bool(), plain_keep_top(-u, resp, 0.5, per_row=True))
-    batch = random_token_mask(resp, 0.3, token_generator(1, 0, 0), scope="batch")
+    batch = random_token_mask(resp, 0.3, random_keys(resp.shape, 1, 0, 0), scope="batch")
     assert int(batch.sum()) == keep_n(int(resp.sum()), 0.3)
+
+
+def test_random_tokens_with_sample_ids_follow_the_sample_not_the_batch():
+    """With the batch's sample ids a row's draw depends on (seed, epoch, step, id) only: the
+    same on any rank and in any batch; two micro-batches of one step draw differently."""
+    resp = torch.ones(3, 12, dtype=torch.bool)
+    rule = build_token_rule("random", seed=2, keep_ratio=0.25)
+
+    def mask(ids, rank=0, step=5):
+        x = TokenInputs(loss=torch.zeros(3, 12), response_mask=resp, step=step, rank=rank, sample_ids=torch.tensor(ids))
+        return rule.apply(x).weights
+
+    a = mask([7, 8, 9])
+    b = mask([9, 3, 7], rank=1)
+    assert torch.equal(a[0], b[2]) and torch.equal(a[2], b[0])
+    assert not torch.equal(a[1], b[1]) and not torch.equal(a, mask([7, 8, 9], step=6))
+    want = torch.rand(12, generator=token_generator(2, 0, 5, 8), dtype=torch.float64)
+    assert torch.equal(a[1].bool(), plain_keep_top(-want.unsqueeze(0), resp[:1], 0.25, per_row=True)[0])
 
 
 def test_random_tokens_are_uniform_over_positions():
     resp = torch.ones(1, 8, dtype=torch.bool)
-    hits = sum(random_token_mask(resp, 0.25, token_generator(0, 0, s)) for s in range(800)).float()
+    hits = sum(random_token_mask(resp, 0.25, random_keys(resp.shape, 0, 0, s)) for s in range(800)).float()
     assert hits.sum() == 1600 and (hits - 200).abs().max() < 45  # binomial sd ~ 12
 
 
