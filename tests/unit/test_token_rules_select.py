@@ -173,6 +173,11 @@ def test_tokencleaning_global_threshold_from_a_score_file(tmp_path):
         scatter_scores(offsets, score, torch.tensor([1, 0, 2]), resp)  # sample 1 has one score
     with pytest.raises(ValueError, match="threshold"):
         build_token_rule("tokencleaning").apply(TokenInputs(loss=torch.ones(3, 5), response_mask=resp, score=scores))
+    resumed = build_token_rule("tokencleaning")
+    resumed.load_state_dict(rule.state_dict())
+    assert resumed.threshold == thr
+    with pytest.raises(ValueError, match="strategy.token.threshold"):
+        build_token_rule("tokencleaning", threshold=float("nan"))
 
 
 def test_tokencleaning_per_sequence_from_base_and_reference_losses():
