@@ -102,17 +102,17 @@ class TokenDecision:
     info: dict[str, Any] = field(default_factory=dict)
 
     def reduce(self, token_loss: torch.Tensor, sample_weights: torch.Tensor | None = None) -> torch.Tensor:
-        """The step loss: (Σ w·ℓ·sample_w + Σ extra) / denominator (at least 1, so an all-dropped
-        batch gives 0 with a zero gradient). Sample weights (InfoBatch) rescale rows while the
-        denominator stays a token count, as in ``qtune.pruning.loss.masked_token_mean``."""
+        """The step loss: Σ (w·ℓ + extra)·sample_w / denominator (at least 1, so an all-dropped
+        batch gives 0 with a zero gradient). Sample weights (InfoBatch) rescale a row's whole
+        loss while the denominator stays a token count, as in
+        ``qtune.pruning.loss.masked_token_mean``."""
         w = self.weights.to(token_loss.dtype)
-        weighted = torch.where(w != 0, token_loss * w, torch.zeros_like(token_loss))  # 0·inf stays 0
-        if sample_weights is not None:
-            weighted = weighted * sample_weights.to(token_loss.dtype).unsqueeze(-1)
-        total = weighted.sum()
+        per_token = torch.where(w != 0, token_loss * w, torch.zeros_like(token_loss))  # 0·inf stays 0
         if self.extra is not None:
-            total = total + self.extra.to(token_loss.dtype).sum()
-        return total / self.denominator.to(token_loss.dtype).clamp(min=1.0)
+            per_token = per_token + self.extra.to(token_loss.dtype)
+        if sample_weights is not None:
+            per_token = per_token * sample_weights.to(token_loss.dtype).unsqueeze(-1)
+        return per_token.sum() / self.denominator.to(token_loss.dtype).clamp(min=1.0)
 
 
 def decision(

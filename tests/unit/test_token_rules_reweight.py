@@ -53,6 +53,8 @@ def test_asft_loss_by_hand():
     assert float(d.reduce(-p.log())) == pytest.approx(LN2 / 2 + 0.03, rel=1e-6)
     with pytest.raises(ValueError, match="kl"):
         rule.apply(TokenInputs(loss=-p.log(), response_mask=resp, p_label=p))
+    # a sample weight scales the row's whole loss, KL anchor included
+    assert float(d.reduce(-p.log(), torch.tensor([3.0]))) == pytest.approx(3 * (LN2 / 2 + 0.03), rel=1e-6)
 
 
 def batch(seed=0, v=30):

@@ -3,6 +3,7 @@ pure functions against independent plain-Python rankings on random inputs."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -169,6 +170,13 @@ def test_tokencleaning_global_threshold_from_a_score_file(tmp_path):
         [True, False, False, False, False],
         [True, False, False, False, False],
     ]
+    shuffled = tmp_path / "shuffled.npz"  # rows in any order: read back by sample id
+    np.savez(shuffled, sample_id=np.array([1, 0]), offsets=np.array([0, 1, 3]), score=np.array([9.0, 1.0, 2.0]))
+    offsets2, score2 = load_token_scores(shuffled)
+    assert offsets2.tolist() == [0, 2, 3] and score2.tolist() == [1.0, 2.0, 9.0]
+    np.savez(shuffled, sample_id=np.array([0, 0]), offsets=np.array([0, 1, 3]), score=np.array([9.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="shuffled.npz"):
+        load_token_scores(shuffled)
     with pytest.raises(ValueError, match="response tokens"):
         scatter_scores(offsets, score, torch.tensor([1, 0, 2]), resp)  # sample 1 has one score
     with pytest.raises(ValueError, match="threshold"):
