@@ -12,7 +12,7 @@ Layers, each importing only from the ones above it (checked by tests/unit/test_i
     dispatch                             backend choice, "auto", the fallback chain
     autograd                             StatsFunction: a backend's stats forward, grad backward
     logits, linear                       the entry points (token_stats, linear_token_stats)
-    extra                                token_extra_stats: top-K entropy, KL to a reference
+    extra, linear_extra                  token_extra_stats / linear_extra_stats: top-K entropy, KL
     warmup                               builds a backend before training (calls the entries)
 """
 
@@ -25,6 +25,7 @@ else:
     from .extra import token_extra_stats
     from .extra_reference import ExtraStats, extra_stats_reference
     from .linear import linear_token_stats
+    from .linear_extra import linear_extra_stats
     from .logits import token_stats
     from .reference import TokenStats, token_stats_reference
     from .warmup import warm_up
@@ -35,6 +36,7 @@ else:
         "TokenStats",
         "extra_stats_reference",
         "get_default_backend",
+        "linear_extra_stats",
         "linear_token_stats",
         "resolve_backend",
         "set_default_backend",

@@ -9,8 +9,8 @@ Backends: "reference" is the naive formula (`extra_reference`); every other back
 chunked PyTorch path here: rows in chunks of about 2M elements, the KL's backward recomputed
 chunk by chunk from the saved logits (no N x V tensor kept between forward and backward).
 "triton" and "compiled" have no kernel of their own for these outputs yet and fall back to
-this chunked path explicitly (it runs on the logits' device, CUDA included); the fused
-LM-head path (`linear_token_stats`) does not produce them.
+this chunked path explicitly (it runs on the logits' device, CUDA included). The fused
+LM-head counterpart is `linear_extra.linear_extra_stats`.
 """
 
 from __future__ import annotations

@@ -130,3 +130,57 @@ def test_bf16_logits_and_bad_arguments():
         token_extra_stats(z, lab, top_k=0)
     none = token_extra_stats(z, lab, backend="torch")
     assert none.topk_entropy is None and none.kl is None
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_fused_head_matches_the_logits_path(direction):
+    """linear_extra_stats equals token_extra_stats on the materialised logits: values, and the
+    KL's gradients on hidden states, weight and bias (several chunks, ignored tokens)."""
+    from qtune.kernels import linear_extra_stats
+
+    g = torch.Generator().manual_seed(8)
+    h0, w0, b0 = torch.randn(2, 6, 16, generator=g), torch.randn(70, 16, generator=g) / 3, torch.randn(70, generator=g)
+    hr, wr = torch.randn(2, 6, 12, generator=g), torch.randn(70, 12, generator=g) / 3
+    lab = torch.randint(0, 70, (2, 6), generator=g)
+    lab[0, :3] = -100
+    wt = torch.rand(2, 6, generator=g)
+    outs, grads = [], []
+    for fused in (True, False):
+        h, w, b = (t.clone().requires_grad_(True) for t in (h0, w0, b0))
+        if fused:
+            out = linear_extra_stats(
+                h, w, lab, bias=b, top_k=20, ref_hidden=hr, ref_weight=wr, kl_direction=direction, chunk_size=4
+            )
+        else:
+            out = token_extra_stats(h @ w.T + b, lab, top_k=20, ref_logits=hr @ wr.T, kl_direction=direction)
+        (out.kl * wt).sum().backward()
+        outs.append(out)
+        grads.append((h.grad, w.grad, b.grad))
+    for f in ("topk_entropy", "kl"):
+        torch.testing.assert_close(getattr(outs[0], f), getattr(outs[1], f), atol=1e-5, rtol=1e-5)
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert (grads[0][0][0, :3] == 0).all()
+    only_k = linear_extra_stats(h0, w0, lab, top_k=5)
+    assert only_k.kl is None and only_k.topk_entropy.shape == lab.shape
+
+
+def test_fused_head_under_autocast():
+    """bf16 autocast (Lightning's bf16-mixed): the fused KL runs on the cast tensors and its
+    gradients reach the fp32 parameters, close to the fp32 result."""
+    from qtune.kernels import linear_extra_stats
+
+    g = torch.Generator().manual_seed(9)
+    h0, w0 = torch.randn(2, 5, 16, generator=g), torch.randn(50, 16, generator=g) / 3
+    hr, wr = torch.randn(2, 5, 16, generator=g), torch.randn(50, 16, generator=g) / 3
+    lab = torch.randint(0, 50, (2, 5), generator=g)
+    results = []
+    for cast in (True, False):
+        h, w = h0.clone().requires_grad_(True), w0.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cast):
+            out = linear_extra_stats(h, w, lab, top_k=20, ref_hidden=hr, ref_weight=wr, chunk_size=3)
+        out.kl.sum().backward()
+        assert out.kl.dtype == torch.float32 and w.grad.dtype == torch.float32
+        results.append((out.kl.detach(), out.topk_entropy, h.grad, w.grad))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, atol=5e-2, rtol=5e-2)
