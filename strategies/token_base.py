@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from .qtuning_rules import _rank_desc  # Q-Tuning's token ranking: one tie rule for both
+
 # Per-token statistics of the policy a rule may read (the kernels' names; ``topk_entropy`` is
 # the entropy of the renormalised top-K distribution, an optional kernel output).
 TOKEN_RULE_STATISTICS = ("loss", "entropy", "topk_entropy", "p_label")
@@ -134,15 +136,6 @@ def decision(
     denom = kept if normalizer == "kept" else n_resp
     trained = n_resp if reweights else kept
     return TokenDecision(w, denom, normalizer, kept, trained, n_resp, extra, dict(info or {}))
-
-
-def _rank_desc(key: torch.Tensor) -> torch.Tensor:
-    """Rank along the last dim by value descending; ties: earlier position first."""
-    order = torch.sort(key, dim=-1, descending=True, stable=True).indices
-    rank = torch.empty_like(order)
-    pos = torch.arange(key.shape[-1], device=key.device).expand_as(order)
-    rank.scatter_(-1, order, pos)
-    return rank
 
 
 def keep_count(n: torch.Tensor, keep_ratio: float) -> torch.Tensor:
