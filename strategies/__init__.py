@@ -4,6 +4,8 @@ Every module of this package is imported here (``pkgutil``), and importing a mod
 ``@register_strategy`` decorators: adding a strategy is one module, one
 ``conf/strategy/<name>.yaml`` and its tests, with no import list to edit. Third-party
 packages register through the ``qtune.strategies`` entry-point group instead (``registry``).
+Token rules (``token_*`` modules, ``@register_token_rule``) are found the same way and compose
+with any strategy (``token_base``).
 """
 
 if __name__ != "qtune.strategies":  # found as the bare `strategies` from the repository root
@@ -24,6 +26,8 @@ else:
         epoch_generator,
     )
     from .registry import build_strategy, get_strategy_class, register_strategy, registered_names
+    from .token_base import TokenDecision, TokenInputs, TokenNeeds, TokenRule
+    from .token_registry import build_token_rule, get_token_rule_class, register_token_rule, token_rule_names
 
     for _mod in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_mod.name}")
@@ -35,10 +39,18 @@ else:
         "EpochContext",
         "EpochPlan",
         "PruningStrategy",
+        "TokenDecision",
+        "TokenInputs",
+        "TokenNeeds",
+        "TokenRule",
         "build_strategy",
+        "build_token_rule",
         "check_ratio",
         "epoch_generator",
         "get_strategy_class",
+        "get_token_rule_class",
         "register_strategy",
+        "register_token_rule",
         "registered_names",
+        "token_rule_names",
     ]

@@ -162,6 +162,21 @@ else:
         assert got.data_ptr() == zz.data_ptr()
         torch.testing.assert_close(got, fresh, atol=0, rtol=0)
 
+    def test_triton_extra_stats_fall_back_to_the_chunked_path():
+        """Top-K entropy and KL have no Triton kernel: backend='triton' gives the reference's
+        values and KL gradient through the chunked path on the same device."""
+        from qtune.kernels import extra_stats_reference, token_extra_stats
+
+        z, zr, lab = randn(2, 5, 64), randn(2, 5, 64, seed=7), labels_for((2, 5), 64)
+        x, x_ref = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+        out = token_extra_stats(x, lab, top_k=20, ref_logits=zr, backend="triton")
+        ref = extra_stats_reference(x_ref, lab, top_k=20, ref_logits=zr)
+        out.kl.sum().backward()
+        ref.kl.sum().backward()
+        for f in ("topk_entropy", "kl"):
+            torch.testing.assert_close(getattr(out, f), getattr(ref, f), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-5, rtol=1e-4)
+
     @pytest.mark.gpu  # large shapes only on a real GPU (skipped without one: conftest)
     @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
     def test_triton_cuda_large(dtype):
