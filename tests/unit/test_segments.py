@@ -115,3 +115,42 @@ def test_packed_forward_gives_the_padded_statistics(tiny_llama, attn, fused):
         leaked = lm_stats(model, crossing, backend="reference")
         diff = (segments.scores(leaked, got.valid)["loss"] - sample_scores(want, want.valid)["loss"]).abs()
         assert diff.nan_to_num(0).max() > 1e-3
+
+
+@pytest.mark.parametrize("budget", ["per_sample", "batch_code"])
+def test_batch_plan_per_sample_then_back_to_packed(budget):
+    """Q-Tuning's batch plan works on [S, T] views of a packed batch and gives the padded
+    batch's plan; its keep and token mask scatter back into packed coordinates."""
+    from qtune.pruning.batch_stats import next_token_labels
+    from qtune.strategies import BatchStats, build_strategy
+
+    packed, padded = packed_and_padded(make_items(24, 5), cap=28, seed=5)
+    g = torch.Generator().manual_seed(5)
+    pad_valid = padded["labels"][:, 1:] != -100
+    pad = synthetic_stats(pad_valid.shape, pad_valid, g)
+    pk_valid = packed["labels"][:, 1:] != -100
+    noise = synthetic_stats(pk_valid.shape, pk_valid, g)
+    pk = TokenStats(*(place_like_packed(p, packed, n) for p, n in zip(pad[:-1], noise[:-1])), pk_valid)
+    segments, width = SegmentMap.labels(packed), pad_valid.shape[1]
+
+    def batch_stats(scores, loss, entropy, response, attended):
+        return BatchStats(padded["sample_id"], scores["loss"], scores["loss"].exp(), scores["entropy"],
+                          loss, entropy, response, attended)  # fmt: skip
+
+    want_stats = batch_stats(sample_scores(pad, pad_valid), pad.loss, pad.entropy, pad_valid,
+                             padded["attention_mask"][:, 1:].bool())  # fmt: skip
+    attended = segments.to_samples(next_token_labels(packed) != -100, width, fill=False)
+    got_stats = batch_stats(
+        segments.scores(pk, pk_valid),
+        segments.to_samples(pk.loss, width),
+        segments.to_samples(pk.entropy, width),
+        segments.to_samples(pk_valid, width, fill=False),
+        attended,
+    )
+    strategy = build_strategy("qtuning", sample_ratio=0.5, token_ratio=0.6, token_budget=budget)
+    want, got = strategy.batch_plan(want_stats), strategy.batch_plan(got_stats)
+    assert torch.equal(got.keep, want.keep) and 0 < int(want.keep.sum()) < 24
+    assert torch.equal(got.token_mask, want.token_mask)
+    trained = segments.to_packed(got.token_mask.bool(), fill=False) & segments.per_position(got.keep, fill=False)
+    expected = want.token_mask.bool() & want.keep.unsqueeze(1)
+    assert torch.equal(trained, place_like_packed(expected, packed, torch.zeros_like(trained)))
