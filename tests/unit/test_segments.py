@@ -154,3 +154,19 @@ def test_batch_plan_per_sample_then_back_to_packed(budget):
     trained = segments.to_packed(got.token_mask.bool(), fill=False) & segments.per_position(got.keep, fill=False)
     expected = want.token_mask.bool() & want.keep.unsqueeze(1)
     assert torch.equal(trained, place_like_packed(expected, packed, torch.zeros_like(trained)))
+
+
+def test_weighted_loss_of_a_packed_batch_equals_the_padded_one():
+    from qtune.pruning.loss import masked_token_mean
+
+    packed, padded = packed_and_padded(make_items(20, 8), cap=25, seed=8)
+    g = torch.Generator().manual_seed(8)
+    pad_valid = padded["labels"][:, 1:] != -100
+    pad_loss = torch.rand(pad_valid.shape, generator=g)
+    segments = SegmentMap.labels(packed)
+    pk_loss = segments.to_packed(pad_loss)
+    pk_valid = packed["labels"][:, 1:] != -100
+    weights = torch.rand(20, generator=g) * 2
+    want = masked_token_mean(pad_loss, pad_valid, weights)
+    got = masked_token_mean(pk_loss, pk_valid, segments.per_position(weights))
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
