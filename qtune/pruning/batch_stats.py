@@ -46,13 +46,15 @@ def next_token_labels(batch: dict) -> torch.Tensor:
 
 
 def model_inputs(batch: dict) -> dict:
-    """The model's keyword arguments. A packed batch passes ``position_ids`` and no attention
-    mask, and turns the cache off: transformers keeps packed samples apart only without a mask
-    and without a cache (a config's ``use_cache=True`` would build one and let attention cross
-    samples)."""
+    """The model's keyword arguments. A packed batch (``seg``) passes ``position_ids`` and no
+    attention mask, and turns the cache off: transformers keeps packed samples apart only
+    without a mask (even one of all ones) and without a cache (a config's ``use_cache=True``
+    would build one and let attention cross samples)."""
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
     if batch.get("position_ids") is not None:
         inputs.update(position_ids=batch["position_ids"], use_cache=False)
+    if "seg" in batch:
+        inputs["attention_mask"] = None
     return inputs
 
 

@@ -110,6 +110,10 @@ def test_packed_forward_gives_the_padded_statistics(tiny_llama, attn, fused):
         got = lm_stats(model, packed, fused_head=fused, backend="torch")
         assert int(got.valid.sum()) == int(want.valid.sum())  # no target across a boundary
         assert_same_scores(segments.scores(got, got.valid), sample_scores(want, want.valid))
+        # a collator's mask of ones would turn transformers' packed detection off: not passed
+        with_mask = dict(packed, attention_mask=torch.ones_like(packed["seg"]))
+        masked = lm_stats(model, with_mask, fused_head=fused, backend="torch")
+        torch.testing.assert_close(masked.loss, got.loss, rtol=0, atol=0)
         # the check can fail: positions that run on across samples let attention cross them
         crossing = dict(packed, position_ids=torch.arange(packed["input_ids"].shape[1]).expand_as(packed["seg"]))
         leaked = lm_stats(model, crossing, backend="reference")
