@@ -34,29 +34,44 @@ def sample_scores(stats, mask: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def next_token_labels(batch: dict) -> torch.Tensor:
-    """Labels for every attended position (prompt included), for uncertainty over all tokens."""
+    """Labels for every attended position (prompt included), for uncertainty over all tokens.
+    In a packed batch no label crosses a sample boundary or lands on padding."""
     labels = batch["input_ids"][:, 1:].clone()
     attn = batch.get("attention_mask")
     if attn is not None:
         labels[attn[:, 1:] == 0] = IGNORE_INDEX
+    if "seg" in batch:
+        labels[(batch["seg"][:, 1:] < 0) | (batch["position_ids"][:, 1:] == 0)] = IGNORE_INDEX
     return labels
+
+
+def model_inputs(batch: dict) -> dict:
+    """The model's keyword arguments. A packed batch (``seg``) passes ``position_ids`` and no
+    attention mask, and turns the cache off: transformers keeps packed samples apart only
+    without a mask (even one of all ones) and without a cache (a config's ``use_cache=True``
+    would build one and let attention cross samples)."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
+    if batch.get("position_ids") is not None:
+        inputs.update(position_ids=batch["position_ids"], use_cache=False)
+    if "seg" in batch:
+        inputs["attention_mask"] = None
+    return inputs
 
 
 def lm_stats(
     model, batch: dict, labels: torch.Tensor | None = None, fused_head: bool = False, backend: str | None = None
 ):
-    """Token statistics of a causal LM on ``batch``; labels default to the response-only ones."""
+    """Token statistics of a causal LM on ``batch``; labels default to the response-only ones.
+    A packed batch (``position_ids``, ``seg``) gives them in label coordinates [R, L - 1]."""
     labels = batch["labels"][:, 1:] if labels is None else labels
     kwargs = {} if backend is None else {"backend": backend}
     if fused_head:
         from qtune.kernels import linear_token_stats
 
-        hidden = model.get_decoder()(
-            input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")
-        ).last_hidden_state
+        hidden = model.get_decoder()(**model_inputs(batch)).last_hidden_state
         head = model.get_output_embeddings()
         return linear_token_stats(hidden[:, :-1], head.weight, labels, bias=getattr(head, "bias", None), **kwargs)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+    logits = model(**model_inputs(batch)).logits
     # pad the labels instead of slicing the logits: logits[:, :-1] would copy all N x V of them
     padded = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)
     stats = token_stats(logits, padded, **kwargs)

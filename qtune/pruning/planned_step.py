@@ -29,6 +29,8 @@ def select_rows(batch: dict, rows: torch.Tensor) -> dict:
 
 
 def forward_tokens(batch: dict) -> torch.Tensor:
+    if "seg" in batch:  # packed: the samples' tokens, not the padding
+        return (batch["seg"] >= 0).sum()
     if "attention_mask" in batch:
         return batch["attention_mask"].sum()
     return torch.tensor(batch["sample_id"].numel(), device=batch["sample_id"].device)
