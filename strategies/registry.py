@@ -17,21 +17,30 @@ _ENTRY_POINTS_LOADED = False
 ENTRY_POINT_GROUP = "qtune.strategies"
 
 
+def class_registrar(registry: dict, base: type, check, kind: str):
+    """A class decorator factory filling `registry` with subclasses of `base` whose
+    declarations `check` accepts (at import, naming the class and attribute)."""
+
+    def register(name: str):
+        def wrap(cls):
+            if not (isinstance(cls, type) and issubclass(cls, base)):
+                raise TypeError(f"{cls!r} is not a {base.__name__} subclass")
+            check(cls)
+            if name in registry and registry[name] is not cls:
+                warnings.warn(f"{kind} {name!r} re-registered by {cls.__module__}.{cls.__qualname__}")
+            cls.name = name
+            registry[name] = cls
+            return cls
+
+        return wrap
+
+    return register
+
+
 def register_strategy(name: str):
     """Class decorator: ``@register_strategy("random")``. The class's contract declarations
     are checked here, so a bad one fails at import, naming the class and attribute."""
-
-    def wrap(cls: type[PruningStrategy]) -> type[PruningStrategy]:
-        if not (isinstance(cls, type) and issubclass(cls, PruningStrategy)):
-            raise TypeError(f"{cls!r} is not a PruningStrategy subclass")
-        check_contract(cls)
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            warnings.warn(f"strategy {name!r} re-registered by {cls.__module__}.{cls.__qualname__}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
+    return class_registrar(_REGISTRY, PruningStrategy, check_contract, "strategy")(name)
 
 
 def _load_entry_points() -> None:

@@ -4,10 +4,9 @@ rule composes with any strategy (``strategy.token`` in the config, ``conf/strate
 from __future__ import annotations
 
 import inspect
-import warnings
 from typing import Any
 
-from .registry import check_option_types
+from .registry import check_option_types, class_registrar
 from .token_base import KINDS, KL_DIRECTIONS, NORMALIZERS, SCOPES, TOKEN_RULE_STATISTICS, TokenRule
 
 _TOKEN_RULES: dict[str, type[TokenRule]] = {}
@@ -40,18 +39,7 @@ def check_token_contract(target: Any) -> None:
 
 def register_token_rule(name: str):
     """Class decorator: ``@register_token_rule("rho1")``; the declarations are checked here."""
-
-    def wrap(cls: type[TokenRule]) -> type[TokenRule]:
-        if not (isinstance(cls, type) and issubclass(cls, TokenRule)):
-            raise TypeError(f"{cls!r} is not a TokenRule subclass")
-        check_token_contract(cls)
-        if name in _TOKEN_RULES and _TOKEN_RULES[name] is not cls:
-            warnings.warn(f"token rule {name!r} re-registered by {cls.__module__}.{cls.__qualname__}")
-        cls.name = name
-        _TOKEN_RULES[name] = cls
-        return cls
-
-    return wrap
+    return class_registrar(_TOKEN_RULES, TokenRule, check_token_contract, "token rule")(name)
 
 
 def token_rule_names() -> list[str]:
