@@ -314,6 +314,7 @@ def train(cfg: DictConfig, strategy, run_dir: Path, t_start: float, extra_callba
             "task": bundle.task,
             "data_info": bundle.info,
             "kernel_warmup_s": module.kernel_warmup_s,
+            "token_rule": getattr(getattr(strategy, "token_rule", None), "name", None),
             **pruning.run_shares(len(pruning.history) or int(cfg.epochs)),
         },
     )

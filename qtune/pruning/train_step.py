@@ -18,6 +18,7 @@ import torch
 from qtune.pruning.batch_stats import sample_scores
 from qtune.pruning.loss import masked_token_mean
 from qtune.pruning.planned_step import forward_tokens, planned_step, wrong_tokens_trained
+from qtune.pruning.token_inputs import token_inputs
 
 
 @dataclass
@@ -83,12 +84,20 @@ def train_step(stats_fn: Callable, batch: dict, strategy, epoch: int, step: int,
         )
     stats = stats_fn(batch)
     mask = stats.valid
+    rule = getattr(strategy, "token_rule", None)
+    if rule is None:
+        loss, trained, kept = masked_token_mean(stats.loss, mask, weights), mask.sum(), mask
+    else:
+        seed = getattr(strategy, "seed", 0)
+        inputs = token_inputs(rule.needs(), stats, mask, sample_ids=ids, seed=seed, epoch=epoch, step=step)
+        decided = rule.apply(inputs)
+        loss, trained, kept = decided.reduce(stats.loss, weights), decided.tokens_trained, decided.weights != 0
     return StepRecord(
-        masked_token_mean(stats.loss, mask, weights),
+        loss,
         ids,
         sample_scores(stats, mask),
         torch.tensor(float(ids.numel()), device=ids.device),
-        mask.sum(),
+        trained,
         forward_tokens(batch),
-        wrong_tokens_trained=wrong_tokens_trained(batch, mask).get("wrong_tokens_trained"),
+        wrong_tokens_trained=wrong_tokens_trained(batch, kept).get("wrong_tokens_trained"),
     )
