@@ -6,12 +6,18 @@ from qtune.config.declared import ConfigError
 from qtune.train import run
 
 
-def test_random_samples_with_random_tokens_train_the_configured_share(make_cfg, tiny_sft):
+@pytest.mark.parametrize("rule", ["random", "ppl"])
+def test_random_samples_with_a_token_rule_train_the_configured_share(make_cfg, tiny_sft, rule):
     full = run(make_cfg(tiny_sft + ["strategy=random", "strategy.keep_ratio=0.5"], "samples"))
     both = run(
         make_cfg(
             tiny_sft
-            + ["strategy=random", "strategy.keep_ratio=0.5", "+strategy/token=random", "strategy.token.keep_ratio=0.5"],
+            + [
+                "strategy=random",
+                "strategy.keep_ratio=0.5",
+                f"+strategy/token={rule}",
+                "strategy.token.keep_ratio=0.5",
+            ],
             "tokens",
         )
     )
