@@ -13,6 +13,7 @@ policy's per-token loss into the step loss. Nothing here synchronises with the h
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -173,7 +174,7 @@ def check_scope(scope: str, allowed: tuple[str, ...], key: str) -> str:
     return scope
 
 
-class TokenRule:
+class TokenRule(ABC):
     """Base class. A subclass sets the class declarations below (instances may set them from
     their options) and implements :meth:`apply`. Options are constructor arguments; the
     registry builds a rule by name (``token_registry.build_token_rule``)."""
@@ -205,8 +206,9 @@ class TokenRule:
             scope=self.scope,
         )
 
+    @abstractmethod
     def apply(self, inputs: TokenInputs) -> TokenDecision:
-        raise NotImplementedError
+        """The rule's decision on one micro-batch: a pure function of ``inputs``."""
 
     def require(self, inputs: TokenInputs, *names: str) -> list[torch.Tensor]:
         """The named inputs, or an error naming the rule and the missing field (the engine did
