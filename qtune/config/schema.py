@@ -368,31 +368,17 @@ def strategy_from_config(cfg: DictConfig):
 
 def token_rule_from_config(strategy, token: dict, seed: int):
     """The token rule of ``strategy.token`` (``+strategy/token=NAME``), composed with the sample
-    strategy. Refused: a strategy with its own token stage (Q-Tuning), and rules that need a
-    reference model or score file, which the engines do not provide yet."""
-    from qtune.strategies.token_registry import build_token_rule
+    strategy; built and refused as in every trainer (``qtune.pruning.token_composition``)."""
+    from qtune.pruning.token_composition import compose_token_rule
 
     token = dict(token)
     name = token.pop("name", None)
     if not name:
         raise ConfigError("config key strategy.token.name is missing (choose +strategy/token=NAME)")
-    if strategy.uses_batch_plan:
-        raise ConfigError(
-            f"strategy.token={name!r}: strategy {strategy.name!r} plans tokens itself (its batch plan); "
-            "compose token rules with a sample-level strategy"
-        )
     try:
-        rule = build_token_rule(name, seed=seed, **token)
-    except (KeyError, ValueError) as exc:
-        raise ConfigError(str(exc.args[0])) from None
-    needs = rule.needs()
-    if needs.reference_model or needs.base_loss or needs.token_scores or needs.top_k is not None:
-        raise ConfigError(
-            f"strategy.token={name!r} needs a reference model, base-model losses, a score file or top-K "
-            "entropies, which training does not compute yet; available now: rules on the policy's own "
-            "loss, entropy and label probability (random, ppl, dft)"
-        )
-    return rule
+        return compose_token_rule(strategy, name, token, seed=seed)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def validate_config(cfg: DictConfig, run_schema: type = RunConfig, trainer: bool = True):

@@ -17,7 +17,9 @@ What the mixin changes, and why:
   accumulation never straddles two epochs.
 * **Loss** (``compute_loss``): token statistics through ``qtune.kernels``, the mean over kept
   response tokens with the plan's per-sample weights (InfoBatch), and batch plans (Q-Tuning)
-  through :func:`qtune.pruning.train_step.train_step`, the step ``qtune-train`` runs.
+  through :func:`qtune.pruning.train_step.train_step`, the step ``qtune-train`` runs; a token
+  rule (``pruning_token``, composed with any sample strategy) in the same step
+  (``qtune.hf.token_rules``).
   The per-sample scores of the training forward feed the statistics store.
 * **LR schedule**: Trainer fixes ``max_steps`` from full epochs; the mixin's schedule reads
   progress instead (epoch + share of this epoch's steps, over ``num_train_epochs``), so warm-up
@@ -67,10 +69,12 @@ from qtune.pruning.core import PruningCore
 from qtune.pruning.planned_step import forward_tokens
 from qtune.pruning.distributed import Collective, TorchDistributed
 from qtune.hf.sampling import EpochPlanSampler, global_epoch_order, scoring_shares
+from qtune.hf.token_rules import attach_token_rule
 from qtune.pruning.train_step import train_step
 from qtune.pruning.schedule import lr_factor, training_progress
 from qtune.strategies import build_strategy
 from qtune.strategies.base import PruningStrategy
+from qtune.strategies.token_base import TokenRule
 
 STATE_FILE = "qtune_pruning.pt"
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant", "constant_with_warmup": "constant"}
@@ -103,8 +107,9 @@ class _BookBudgetSteps(TrainerCallback):
 
 class PruningMixin:
     """Put before a ``transformers.Trainer`` subclass: ``class T(PruningMixin, Trainer)``.
-    ``pruning`` is a strategy name (options in ``pruning_options``) or a built strategy. The
-    plans, scores, history and resumable state are a :class:`qtune.pruning.core.PruningCore`,
+    ``pruning`` is a strategy name (options in ``pruning_options``) or a built strategy;
+    ``pruning_token`` a token rule's name (options in ``pruning_token_options``) or a built
+    rule. The plans, scores, history and resumable state are a :class:`qtune.pruning.core.PruningCore`,
     the same one ``qtune-train``'s Lightning callback drives."""
 
     def __init__(
@@ -113,6 +118,8 @@ class PruningMixin:
         pruning: str | PruningStrategy | None = "full",
         pruning_options: dict[str, Any] | None = None,
         pruning_budget: float | None = None,
+        pruning_token: str | TokenRule | None = None,
+        pruning_token_options: dict[str, Any] | None = None,
         **kwargs,
     ) -> None:
         check_map_style(kwargs.get("train_dataset"))  # before Trainer's own, generic, message
@@ -120,6 +127,7 @@ class PruningMixin:
         check_trainer_setup(self.args, self.train_dataset)
         if not isinstance(pruning, PruningStrategy):
             pruning = build_strategy(pruning or "full", seed=self.args.seed, **(pruning_options or {}))
+        token = attach_token_rule(pruning, pruning_token, pruning_token_options, self.args.seed)
         self.train_dataset = with_sample_id(self.train_dataset)
         self.data_collator = KeepSampleId(self.data_collator)
         check_batches_have_labels(self.data_collator, self.train_dataset)
@@ -129,7 +137,7 @@ class PruningMixin:
             pruning,
             seed=self.args.seed,
             num_samples=len(self.train_dataset),
-            strategy_config=dict(pruning_options or {}),
+            strategy_config=dict(pruning_options or {}) | token,
             keep_past_plans=True,
             budget=self.pruning_budget,
         )
@@ -172,6 +180,7 @@ class PruningMixin:
     pruning_plans = property(lambda self: self._pruning_core.plans)
     pruning_history = property(lambda self: self._pruning_core.history)
     pruning_totals = property(lambda self: self._pruning_core.totals)
+    pruning_token_rule = property(lambda self: getattr(self._pruning_core.strategy, "token_rule", None))
     _pruning_store = property(lambda self: self._pruning_core.store)
 
     # -- data ------------------------------------------------------------------------------
