@@ -112,6 +112,8 @@ def build(a):
         pruning=a.pruning,
         pruning_options=json.loads(a.options),
         pruning_budget=a.budget,
+        pruning_token=a.token,
+        pruning_token_options=json.loads(a.token_options) if a.token else None,
         **kwargs,
     )
 
@@ -132,6 +134,8 @@ def main() -> None:
     p.add_argument("--pruning", default="random")
     p.add_argument("--options", default="{}")
     p.add_argument("--budget", type=float, default=None)
+    p.add_argument("--token", default=None)  # a token rule composed with --pruning
+    p.add_argument("--token-options", default="{}")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--accumulation", type=int, default=1)
@@ -162,6 +166,7 @@ def main() -> None:
         "store": digest(*(v for k, v in sorted(store.items()) if torch.is_tensor(v))),
         "params": digest(*params),
         "last_lr": trainer.lr_scheduler.get_last_lr()[0],
+        "totals": {k: float(v) for k, v in trainer.pruning_totals.items() if not k.endswith("time_s")},
     }
     if trainer.pruning_budget is not None:  # the share of the full run's FLOPs spent
         report["budget_spent"] = trainer.pruning_budget.spent / trainer.pruning_budget.full_run_flops

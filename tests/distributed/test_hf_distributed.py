@@ -118,6 +118,20 @@ def test_accelerate_launch_runs_the_same_plans(model_dir, tmp_path, shared_run):
     assert a["plans"] == torchrun["plans"] and a["params"] == torchrun["params"]
 
 
+def test_a_token_rule_books_the_same_token_totals_on_both_ranks(model_dir, tmp_path):
+    """random 0.5 samples x random 0.3 tokens: every trained row keeps ⌈0.3·8⌉ = 3 of its 8
+    response tokens, on whichever rank it trained; both ranks book the summed count."""
+    options = json.dumps({"keep_ratio": 0.3})
+    a, b = run(model_dir, tmp_path / "tokens", "random", "--token", "random", "--token-options", options)
+    assert_ranks_agree(a, b)
+    assert a["totals"] == b["totals"]
+    for entry in a["history"]:
+        rows = len(a["trained"][str(entry["epoch"])]) + len(b["trained"][str(entry["epoch"])])
+        assert entry["samples_trained"] == rows
+        assert entry["tokens_trained"] == 3 * rows
+    assert a["totals"]["tokens_trained"] == 3 * a["totals"]["samples_trained"]
+
+
 def test_budget_stops_every_rank_at_the_same_step(model_dir, tmp_path):
     a, b = run(model_dir, tmp_path / "budget", "random", "--budget", 0.5, "--epochs", 4)
     assert_ranks_agree(a, b)
