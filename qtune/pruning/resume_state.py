@@ -74,10 +74,12 @@ class ResumeState:
         multi = self.comm.world_size > 1
         progress = self._epoch_progress(epoch)
         rng = capture_rng()
+        rule = getattr(self.strategy, "token_rule", None)  # a composed token rule's own state
         return {
             "strategy_name": self.strategy.name,
             "config": self._run_config(),
             "strategy": self.strategy.state_dict(),
+            "token_rule": None if rule is None else rule.state_dict(),
             "store": self.store.state_dict() if self.store is not None else None,
             "plans": {e: {"ids": p.sample_ids, "weights": p.weights, "info": p.info} for e, p in self._plans_to_save()},
             "history": self.history,
@@ -106,6 +108,9 @@ class ResumeState:
                 + "): resume with the settings it was made with"
             )
         self.strategy.load_state_dict(state["strategy"])
+        rule = getattr(self.strategy, "token_rule", None)
+        if rule is not None and state.get("token_rule") is not None:
+            rule.load_state_dict(state["token_rule"])
         if state["store"] is not None:
             if self.store is None:
                 self.store = StatisticsStore(int(state["store"]["num_samples"]))

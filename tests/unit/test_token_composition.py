@@ -70,3 +70,19 @@ def test_the_record_holds_the_name_and_every_option():
     rule = build_token_rule("ppl", keep_ratio=0.25, lam=0.0)
     assert token_rule_record(rule) == {"token": {"name": "ppl", "keep_ratio": 0.25, "lam": 0.0, "scope": "sequence"}}
     assert token_rule_record(None) == {}
+
+
+def test_a_composed_rule_keeps_its_state_through_a_checkpoint():
+    from qtune.pruning.core import PruningCore
+
+    def strategy():
+        s = build_strategy("random", keep_ratio=0.5)
+        s.token_rule = build_token_rule("tokencleaning")
+        return s
+
+    saved = strategy()
+    saved.token_rule.set_threshold(0.7)  # set before training, from the score file
+    state = PruningCore(saved, num_samples=8).state_dict()
+    resumed = strategy()
+    PruningCore(resumed, num_samples=8).load_state_dict(state)
+    assert resumed.token_rule.threshold == 0.7
