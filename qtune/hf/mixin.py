@@ -109,8 +109,8 @@ class PruningMixin:
     """Put before a ``transformers.Trainer`` subclass: ``class T(PruningMixin, Trainer)``.
     ``pruning`` is a strategy name (options in ``pruning_options``) or a built strategy;
     ``pruning_token`` a token rule's name (options in ``pruning_token_options``) or a built
-    rule. The plans, scores, history and resumable state are a :class:`qtune.pruning.core.PruningCore`,
-    the same one ``qtune-train``'s Lightning callback drives."""
+    rule. The plans, scores, history and resumable state are a
+    :class:`qtune.pruning.core.PruningCore`, the one ``qtune-train``'s Lightning callback drives."""
 
     def __init__(
         self,
