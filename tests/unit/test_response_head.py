@@ -185,3 +185,57 @@ def test_padded_collate_batch(model):
         want = lm_stats(model, batch, backend="torch", response_only_head=False)
     for name, a, b in zip(want._fields, got, want):
         torch.testing.assert_close(a, b, **TOL, msg=name)
+
+
+@pytest.mark.parametrize("scope", ["response", "all"])
+@pytest.mark.parametrize("scoring", ["separate", "reuse"])
+def test_qtuning_step_scores_only_what_its_entropy_scope_reads(model, scope, scoring):
+    """A Q-Tuning batch step: its scoring forward applies the head to the response rows (or to
+    every attended row for entropy_scope "all"), and the step (loss, gradients, kept rows and
+    tokens, scores) equals the full head's."""
+    from qtune.pruning.train_step import train_step
+    from qtune.strategies import build_strategy
+
+    batch = dict(batches(4)["padded"])
+    head = model.get_output_embeddings()
+    n_resp = int((batch["labels"][:, 1:] != -100).sum())
+    n_all = int((next_token_labels(batch) != -100).sum())
+    model.eval()  # no dropout: the two runs must see the same model
+    records, grads = [], []
+    for response_only in (True, False):
+        strategy = build_strategy(
+            "qtuning",
+            sample_ratio=0.5,
+            token_ratio=0.5,
+            entropy_scope=scope,
+            batch_scoring=scoring,
+            loss_denominator="all_attended",
+        )
+        seen = []
+        hook = head.register_forward_hook(lambda _m, args, _o: seen.append(args[0].shape[:-1].numel()))
+        try:
+            model.zero_grad(set_to_none=True)
+
+            def stats_fn(b, labels=None):
+                return lm_stats(model, b, labels, backend="torch", response_only_head=response_only)
+
+            rec = train_step(stats_fn, batch, strategy, 0, 0)
+            rec.loss.backward()
+        finally:
+            hook.remove()
+        records.append(rec)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        if response_only:
+            assert seen[0] == (n_all if scope == "all" else n_resp)  # the scoring forward
+            if scoring == "separate":  # then the kept rows' forward: their response only
+                kept = rec.trained_mask.nonzero().flatten()
+                assert seen[1:] == [int((batch["labels"][kept, 1:] != -100).sum())]
+    model.train()
+    got, want = records
+    torch.testing.assert_close(got.loss, want.loss, **TOL)
+    assert torch.equal(got.trained_mask, want.trained_mask) and torch.equal(got.token_keep, want.token_keep)
+    assert 0 < int(got.trained_mask.sum()) < got.trained_mask.numel()
+    for k in want.scores:
+        torch.testing.assert_close(got.scores[k], want.scores[k], **TOL, equal_nan=True, msg=k)
+    for name in grads[1]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], **TOL, msg=name)
