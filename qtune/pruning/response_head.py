@@ -65,8 +65,12 @@ def probe_split(model) -> tuple[tuple[torch.nn.Module, torch.nn.Module] | None, 
         return fake
 
     ids = torch.tensor([PROBE_IDS], device=head.weight.device if hasattr(head, "weight") else None)
+    # in eval mode: no dropout, so the probe draws no random numbers (a resumed run, which
+    # probes at another step, keeps the uninterrupted run's random stream); modes restored
+    modes = [(m, m.training) for m in model.modules()]
     hooks = [decoder.register_forward_hook(on_decoder), head.register_forward_hook(on_head)]
     try:
+        model.eval()
         with torch.no_grad():
             out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
     except Exception as err:
@@ -74,6 +78,8 @@ def probe_split(model) -> tuple[tuple[torch.nn.Module, torch.nn.Module] | None, 
     finally:
         for h in hooks:
             h.remove()
+        for m, training in modes:
+            m.training = training
     logits = getattr(out, "logits", None)
     if len(seen["hidden"]) != 1 or len(seen["head_out"]) != 1 or logits is None:
         return None, "the forward does not call its decoder and its head once each"

@@ -239,3 +239,19 @@ def test_qtuning_step_scores_only_what_its_entropy_scope_reads(model, scope, sco
         torch.testing.assert_close(got.scores[k], want.scores[k], **TOL, equal_nan=True, msg=k)
     for name in grads[1]:
         torch.testing.assert_close(grads[0][name], grads[1][name], **TOL, msg=name)
+
+
+def test_probe_draws_no_random_numbers_and_keeps_modes():
+    """The probe runs once per model at its first statistics call, which a resumed run reaches
+    at another step: it must leave the random stream and every module's mode as they were."""
+    from qtune.models.tiny_llama import build_tiny_llama
+
+    m = build_tiny_llama({"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}, vocab_size=61)
+    m.model.layers[0].self_attn.attention_dropout = 0.5  # draws random numbers in training mode
+    m.train()
+    m.model.layers[0].mlp.eval()  # a mixed state must come back as it was
+    modes = [x.training for x in m.modules()]
+    state = torch.get_rng_state()
+    assert head_split(m) is not None
+    assert torch.equal(torch.get_rng_state(), state)
+    assert [x.training for x in m.modules()] == modes
