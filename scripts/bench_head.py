@@ -149,7 +149,7 @@ def bench_model(name: str, args) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="tiny_llama,smollm2_135m")
     ap.add_argument("--items", type=int, default=16, help="items per batch, tiny Llama")
@@ -161,7 +161,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--backend", default=None, help="statistics backend (default: kernels' auto)")
     ap.add_argument("--json", default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     from qtune.kernels import resolve_backend
 
     backend = resolve_backend(args.backend, torch.device("cpu"))
@@ -182,6 +182,7 @@ def main() -> None:
         env["machine"] = platform.processor() or platform.machine()
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"args": vars(args), "env": env, "models": results}, indent=2) + "\n")
+    return results
 
 
 if __name__ == "__main__":

@@ -64,7 +64,9 @@ def probe_split(model) -> tuple[tuple[torch.nn.Module, torch.nn.Module] | None, 
         seen["head_out"].append(fake)
         return fake
 
-    ids = torch.tensor([PROBE_IDS], device=head.weight.device if hasattr(head, "weight") else None)
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(embeddings, "weight", getattr(head, "weight", None))
+    ids = torch.tensor([PROBE_IDS], device=weight.device if weight is not None else None)
     # in eval mode: no dropout, so the probe draws no random numbers (a resumed run, which
     # probes at another step, keeps the uninterrupted run's random stream); modes restored
     modes = [(m, m.training) for m in model.modules()]

@@ -255,3 +255,30 @@ def test_probe_draws_no_random_numbers_and_keeps_modes():
     assert head_split(m) is not None
     assert torch.equal(torch.get_rng_state(), state)
     assert [x.training for x in m.modules()] == modes
+
+
+def test_lora_on_the_head_is_called_not_bypassed():
+    """peft LoRA on lm_head: the head is no plain Linear, so even the fused head calls it on the
+    labelled rows (its weight alone would drop the adapter) and matches the full head."""
+    from peft import LoraConfig, get_peft_model
+
+    from qtune.models.tiny_llama import build_tiny_llama
+
+    torch.manual_seed(1)
+    base = build_tiny_llama(
+        {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "tie_word_embeddings": False},
+        vocab_size=61,
+    )
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "lm_head"], lora_dropout=0.0))
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p)  # a non-zero adapter, so that dropping it would show
+    assert head_split(peft_model) is not None
+    batch = batches(2)["padded"]
+    want, want_g = stats_and_grads(peft_model, batch, None, fused=False, response_only=False)
+    for fused in (False, True):
+        got, got_g = stats_and_grads(peft_model, batch, None, fused=fused, response_only=True)
+        torch.testing.assert_close(got.loss, want.loss, **TOL)
+        assert set(got_g) == set(want_g) and any("lm_head" in n for n in want_g)
+        for name in want_g:
+            torch.testing.assert_close(got_g[name], want_g[name], **TOL, msg=name)
