@@ -226,6 +226,7 @@ def train(cfg: DictConfig, strategy, run_dir: Path, t_start: float, extra_callba
         betas=tuple(cfg.optim.betas),
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
         fused_head=bool(cfg.model.get("fused_head", False)),
+        response_only_head=bool(cfg.model.get("response_only_head", True)),
         pruning_strategy=strategy,
     )
     datamodule = QTuneDataModule(bundle, cfg.batch_size, cfg.eval_batch_size, cfg.num_workers)

@@ -104,8 +104,8 @@ class BatchStats:
     sample_loss: torch.Tensor  # [B] mean NLL over response tokens
     sample_ppl: torch.Tensor  # [B] exp(sample_loss)
     sample_entropy: torch.Tensor  # [B] mean entropy over response tokens
-    token_loss: torch.Tensor  # [B, T]
-    token_entropy: torch.Tensor  # [B, T]
+    token_loss: torch.Tensor  # [B, T]: on response tokens (every attended one under entropy_scope "all"), else 0
+    token_entropy: torch.Tensor  # [B, T]: as token_loss
     response_mask: torch.Tensor  # [B, T] bool
     attention_mask: torch.Tensor | None = None  # [B, T] bool, non-padding positions
     epoch: int = 0

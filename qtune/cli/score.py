@@ -54,7 +54,12 @@ def score(cfg: DictConfig) -> dict[str, np.ndarray]:
     ckpt = load_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
     set_default_backend(cfg.kernels.backend)
     bundle, model = build_task_and_model(cfg)
-    module = QTuneModule(model, task=bundle.task, fused_head=bool(cfg.model.get("fused_head", False)))
+    module = QTuneModule(
+        model,
+        task=bundle.task,
+        fused_head=bool(cfg.model.get("fused_head", False)),
+        response_only_head=bool(cfg.model.get("response_only_head", True)),
+    )
     store = None
     if ckpt is not None:
         # not strict: a checkpoint also holds metric states; but every model weight must load

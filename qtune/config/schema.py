@@ -147,6 +147,7 @@ class TinyLlamaModel:
     tie_word_embeddings: bool = True
     cache_dir: Optional[str] = None
     fused_head: bool = False
+    response_only_head: bool = True
     gradient_checkpointing: bool = False
     attn_implementation: Literal[ATTN_IMPLEMENTATIONS] = "sdpa"
     base: BaseRecipe = dataclasses.field(default_factory=BaseRecipe)
@@ -162,6 +163,7 @@ class HFModel:
     trust_remote_code: bool = False
     dtype: Literal[DTYPE_NAMES] = "float32"
     fused_head: bool = False
+    response_only_head: bool = True
     gradient_checkpointing: bool = False
     attn_implementation: Literal[ATTN_IMPLEMENTATIONS] = "sdpa"
 

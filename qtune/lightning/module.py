@@ -30,6 +30,7 @@ class QTuneModule(L.LightningModule):
         betas: tuple = (0.9, 0.95),
         scheduler: dict | None = None,
         fused_head: bool = False,
+        response_only_head: bool = True,
         kernel_backend: str | None = None,
         pruning_strategy=None,
     ) -> None:
@@ -41,6 +42,7 @@ class QTuneModule(L.LightningModule):
         self.lr, self.weight_decay, self.betas = float(lr), float(weight_decay), tuple(betas)
         self.scheduler_cfg = dict(scheduler or {"name": "cosine", "warmup": 0.0, "min_ratio": 0.1})
         self.fused_head = bool(fused_head) and task == "sft"
+        self.response_only_head = bool(response_only_head)  # see qtune.pruning.response_head
         self.kernel_backend = kernel_backend
         # batch-level strategies plan inside training_step (PruningCallback fills it when None)
         self.pruning_strategy = pruning_strategy
@@ -53,7 +55,7 @@ class QTuneModule(L.LightningModule):
     def stats(self, batch: dict, labels: torch.Tensor | None = None):
         if self.task == "classify":
             return classifier_stats(self.model, batch, self.kernel_backend)
-        return lm_stats(self.model, batch, labels, self.fused_head, self.kernel_backend)
+        return lm_stats(self.model, batch, labels, self.fused_head, self.kernel_backend, self.response_only_head)
 
     def response_mask(self, batch: dict) -> torch.Tensor:
         return response_mask(batch, self.task)

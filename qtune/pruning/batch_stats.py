@@ -10,6 +10,7 @@ import torch
 
 from qtune.data.sft import IGNORE_INDEX
 from qtune.kernels import token_stats
+from qtune.pruning.response_head import head_split, labelled_stats
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -59,11 +60,27 @@ def model_inputs(batch: dict) -> dict:
 
 
 def lm_stats(
-    model, batch: dict, labels: torch.Tensor | None = None, fused_head: bool = False, backend: str | None = None
+    model,
+    batch: dict,
+    labels: torch.Tensor | None = None,
+    fused_head: bool = False,
+    backend: str | None = None,
+    response_only_head: bool = True,
 ):
     """Token statistics of a causal LM on ``batch``; labels default to the response-only ones.
-    A packed batch (``position_ids``, ``seg``) gives them in label coordinates [R, L - 1]."""
+    A packed batch (``position_ids``, ``seg``) gives them in label coordinates [R, L - 1].
+
+    ``response_only_head`` (the ``model.response_only_head`` key) applies the LM head to the
+    labelled positions only (:mod:`qtune.pruning.response_head`): the same statistics with
+    less work where most positions are prompt. A model whose logits are not its head applied
+    to its decoder's output, or that has no ``get_decoder`` (a DDP wrapper), gets the full head,
+    which ``response_only_head=False`` always uses."""
     labels = batch["labels"][:, 1:] if labels is None else labels
+    split = head_split(model) if response_only_head else None
+    if split is not None:
+        decoder, head = split
+        hidden = decoder(**model_inputs(batch)).last_hidden_state
+        return labelled_stats(hidden, labels, head, fused_head, backend)
     kwargs = {} if backend is None else {"backend": backend}
     if fused_head:
         from qtune.kernels import linear_token_stats

@@ -74,11 +74,13 @@ def planned_step(
     reuse = strategy.batch_scoring == "reuse"
     response = response_mask(batch, task)
     full_labels = None if task == "classify" else next_token_labels(batch)
-    with torch.set_grad_enabled(reuse and torch.is_grad_enabled()):
-        scored = stats_fn(batch, full_labels)
-    attended = scored.valid
-    scores = sample_scores(scored, response)
     all_tokens = strategy.entropy_scope == "all"
+    with torch.set_grad_enabled(reuse and torch.is_grad_enabled()):
+        # token statistics where the plan reads them: every attended token for an entropy over
+        # all of them, else the response only (which the response-only LM head computes alone)
+        scored = stats_fn(batch, full_labels if all_tokens else None)
+    attended = scored.valid if full_labels is None else full_labels != -100
+    scores = sample_scores(scored, response)
     plan = strategy.batch_plan(
         BatchStats(
             sample_ids=batch["sample_id"],
