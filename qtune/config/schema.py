@@ -17,6 +17,7 @@ from typing import Any, Literal, Optional, Union
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from qtune.config.declared import ConfigError, check_section, close_matches, knob
+from qtune.config.reference import ReferenceConfig, TokenLossesConfig, check_reference, check_reference_config
 from qtune.data.embedded import EmbeddedConfig
 from qtune.models.base_recipe import BaseRecipe
 from qtune.models.hf import ATTN_IMPLEMENTATIONS
@@ -56,6 +57,7 @@ class ScoreConfig(RunConfig):
 
     out: str = "scores.npz"
     device: str = "auto"
+    token_losses: TokenLossesConfig = dataclasses.field(default_factory=TokenLossesConfig)
 
 
 @dataclasses.dataclass
@@ -195,7 +197,14 @@ MODELS = {"tiny_llama": TinyLlamaModel, "hf": HFModel, "mlp": MLPModel}
 DATASETS = {"embedded": EmbeddedConfig, "jsonl": JsonlData, "digits": DigitsData}
 LOGGERS = {"csv": CsvLogger, "wandb": WandbLogger}
 ADAPTERS = {"none": NoAdapter, "lora": LoraAdapter}
-GROUPS = {"optim": Optim, "scheduler": Scheduler, "checkpoint": Checkpoint, "kernels": Kernels, "eval": Eval}
+GROUPS = {
+    "optim": Optim,
+    "scheduler": Scheduler,
+    "checkpoint": Checkpoint,
+    "kernels": Kernels,
+    "eval": Eval,
+    "reference": ReferenceConfig,
+}
 
 
 def _by_name(cfg: DictConfig, group: str, choices: dict[str, type]) -> type:
@@ -363,13 +372,14 @@ def strategy_from_config(cfg: DictConfig):
         raise ConfigError(exc.args[0]) from None
     if token is not None:
         strategy.token_rule = token_rule_from_config(strategy, token, int(cfg.seed))
+        check_reference(cfg, strategy.token_rule)
     return strategy
 
 
 def token_rule_from_config(strategy, token: dict, seed: int):
     """The token rule of ``strategy.token`` (``+strategy/token=NAME``), composed with the sample
-    strategy. Refused: a strategy with its own token stage (Q-Tuning), and rules that need a
-    reference model or score file, which the engines do not provide yet."""
+    strategy. Refused: a strategy with its own token stage (Q-Tuning). What the rule needs from
+    a reference is checked against ``reference.*`` (``qtune.config.reference.check_reference``)."""
     from qtune.strategies.token_registry import build_token_rule
 
     token = dict(token)
@@ -385,13 +395,6 @@ def token_rule_from_config(strategy, token: dict, seed: int):
         rule = build_token_rule(name, seed=seed, **token)
     except (KeyError, ValueError) as exc:
         raise ConfigError(str(exc.args[0])) from None
-    needs = rule.needs()
-    if needs.reference_model or needs.base_loss or needs.token_scores or needs.top_k is not None:
-        raise ConfigError(
-            f"strategy.token={name!r} needs a reference model, base-model losses, a score file or top-K "
-            "entropies, which training does not compute yet; available now: rules on the policy's own "
-            "loss, entropy and label probability (random, ppl, dft)"
-        )
     return rule
 
 
@@ -405,6 +408,7 @@ def validate_config(cfg: DictConfig, run_schema: type = RunConfig, trainer: bool
     for group, schema in GROUPS.items():
         if group in cfg:
             check_section(cfg[group], schema, group)
+    check_reference_config(cfg)
     betas = OmegaConf.select(cfg, "optim.betas")
     if betas is not None and len(betas) != 2:
         raise ConfigError(f"optim.betas={list(betas)!r} must be a list of two numbers in [0, 1)")
