@@ -60,6 +60,12 @@ class TokenLossFile:
                 raise ValueError(f"{key}={path}: {name}.npy is {arr.dtype} {arr.shape}, expected float16 [N, W]")
             self.columns[name] = arr
 
+    def __getstate__(self) -> dict:  # spawned ranks reopen the file instead of copying it
+        return {"path": self.path, "key": self.key}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], state["key"])
+
     @property
     def num_samples(self) -> int:
         return int(self.lengths.shape[0])

@@ -236,3 +236,11 @@ def test_a_loss_file_for_other_data_is_refused(runs):
     other = ["+strategy/token=rho1", "reference.source=file", f"reference.path={runs.losses}", "data.num_train=100"]
     with pytest.raises(ValueError, match=r"reference\.path=.*sample count"):
         run(runs.cfg("other_data", other))
+
+
+def test_qtune_score_writes_token_losses_only_from_a_model_reference(runs):
+    with pytest.raises(ConfigError, match=r"token_losses\.out=.*reference\.source=self or"):
+        score(runs.cfg("score_none", [f"token_losses.out={runs.root / 'nothing'}"], "score"))
+    assert not (runs.root / "nothing").exists()
+    meta = json.loads((runs.losses / "meta.json").read_text())
+    assert meta["columns"] == ["ref_loss", "base_loss"] and meta["num_samples"] == 120

@@ -5,6 +5,7 @@ each checked against plain PyTorch (cross entropy on a model's logits, softmax e
 import copy
 import json
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -142,6 +143,8 @@ def test_the_loss_file_round_trips_float16_memory_mapped(tmp_path):
     np.testing.assert_array_equal(got[:, :7].numpy(), want[[3, 0, 4]])
     assert torch.isnan(got[:, 7:]).all() and got[1, 0] == 65504.0
     assert f.flops == 9.0 and f.num_samples == 5
+    again = pickle.loads(pickle.dumps(f))  # a spawned rank reopens it, memory-mapped
+    assert isinstance(again.columns["ref_loss"], np.memmap) and len(pickle.dumps(f)) < 1000
 
 
 def test_a_loss_file_for_other_data_is_refused_naming_the_mismatch(tmp_path):
