@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
 from qtune.runs.atomic import replaced_file
@@ -100,6 +100,8 @@ def score_token_losses_checked(cfg: DictConfig) -> dict:
     from qtune.config.declared import ConfigError
     from qtune.config.schema import ScoreConfig, validate_config
 
+    with open_dict(cfg.strategy):  # the token rule that will read the file plays no part here
+        cfg.strategy.pop("token", None)
     validate_config(cfg, ScoreConfig, trainer=False)
     if cfg.reference.source not in ("self", "path"):
         raise ConfigError(

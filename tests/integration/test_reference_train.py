@@ -52,6 +52,7 @@ class Runs:
                     [
                         f"token_losses.out={out}",
                         "token_losses.base=true",
+                        "+strategy/token=tokencleaning",  # the training run's own overrides may stay
                         "reference.source=path",
                         f"reference.path={self.root / 'full' / 'final'}",
                     ],
