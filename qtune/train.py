@@ -164,6 +164,7 @@ def train(cfg: DictConfig, strategy, run_dir: Path, t_start: float, extra_callba
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from qtune.config.build import build_task_and_model
+    from qtune.config.reference import build_token_step
     from qtune.data.fingerprint import data_fingerprint
     from qtune.eval.evaluate import evaluate_model, validation_metrics
     from qtune.kernels import set_default_backend
@@ -195,6 +196,7 @@ def train(cfg: DictConfig, strategy, run_dir: Path, t_start: float, extra_callba
     if bundle.task != cfg.task:
         raise ValueError(f"task={cfg.task} but data={cfg.data.name} is a {bundle.task} task")
     num_params, trainable_params = parameter_counts(model)
+    token_step = build_token_step(cfg, strategy, model, bundle, num_params)  # loads a reference
     budget = None
     if cfg.get("budget") is not None:
         from qtune.pruning.budget import build_budget
@@ -207,6 +209,7 @@ def train(cfg: DictConfig, strategy, run_dir: Path, t_start: float, extra_callba
             int(cfg.batch_size),
             num_params,
             trainable_params,
+            prepaid_flops=token_step.file_flops if token_step is not None else 0.0,
         )
     pruning = PruningCallback(
         strategy,
@@ -228,6 +231,7 @@ def train(cfg: DictConfig, strategy, run_dir: Path, t_start: float, extra_callba
         fused_head=bool(cfg.model.get("fused_head", False)),
         response_only_head=bool(cfg.model.get("response_only_head", True)),
         pruning_strategy=strategy,
+        token_step=token_step,
     )
     datamodule = QTuneDataModule(bundle, cfg.batch_size, cfg.eval_batch_size, cfg.num_workers)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -333,6 +337,9 @@ def train(cfg: DictConfig, strategy, run_dir: Path, t_start: float, extra_callba
     summary["base_weights_sha256"] = base_digest
     summary["data_fingerprint"] = pruning.core.data_fingerprint
     summary["budget"] = cfg.get("budget")
+    if token_step is not None:  # the reference, and a loss file's cost in flops_estimate
+        summary["reference"] = token_step.summary() or None
+        summary["flops_estimate"] += token_step.file_flops
     summary["flops_vs_full"] = summary["flops_estimate"] / full_run_flops(
         int(cfg.epochs), bundle.train, num_params, trainable_params
     )

@@ -5,9 +5,10 @@ base model before SFT minus that of a reference fine-tuned on curated data): a t
 reference learned to predict is informative, one it finds no easier is likely noise. The top
 ``keep_ratio`` (``data_prop`` = 0.6) of the response tokens are trained, with the HF mean over
 kept tokens. ``scope: global`` (the scripts' default) ranks every token of the data set: scores
-come from a file computed offline (``token_scores``), the threshold from
-``threshold_from_file`` once before training (``set_threshold``); ``sequence`` ranks within
-each row and can score online from the two models' per-token losses.
+are precomputed (in qtune-train, base − reference from a ``qtune-score token_losses`` file) and
+the threshold over all of them is set once before training (``set_threshold``;
+``token_scores.global_threshold``); ``sequence`` ranks within each row and can score online
+from the two models' per-token losses.
 Deviations: global ties at the threshold are all kept; self-evolving cleaning (rounds that swap
 the reference) is not implemented.
 """

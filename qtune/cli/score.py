@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
 from qtune.runs.atomic import replaced_file
@@ -49,6 +49,8 @@ def score(cfg: DictConfig) -> dict[str, np.ndarray]:
     from qtune.config.build import build_task_and_model
     from qtune.kernels import set_default_backend
 
+    if OmegaConf.select(cfg, "token_losses.out"):
+        return score_token_losses_checked(cfg)
     check_scores_path(cfg.out)  # before hours of scoring
     validate_config(cfg, ScoreConfig, trainer=False)
     ckpt = load_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
@@ -96,9 +98,30 @@ def score(cfg: DictConfig) -> dict[str, np.ndarray]:
     return cols
 
 
+def score_token_losses_checked(cfg: DictConfig) -> dict:
+    """``token_losses.out=DIR``: per-token losses (``qtune.cli.token_losses``); the reference
+    is ``reference.source=self`` or ``path``."""
+    from qtune.cli.token_losses import score_token_losses
+    from qtune.config.declared import ConfigError
+    from qtune.config.schema import ScoreConfig, validate_config
+
+    with open_dict(cfg.strategy):  # the token rule that will read the file plays no part here
+        cfg.strategy.pop("token", None)
+    validate_config(cfg, ScoreConfig, trainer=False)
+    if cfg.reference.source not in ("self", "path"):
+        raise ConfigError(
+            f"token_losses.out={cfg.token_losses.out} writes a reference's per-token losses: set "
+            f"reference.source=self or reference.source=path reference.path=DIR (it is {cfg.reference.source})"
+        )
+    return score_token_losses(cfg)
+
+
 @hydra.main(version_base="1.3", config_path="pkg://qtune.conf", config_name="score")
 def main(cfg: DictConfig) -> None:
     cols = score(cfg)
+    if OmegaConf.select(cfg, "token_losses.out"):
+        print(f"wrote {cols['columns']} of {cols['num_samples']} samples to {cfg.token_losses.out}")
+        return
     print(f"wrote {len(cols['sample_id'])} samples x {sorted(cols)} to {cfg.out}")
 
 

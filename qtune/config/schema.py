@@ -17,6 +17,7 @@ from typing import Any, Literal, Optional, Union
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from qtune.config.declared import ConfigError, check_section, close_matches, knob
+from qtune.config.reference import ReferenceConfig, TokenLossesConfig, check_reference, check_reference_config
 from qtune.data.embedded import EmbeddedConfig
 from qtune.models.base_recipe import BaseRecipe
 from qtune.models.hf import ATTN_IMPLEMENTATIONS
@@ -56,6 +57,7 @@ class ScoreConfig(RunConfig):
 
     out: str = "scores.npz"
     device: str = "auto"
+    token_losses: TokenLossesConfig = dataclasses.field(default_factory=TokenLossesConfig)
 
 
 @dataclasses.dataclass
@@ -197,7 +199,14 @@ MODELS = {"tiny_llama": TinyLlamaModel, "hf": HFModel, "mlp": MLPModel}
 DATASETS = {"embedded": EmbeddedConfig, "jsonl": JsonlData, "digits": DigitsData}
 LOGGERS = {"csv": CsvLogger, "wandb": WandbLogger}
 ADAPTERS = {"none": NoAdapter, "lora": LoraAdapter}
-GROUPS = {"optim": Optim, "scheduler": Scheduler, "checkpoint": Checkpoint, "kernels": Kernels, "eval": Eval}
+GROUPS = {
+    "optim": Optim,
+    "scheduler": Scheduler,
+    "checkpoint": Checkpoint,
+    "kernels": Kernels,
+    "eval": Eval,
+    "reference": ReferenceConfig,
+}
 
 
 def _by_name(cfg: DictConfig, group: str, choices: dict[str, type]) -> type:
@@ -365,20 +374,25 @@ def strategy_from_config(cfg: DictConfig):
         raise ConfigError(exc.args[0]) from None
     if token is not None:
         strategy.token_rule = token_rule_from_config(strategy, token, int(cfg.seed))
+        check_reference(cfg, strategy.token_rule)
     return strategy
 
 
 def token_rule_from_config(strategy, token: dict, seed: int):
     """The token rule of ``strategy.token`` (``+strategy/token=NAME``), composed with the sample
-    strategy; built and refused as in every trainer (``qtune.pruning.token_composition``)."""
-    from qtune.pruning.token_composition import compose_token_rule
+    strategy; built and refused as in every trainer (``qtune.pruning.token_composition``).
+    qtune-train's step computes every input a rule may declare; whether the declared
+    ``reference.*`` can give it is checked by ``qtune.config.reference.check_reference``."""
+    from qtune.pruning.token_composition import StepInputs, compose_token_rule
+
+    every_input = StepInputs(reference_model=True, base_loss=True, token_scores=True, top_k=True)
 
     token = dict(token)
     name = token.pop("name", None)
     if not name:
         raise ConfigError("config key strategy.token.name is missing (choose +strategy/token=NAME)")
     try:
-        return compose_token_rule(strategy, name, token, seed=seed)
+        return compose_token_rule(strategy, name, token, seed=seed, provided=every_input)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -393,6 +407,7 @@ def validate_config(cfg: DictConfig, run_schema: type = RunConfig, trainer: bool
     for group, schema in GROUPS.items():
         if group in cfg:
             check_section(cfg[group], schema, group)
+    check_reference_config(cfg)
     betas = OmegaConf.select(cfg, "optim.betas")
     if betas is not None and len(betas) != 2:
         raise ConfigError(f"optim.betas={list(betas)!r} must be a list of two numbers in [0, 1)")

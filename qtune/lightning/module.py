@@ -7,6 +7,7 @@ hooks book what ``training_step`` returns."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import lightning as L
@@ -33,6 +34,7 @@ class QTuneModule(L.LightningModule):
         response_only_head: bool = True,
         kernel_backend: str | None = None,
         pruning_strategy=None,
+        token_step=None,
     ) -> None:
         super().__init__()
         if task not in ("sft", "classify"):
@@ -46,6 +48,9 @@ class QTuneModule(L.LightningModule):
         self.kernel_backend = kernel_backend
         # batch-level strategies plan inside training_step (PruningCallback fills it when None)
         self.pruning_strategy = pruning_strategy
+        # the token rule's inputs (reference forwards, top-K entropy): qtune.pruning.token_step;
+        # a plain attribute, so a reference model is no submodule (not in checkpoints, not trained)
+        self.token_step = token_step
         self.val_loss = MeanMetric()
         self.val_acc = MeanMetric()
         self._steps_in_epoch = 0
@@ -74,7 +79,10 @@ class QTuneModule(L.LightningModule):
         """:func:`qtune.pruning.train_step.train_step`; the record goes to the pruning callback
         under ``record``."""
         self._steps_in_epoch = batch_idx + 1  # read by the LR schedule after this step
-        record = train_step(self.stats, batch, self.pruning_strategy, self.current_epoch, self.global_step, self.task)
+        token_fn = None if self.token_step is None else partial(self.token_step, self.model, self.stats)
+        record = train_step(
+            self.stats, batch, self.pruning_strategy, self.current_epoch, self.global_step, self.task, token_fn
+        )
         # weighted by the micro-batch size: the kept count would cost a host sync every step
         self.log("train/loss", record.loss, prog_bar=True, batch_size=batch["sample_id"].numel())
         return {"loss": record.loss, "record": record}

@@ -115,6 +115,12 @@ class ComputeBudget:
         self.last_step = float(flops)
         self.spent += self.last_step
 
+    def book_prepaid(self, flops: float) -> None:
+        """FLOPs spent before training (a token rule's reference losses computed into a file),
+        counted before the first epoch and outside every epoch's cost."""
+        self.spent += float(flops)
+        self._epoch_start = self.spent
+
     def book_scoring_pass(self, tokens: float) -> None:
         """A no-grad pass over `tokens` tokens (all ranks): the core books it when it runs."""
         self.spent += self.forward_cost * float(tokens)
@@ -155,9 +161,11 @@ def build_budget(
     num_params: int,
     trainable_params: int | None = None,
     read_items: bool = False,
+    prepaid_flops: float = 0.0,
 ) -> ComputeBudget:
     """The budget ledger of a run, after checking that the budget buys at least one step
-    and, past the strategy's mandatory warm-up (``warmup_cost``), one step of pruning."""
+    and, past the strategy's mandatory warm-up (``warmup_cost``) and what was spent before
+    training (``prepaid_flops``: a reference's loss file), one step of pruning."""
     from qtune.runs.flops import token_costs
 
     grad, forward = token_costs(num_params, trainable_params)
@@ -167,7 +175,7 @@ def build_budget(
     step = grad * tokens / max(len(dataset), 1) * min(batch_size, len(dataset))
     warm = strategy.warmup_cost()
     warm_flops = warm["epochs"] * epoch_flops + warm["scoring_passes"] * forward * tokens
-    minimum = (warm_flops + step) / full
+    minimum = (warm_flops + float(prepaid_flops) + step) / full
     if fraction < minimum:
         why = (
             f"strategy {strategy.name!r} first runs {warm['epochs']} epoch(s) on all data and "
@@ -175,12 +183,17 @@ def build_budget(
             if warm_flops
             else "one training step"
         )
+        if prepaid_flops:
+            why += f", after the reference's loss file ({prepaid_flops:.4g} FLOPs)"
         raise ValueError(
             f"budget={fraction} is below what this run needs ({why}, then one step: "
             f"{minimum:.4g} of the {epochs}-epoch full run); set budget>={minimum:.4g}, "
             "or more epochs"
         )
-    return ComputeBudget(fraction, full, grad, forward, epochs)
+    budget = ComputeBudget(fraction, full, grad, forward, epochs)
+    if prepaid_flops:
+        budget.book_prepaid(prepaid_flops)
+    return budget
 
 
 def full_run_flops(epochs: int, dataset, num_params: int, trainable_params: int | None = None) -> float:

@@ -18,7 +18,7 @@ import torch
 from qtune.pruning.batch_stats import sample_scores
 from qtune.pruning.loss import masked_token_mean
 from qtune.pruning.planned_step import forward_tokens, planned_step, wrong_tokens_trained
-from qtune.pruning.token_inputs import token_inputs
+from qtune.pruning.token_step import rule_inputs
 
 
 @dataclass
@@ -61,9 +61,19 @@ class StepRecord:
         return cls(**values)
 
 
-def train_step(stats_fn: Callable, batch: dict, strategy, epoch: int, step: int, task: str = "sft") -> StepRecord:
+def train_step(
+    stats_fn: Callable,
+    batch: dict,
+    strategy,
+    epoch: int,
+    step: int,
+    task: str = "sft",
+    token_fn: Callable | None = None,
+) -> StepRecord:
     """The loss of one micro-batch and its record. ``stats_fn(batch, labels=None)`` gives the
-    token statistics (with gradients); ``strategy`` is the run's (None: train everything)."""
+    token statistics (with gradients); ``strategy`` is the run's (None: train everything);
+    ``token_fn`` computes its token rule's inputs (``qtune.pruning.token_step.TokenStep`` bound
+    to the policy model; None: rules on the policy's own statistics only)."""
     weights = batch.get("sample_weight")
     ids = batch["sample_id"]
     if strategy is not None and strategy.uses_batch_plan:
@@ -82,14 +92,15 @@ def train_step(stats_fn: Callable, batch: dict, strategy, epoch: int, step: int,
             s.response,
             s.info,
         )
-    stats = stats_fn(batch)
-    mask = stats.valid
     rule = getattr(strategy, "token_rule", None)
+    scoring = None
     if rule is None:
+        stats = stats_fn(batch)
+        mask = stats.valid
         loss, trained, kept = masked_token_mean(stats.loss, mask, weights), mask.sum(), mask
-    else:
-        seed = getattr(strategy, "seed", 0)
-        inputs = token_inputs(rule.needs(), stats, mask, sample_ids=ids, seed=seed, epoch=epoch, step=step)
+    else:  # the rule's inputs (a reference forward, top-K entropy, ...): qtune.pruning.token_step
+        stats, inputs, scoring = rule_inputs(stats_fn, batch, strategy, epoch, step, token_fn)
+        mask = stats.valid
         decided = rule.apply(inputs)
         loss, trained, kept = decided.reduce(stats.loss, weights), decided.tokens_trained, decided.weights != 0
     return StepRecord(
@@ -99,5 +110,6 @@ def train_step(stats_fn: Callable, batch: dict, strategy, epoch: int, step: int,
         torch.tensor(float(ids.numel()), device=ids.device),
         trained,
         forward_tokens(batch),
+        scoring,
         wrong_tokens_trained=wrong_tokens_trained(batch, kept).get("wrong_tokens_trained"),
     )
