@@ -59,6 +59,16 @@ def model_inputs(batch: dict) -> dict:
     return inputs
 
 
+def _forward_casts(model, batch: dict) -> bool:
+    """True when the model's forward was wrapped in mixed-precision autocast (accelerate does
+    this under the HF Trainer's ``bf16``/``fp16``, keeping the original as ``_original_forward``)
+    and no autocast is active here: calling its decoder directly would escape that cast, so the
+    response-only head is not used."""
+    if getattr(model, "_original_forward", None) is None:
+        return False
+    return not torch.is_autocast_enabled(batch["input_ids"].device.type)
+
+
 def lm_stats(
     model,
     batch: dict,
@@ -76,7 +86,7 @@ def lm_stats(
     to its decoder's output, or that has no ``get_decoder`` (a DDP wrapper), gets the full head,
     which ``response_only_head=False`` always uses."""
     labels = batch["labels"][:, 1:] if labels is None else labels
-    split = head_split(model) if response_only_head else None
+    split = head_split(model) if response_only_head and not _forward_casts(model, batch) else None
     if split is not None:
         decoder, head = split
         hidden = decoder(**model_inputs(batch)).last_hidden_state

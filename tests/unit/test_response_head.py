@@ -282,3 +282,27 @@ def test_lora_on_the_head_is_called_not_bypassed():
         assert set(got_g) == set(want_g) and any("lm_head" in n for n in want_g)
         for name in want_g:
             torch.testing.assert_close(got_g[name], want_g[name], **TOL, msg=name)
+
+
+def test_a_forward_wrapped_in_autocast_keeps_its_cast(model):
+    """accelerate (HF Trainer with bf16) wraps the model's forward in autocast: calling the
+    decoder directly would run it uncast, so the statistics must be those of the wrapped forward."""
+    import copy
+
+    from accelerate.utils import convert_outputs_to_fp32
+
+    wrapped = copy.deepcopy(model).eval()
+    forward = wrapped.forward
+    wrapped._original_forward = forward
+    wrapped.forward = convert_outputs_to_fp32(torch.autocast("cpu", dtype=torch.bfloat16)(forward))
+    batch = batches(1)["padded"]
+    with torch.no_grad():
+        got = lm_stats(wrapped, batch, backend="torch")
+        logits = wrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        uncast = lm_stats(model.eval(), batch, backend="torch")
+    labels = batch["labels"][:, 1:]
+    mask = labels != -100
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    torch.testing.assert_close(got.loss[mask], ce[mask], **TOL)
+    assert not torch.allclose(uncast.loss[mask], ce[mask], **TOL)  # the cast matters on this batch
+    model.train()
