@@ -4,6 +4,8 @@ the same per-sample scores; a mid-epoch resume is exact; long samples are refuse
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from conftest import FAST, compose, crash, tiny_sft_overrides
@@ -53,7 +55,7 @@ STRATEGIES = {
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
 def test_every_strategy_trains_on_packed_rows(runs, name):
-    s, _ = runs(f"packed_{name}", PACK + [f"strategy={name}"] + STRATEGIES[name])
+    s, run_dir = runs(f"packed_{name}", PACK + [f"strategy={name}", "export_plan=true"] + STRATEGIES[name])
     n, epochs = s["train_samples_total"], len(s["epochs_detail"])
     assert s["packing"]["max_tokens_per_row"] == 64 and s["packing"]["truncated_samples"] == 0
     assert s["packing"]["rows"] == sum(e["packing_rows"] for e in s["epochs_detail"])
@@ -68,6 +70,10 @@ def test_every_strategy_trains_on_packed_rows(runs, name):
         for e in s["epochs_detail"]:
             assert e["kept"] == e["samples_trained"] < e["planned_samples"] == n
         assert abs(s["realised_keep_ratio"] - 0.25) < 0.1
+        exported = json.loads((run_dir / "plans" / "tokens_epoch_000.json").read_text())["rows"]
+        assert len(exported) == n  # one row per sample, its kept tokens among its response ones
+        assert all(set(r["kept"]) <= set(r["response"]) for r in exported)
+        assert sum(bool(r["kept"]) for r in exported) == s["epochs_detail"][0]["kept"]
     else:  # one rank: each planned sample in exactly one row, its tokens forwarded once
         assert [e["samples_trained"] for e in s["epochs_detail"]] == [e["planned_samples"] for e in s["epochs_detail"]]
         assert s["forward_tokens_trained"] == tokens
@@ -96,6 +102,20 @@ def test_packed_and_padded_runs_store_the_same_scores(runs, name):
     if name == "full":
         for k in ("samples_trained", "tokens_trained"):
             assert packed[k] == padded[k], k
+        assert packed["wrong_tokens_trained"] == padded["wrong_tokens_trained"] > 0
+
+
+def test_a_token_rule_on_packed_rows_trains_the_padded_tokens(runs):
+    """PPL token pruning decides per sample on packed rows too: at a standing model it keeps
+    exactly the padded run's tokens, wrong-answer tokens included."""
+    rule = ["+strategy/token=ppl", "strategy.token.keep_ratio=0.5"]
+    padded, _ = runs("rule_padded", STILL + rule)
+    packed, _ = runs("rule_packed", STILL + PACK + rule)
+    full, _ = runs("still_packed_full", STILL + PACK + ["strategy=full"])
+    assert packed["token_rule"] == "ppl"
+    for k in ("samples_trained", "tokens_trained", "wrong_tokens_trained"):
+        assert packed[k] == padded[k], k
+    assert 0.4 <= packed["tokens_trained"] / full["tokens_trained"] <= 0.6
 
 
 RESUME = PACK + [
