@@ -118,6 +118,27 @@ def test_a_token_rule_on_packed_rows_trains_the_padded_tokens(runs):
     assert 0.4 <= packed["tokens_trained"] / full["tokens_trained"] <= 0.6
 
 
+def test_a_hugging_face_model_on_jsonl_scores_alike_packed(tmp_path):
+    """The same through model=hf data=jsonl (a real tokenizer and chat template, its pad id)."""
+    from tiny_hf import ROWS, save_tiny_llama
+
+    root = tmp_path
+    model_dir = save_tiny_llama(root / "model", chat_template=True)
+    data = root / "train.jsonl"
+    data.write_text("\n".join(json.dumps(ROWS[i % 4]) for i in range(40)) + "\n")
+    hf = ["model=hf", f"model.path={model_dir}", "data=jsonl", f"data.path={data}", "batch_size=8"]
+    pad_dir, pack_dir = root / "padded", root / "packed"
+    padded = run(compose(FAST + STILL + hf + [f"run_dir={pad_dir}"]))
+    packed = run(
+        compose(FAST + STILL + hf + ["data.packing=true", "data.max_tokens_per_row=48", f"run_dir={pack_dir}"])
+    )
+    want, got = read_store(pad_dir), read_store(pack_dir)
+    for k in STORE:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    assert packed["packing"]["rows"] < packed["samples_trained"] == padded["samples_trained"]
+    assert packed["tokens_trained"] == padded["tokens_trained"]
+
+
 RESUME = PACK + [
     "strategy=infobatch",
     "epochs=2",
@@ -169,6 +190,7 @@ def test_samples_longer_than_a_row_are_refused_or_cut(runs, tiny, tmp_path):
         (["experiment=digits", "data.packing=true"], "data.packing=true packs token sequences"),
         (["data.packing=true", "data.packing_policy=drop"], "data.packing_policy='drop'"),
         (["data.packing=true", "data.max_tokens_per_row=0"], "data.max_tokens_per_row=0 must be at least 1"),
+        (["data.packing=true", "model.attn_implementation=flash_attention_2"], "only in a batch of one row"),
     ],
 )
 def test_bad_packing_settings_are_refused_by_key(make_cfg, overrides, message):
