@@ -21,7 +21,7 @@ class PackingKeys:
     """Declared in each data group; packing is off by default (padded batches)."""
 
     packing: bool = False
-    max_tokens_per_row: Optional[int] = knob(None, ge=1, doc="null: the longest training sample")
+    max_tokens_per_row: Optional[int] = knob(None, ge=1, doc="null: data.max_length, else the longest sample")
     packing_policy: Literal[POLICIES] = "refuse"  # a sample longer than a row: refused, or cut and counted
 
 
@@ -42,9 +42,11 @@ class Packing:
 
 
 def packing_from(data_cfg: Any, pad_id: int = 0) -> Packing | None:
-    """The ``data`` group's packing (None when ``data.packing`` is off or absent)."""
+    """The ``data`` group's packing (None when ``data.packing`` is off or absent). Rows hold
+    ``max_tokens_per_row`` tokens, by default ``data.max_length`` (what one sample may reach),
+    else (no length limit) the longest training sample."""
     get = data_cfg.get if hasattr(data_cfg, "get") else lambda k, d=None: getattr(data_cfg, k, d)
     if not get("packing", False):
         return None
-    cap = get("max_tokens_per_row", None)
+    cap = get("max_tokens_per_row", None) or get("max_length", None)
     return Packing(None if cap is None else int(cap), str(get("packing_policy", "refuse")), int(pad_id))

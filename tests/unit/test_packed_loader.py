@@ -9,7 +9,7 @@ import pytest
 import torch
 from packed_reference import make_items
 
-from qtune.data.packing_config import Packing
+from qtune.data.packing_config import Packing, packing_from
 from qtune.lightning.callback import PruningCallback
 from qtune.pruning.batch_extras import BatchExtras
 from qtune.pruning.packed_epoch import sample_lengths
@@ -149,3 +149,15 @@ def test_wrong_token_flags_follow_each_sample_into_its_row():
         # label j of a sample predicts its token j + 1: the padded path's wrong_by_id[:, 1:]
         assert torch.equal(per_sample[s, : n - 1], wrong[sid, 1:n])
         assert not per_sample[s, n - 1 :].any()
+
+
+def test_packing_from_the_data_group():
+    assert packing_from({"packing": False, "max_length": 64}) is None
+    assert packing_from({"max_length": 64}) is None  # off unless asked for
+    # rows as long as one sample may be (data.max_length) unless max_tokens_per_row says
+    assert packing_from({"packing": True, "max_length": 64}, pad_id=3) == Packing(64, "refuse", 3)
+    got = packing_from({"packing": True, "max_length": 64, "max_tokens_per_row": 200, "packing_policy": "truncate"})
+    assert got == Packing(200, "truncate", 0)
+    assert packing_from({"packing": True, "max_length": None}) == Packing(None, "refuse", 0)  # the longest sample
+    with pytest.raises(ValueError, match="data.packing_policy"):
+        packing_from({"packing": True, "packing_policy": "drop"})
