@@ -106,6 +106,22 @@ def write_final_scores(path: Path, pruning) -> None:
     write_scores(path, cols)
 
 
+def packing_summary(packing, history: list[dict]) -> dict[str, Any] | None:
+    """The run's packing (None: padded batches): settings, and over all epochs the rows, the
+    samples cut to the row length and the share of padding in the packed batches."""
+    if packing is None:
+        return None
+    tokens = sum(e.get("packing_tokens", 0) for e in history)
+    slots = sum(e.get("packing_slots", 0) for e in history)
+    return {
+        "max_tokens_per_row": history[-1].get("max_tokens_per_row") if history else packing.max_tokens_per_row,
+        "policy": packing.policy,
+        "rows": sum(e.get("packing_rows", 0) for e in history),
+        "truncated_samples": sum(e.get("packing_truncated", 0) for e in history),
+        "padding_share": 1 - tokens / slots if slots else 0.0,
+    }
+
+
 def evaluate_before(model, bundle, eval_cfg, run_dir: Path) -> dict[str, Any] | None:
     """The eval of the model as loaded (``eval.before=true``), on rank zero only; files end in
     ``_before``."""
@@ -165,6 +181,7 @@ def train(cfg: DictConfig, strategy, run_dir: Path, t_start: float, extra_callba
 
     from qtune.config.build import build_task_and_model
     from qtune.config.reference import build_token_step
+    from qtune.data.packing_config import packing_from
     from qtune.data.fingerprint import data_fingerprint
     from qtune.eval.evaluate import evaluate_model, validation_metrics
     from qtune.kernels import set_default_backend
@@ -233,7 +250,8 @@ def train(cfg: DictConfig, strategy, run_dir: Path, t_start: float, extra_callba
         pruning_strategy=strategy,
         token_step=token_step,
     )
-    datamodule = QTuneDataModule(bundle, cfg.batch_size, cfg.eval_batch_size, cfg.num_workers)
+    packing = packing_from(cfg.data, bundle.pad_id) if bundle.task == "sft" else None
+    datamodule = QTuneDataModule(bundle, cfg.batch_size, cfg.eval_batch_size, cfg.num_workers, packing)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_kwargs.pop("max_epochs", None)  # epochs (and the budget) decide it below
     base_digest = base_weights_digest(model)
@@ -340,6 +358,7 @@ def train(cfg: DictConfig, strategy, run_dir: Path, t_start: float, extra_callba
     if token_step is not None:  # the reference, and a loss file's cost in flops_estimate
         summary["reference"] = token_step.summary() or None
         summary["flops_estimate"] += token_step.file_flops
+    summary["packing"] = packing_summary(packing, pruning.history)
     summary["flops_vs_full"] = summary["flops_estimate"] / full_run_flops(
         int(cfg.epochs), bundle.train, num_params, trainable_params
     )

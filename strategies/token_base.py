@@ -113,8 +113,9 @@ class TokenDecision:
         per_token = torch.where(w != 0, token_loss * w, torch.zeros_like(token_loss))  # 0·inf stays 0
         if self.extra is not None:
             per_token = per_token + self.extra.to(token_loss.dtype)
-        if sample_weights is not None:
-            per_token = per_token * sample_weights.to(token_loss.dtype).unsqueeze(-1)
+        if sample_weights is not None:  # [B], or already per token [B, T] (a packed batch)
+            sw = sample_weights.to(token_loss.dtype)
+            per_token = per_token * (sw if sw.dim() == per_token.dim() else sw.unsqueeze(-1))
         return per_token.sum() / self.denominator.to(token_loss.dtype).clamp(min=1.0)
 
 

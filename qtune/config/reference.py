@@ -15,6 +15,7 @@ from typing import Any, Literal, Optional
 from omegaconf import OmegaConf
 
 from qtune.config.declared import ConfigError
+from qtune.pruning.token_step import needs_step_extras
 
 SOURCES = ("none", "self", "path", "file")
 
@@ -56,6 +57,12 @@ def check_reference(cfg: Any, rule) -> None:
     """Refuse, naming the keys, a token rule whose reference is missing or of a kind it cannot
     use; called when the config is validated, before anything is loaded."""
     needs = rule.needs()
+    if bool(OmegaConf.select(cfg, "data.packing", default=False)) and needs_step_extras(needs):
+        raise ConfigError(
+            f"strategy.token={rule.name!r} reads a reference model's losses or top-K entropies, which "
+            "data.packing=true does not compute yet: set data.packing=false, or use a rule on the "
+            "policy's own statistics (random, ppl, dft)"
+        )
     wants = needs.reference_model or needs.base_loss or needs.token_scores
     if not wants:
         return

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from qtune.config.declared import ConfigError, check_section, close_matches, knob
 from qtune.config.reference import ReferenceConfig, TokenLossesConfig, check_reference, check_reference_config
 from qtune.data.embedded import EmbeddedConfig
+from qtune.data.packing_config import PackingKeys
 from qtune.models.base_recipe import BaseRecipe
 from qtune.models.hf import ATTN_IMPLEMENTATIONS
 
@@ -178,7 +179,7 @@ class MLPModel:
 
 
 @dataclasses.dataclass
-class JsonlData:
+class JsonlData(PackingKeys):
     name: Literal["jsonl"] = "jsonl"
     path: str = ""
     eval_path: Optional[str] = None
@@ -189,7 +190,7 @@ class JsonlData:
 
 
 @dataclasses.dataclass
-class DigitsData:
+class DigitsData(PackingKeys):
     name: Literal["digits"] = "digits"
     eval_fraction: float = knob(0.2, gt=0.0, lt=1.0)
     seed: int = knob(0, ge=0, lt=2**32)  # scikit-learn's random_state range
@@ -340,6 +341,26 @@ def check_pairing(cfg: Any) -> None:
         raise ConfigError(f"task={task} but data={data} is a {expected} task (set task={expected})")
 
 
+def check_packing(cfg: Any) -> None:
+    """``data.packing=true`` packs causal-LM samples into rows whose samples attention keeps
+    apart through restarting ``position_ids``: refused where that cannot hold."""
+    if not OmegaConf.select(cfg, "data.packing", default=False):
+        return
+    task = OmegaConf.select(cfg, "task", default=None)
+    if cfg.data.name == "digits" or task == "classify":
+        raise ConfigError(
+            f"data.packing=true packs token sequences of a causal LM (task=sft); data={cfg.data.name} "
+            "is a classify task with one feature vector per sample: set data.packing=false"
+        )
+    attn = OmegaConf.select(cfg, "model.attn_implementation", default=None)
+    if attn in ("flash_attention_2", "flash_attention_3"):
+        raise ConfigError(
+            f"data.packing=true with model.attn_implementation={attn}: FlashAttention keeps packed "
+            "samples apart only in a batch of one row, and packed batches hold several; use "
+            "model.attn_implementation=sdpa (or eager, flex_attention)"
+        )
+
+
 def _check_paths(cfg: DictConfig) -> None:
     """Local files the run will read, before anything is loaded."""
     if cfg.data.name == "jsonl":
@@ -430,6 +451,7 @@ def validate_config(cfg: DictConfig, run_schema: type = RunConfig, trainer: bool
         try_trainer(cfg.trainer)
     if cfg.get("task") != "pretrain":
         check_pairing(cfg)
+        check_packing(cfg)
         _check_paths(cfg)
         from qtune.eval.harness import check_lm_eval
 

@@ -27,6 +27,7 @@ from typing import Any, Literal, Mapping, Optional
 from qtune.config.declared import knob
 
 from qtune.data.bundle import GenerationEval, TaskBundle
+from qtune.data.packing_config import PackingKeys
 from qtune.data.sft import SFTDataset, TokenizedExample, collate_sft
 from qtune.data.skills import SKILLS, Problem, SkillSpec, check_skills, instruction_prompt, near_miss, sample_problem
 from qtune.data.tokenizer import CharTokenizer
@@ -36,7 +37,7 @@ KINDS = ("clean", "noisy", "duplicate")
 
 
 @dataclass
-class EmbeddedConfig:
+class EmbeddedConfig(PackingKeys):
     """The ``data=embedded`` group, declared: ``qtune.config.schema`` checks a config against
     these types and ranges before anything is built; ``__post_init__`` adds the cross-field
     rules."""

@@ -42,44 +42,51 @@ def collate_packed(rows: Sequence[Sequence[dict]], pad_id: int = 0, max_tokens_p
     per_row = [len(row) for row in rows]
     if min(per_row) == 0:
         raise ValueError("a packed row needs at least one sample")
-    starts, row_tokens, at = [], [], 0
-    for n in per_row:
-        offsets = [0]
-        for m in lengths[at : at + n]:
-            offsets.append(offsets[-1] + m)
-        starts += offsets[:-1]
-        row_tokens.append(offsets[-1])
-        at += n
-    if cut is not None and max(row_tokens) > cut:
-        raise ValueError(f"a packed row holds {max(row_tokens)} tokens, more than data.max_tokens_per_row={cut}")
-    width = max(row_tokens)
-    sample_length = torch.tensor(lengths, dtype=torch.long)
-    row_of = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(per_row, dtype=torch.long))
-    start = torch.tensor(starts, dtype=torch.long)
-    ends = torch.cumsum(sample_length, 0)
-    # scatter every token at (row, start + k)
-    total = int(ends[-1])
-    sample_of = torch.repeat_interleave(torch.arange(len(items)), sample_length)
-    k = torch.arange(total) - (ends - sample_length)[sample_of]
-    r, c = row_of[sample_of], start[sample_of] + k
+    if cut is not None:
+        at, widest = 0, 0
+        for n in per_row:
+            widest, at = max(widest, sum(lengths[at : at + n])), at + n
+        if widest > cut:
+            raise ValueError(f"a packed row holds {widest} tokens, more than data.max_tokens_per_row={cut}")
     ids = torch.cat([torch.as_tensor(it["input_ids"][:n], dtype=torch.long) for it, n in zip(items, lengths)])
     labs = torch.cat([torch.as_tensor(it["labels"][:n], dtype=torch.long) for it, n in zip(items, lengths)])
-    labs = labs.masked_fill(k == 0, IGNORE_INDEX)  # the boundary rule
-    shape = (len(rows), width)
-    input_ids = torch.full(shape, pad_id, dtype=torch.long)
-    labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
-    seg = torch.full(shape, -1, dtype=torch.long)
-    input_ids[r, c], labels[r, c], seg[r, c] = ids, labs, sample_of
+    batch = place_samples(ids, labs, torch.tensor(lengths, dtype=torch.long), torch.tensor(per_row), pad_id)
+    return {"sample_id": torch.tensor([int(it["sample_id"]) for it in items], dtype=torch.long), **batch}
+
+
+def place_samples(
+    ids: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, per_row: torch.Tensor, pad_id: int = 0
+):
+    """The packed layout of samples given as flat tensors, on their device: ``ids`` and
+    ``labels`` [N] (the samples' tokens one after another), ``lengths`` [S], ``per_row`` [R]
+    (consecutive samples per row). Returns ``input_ids``, ``labels``, ``position_ids``, ``seg``
+    [R, L] and ``sample_length``; applies the boundary rule. One host sync (the width)."""
+    device = ids.device
+    lengths, per_row = lengths.to(device), per_row.to(device)
+    num_rows, num_samples = per_row.numel(), lengths.numel()
+    row_of = torch.repeat_interleave(torch.arange(num_rows, device=device), per_row)
+    ends = torch.cumsum(lengths, 0)
+    first_of_row = torch.cumsum(per_row, 0) - per_row  # index of each row's first sample
+    start = (ends - lengths) - (ends - lengths)[first_of_row][row_of]  # column of each sample's first token
+    row_tokens = torch.zeros(num_rows, dtype=torch.long, device=device).index_add_(0, row_of, lengths)
+    width = int(row_tokens.max())
+    # scatter every token at (row, start + k)
+    sample_of = torch.repeat_interleave(torch.arange(num_samples, device=device), lengths)
+    k = torch.arange(ids.numel(), device=device) - (ends - lengths)[sample_of]
+    r, c = row_of[sample_of], start[sample_of] + k
+    labs = labels.masked_fill(k == 0, IGNORE_INDEX)  # the boundary rule
+    shape = (num_rows, width)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long, device=device)
+    out_labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long, device=device)
+    seg = torch.full(shape, -1, dtype=torch.long, device=device)
+    input_ids[r, c], out_labels[r, c], seg[r, c] = ids, labs, sample_of
     # padding: positions 0, 1, ... from the row's end, a segment of its own
-    column = torch.arange(width).expand(shape)
-    pad_pos = column - torch.tensor(row_tokens, dtype=torch.long).unsqueeze(1)
-    position_ids = pad_pos.clone()
+    position_ids = torch.arange(width, device=device).expand(shape) - row_tokens.unsqueeze(1)
     position_ids[r, c] = k
     return {
-        "sample_id": torch.tensor([int(it["sample_id"]) for it in items], dtype=torch.long),
         "input_ids": input_ids,
-        "labels": labels,
+        "labels": out_labels,
         "position_ids": position_ids,
         "seg": seg,
-        "sample_length": sample_length,
+        "sample_length": lengths,
     }

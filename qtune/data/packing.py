@@ -56,7 +56,7 @@ def _row_generator(seed: int, epoch: int) -> torch.Generator:
 
 def _checked_lengths(sample_ids: np.ndarray, lengths: np.ndarray, cap: int, policy: str) -> tuple[np.ndarray, int]:
     if policy not in POLICIES:
-        raise ValueError(f"unknown packing policy {policy!r}; choose from {POLICIES}")
+        raise ValueError(f"data.packing_policy={policy!r} is not known; choose from {POLICIES}")
     if cap < 1:
         raise ValueError(f"data.max_tokens_per_row must be at least 1, got {cap}")
     if len(lengths) != len(sample_ids):
@@ -69,8 +69,8 @@ def _checked_lengths(sample_ids: np.ndarray, lengths: np.ndarray, cap: int, poli
         i = int(np.flatnonzero(over)[0])
         raise ValueError(
             f"sample {int(sample_ids[i])} has {int(lengths[i])} tokens, more than data.max_tokens_per_row={cap} "
-            f"({int(over.sum())} samples are longer); raise data.max_tokens_per_row or set the packing policy "
-            "to 'truncate'"
+            f"({int(over.sum())} samples are longer); raise data.max_tokens_per_row or set "
+            "data.packing_policy=truncate"
         )
     return np.minimum(lengths, cap), int(over.sum())
 

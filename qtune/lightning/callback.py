@@ -12,7 +12,9 @@ scoring passes; the core holds every decision and number. Protocol for a Lightni
    ``reload_dataloaders_every_n_epochs=1`` and ``use_distributed_sampler=False``.
 3. Batches arrive with the plan's loss weights as ``batch["sample_weight"]`` [B] (when the
    strategy weights samples) and, when the data marks them, wrong-answer token flags as
-   ``batch["wrong_tokens"]`` [B, L] (label coordinates).
+   ``batch["wrong_tokens"]`` [B, L] (label coordinates). With ``dataloader(...,
+   packing=Packing(...))`` batches are packed rows (``seg``, ``position_ids``; weights stay
+   per sample, [S] in ``sample_id`` order; flags follow the rows, [R, L]).
 4. ``training_step`` returns a dict with ``loss`` and either ``record`` (a
    :class:`qtune.pruning.train_step.StepRecord`, what :func:`~qtune.pruning.train_step.train_step`
    gives; qtune's module does this) or, to feed the statistics store, ``sample_ids`` and ``scores``
@@ -27,14 +29,19 @@ scoring passes; the core holds every decision and number. Protocol for a Lightni
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
+from qtune.data.packed_collate import collate_packed
+from qtune.data.packing_config import Packing
 from qtune.pruning.core import COUNTERS, PruningCore, plan_hash  # noqa: F401  (re-exported)
 from qtune.pruning.distributed import Collective
+from qtune.pruning.packed_epoch import PackedRows, pack_epoch, sample_lengths
 from qtune.pruning.sampler import PlanSampler, shard_plan
 from qtune.strategies.base import PruningStrategy, epoch_generator
 
@@ -160,9 +167,14 @@ class PruningCallback(Callback):
         return self.core.wrong_tokens(sample_ids, length)
 
     # -- plans ---------------------------------------------------------------------------------
-    def dataloader(self, dataset, batch_size: int, collate_fn=None, num_workers: int = 0, **kwargs) -> DataLoader:
+    def dataloader(
+        self, dataset, batch_size: int, collate_fn=None, num_workers: int = 0, packing: Packing | None = None, **kwargs
+    ) -> DataLoader:
         """The train loader of the current epoch: only the planned ids, sharded for this rank,
-        and batches that carry the plan's extras (``sample_weight``, ``wrong_tokens``)."""
+        and batches that carry the plan's extras (``sample_weight``, ``wrong_tokens``). With
+        ``packing`` the planned samples are packed into rows and ``batch_size`` counts rows
+        (batches from :func:`qtune.data.packed_collate.collate_packed`; ``collate_fn`` then
+        serves the padded scoring passes only)."""
         trainer = self._trainer
         if trainer is None:
             raise RuntimeError("PruningCallback is not attached: pass it in Trainer(callbacks=[...])")
@@ -173,26 +185,46 @@ class PruningCallback(Callback):
         epoch = trainer.current_epoch
         self._settle_resume(trainer)  # an epoch the checkpoint holds complete is booked first
         plan = core.plan_epoch(epoch, int(trainer.max_epochs or 1), self.scoring_pass)
+        items, collate = dataset, core.batch_extras(collate_fn)
+        ids = plan.sample_ids
+        core.packing_layout = None
+        if packing is not None:
+            packed, counts = pack_epoch(
+                ids.numpy(), self._lengths(dataset), packing, seed=self.seed, epoch=epoch, rows_per_batch=batch_size
+            )
+            plan.info.update(counts)  # the epoch's history entry records them
+            core.packing_layout = {"max_tokens_per_row": packed.max_tokens_per_row, "policy": packing.policy}
+            items, ids = PackedRows(dataset, packed), torch.arange(packed.num_rows)
+            cut = packed.max_tokens_per_row
+            collate = core.batch_extras(partial(collate_packed, pad_id=packing.pad_id, max_tokens_per_row=cut))
+        # rows are already in a (seed, epoch) order: sharded as they come
         skip = core.samples_to_skip(epoch, batch_size, key="config key batch_size")
         sampler = PlanSampler(
-            plan.sample_ids,
+            ids,
             seed=self.seed,
             epoch=epoch,
             skip=skip,
             rank=trainer.global_rank,
             world_size=trainer.world_size,
+            shuffle=packing is None,
         )
         # a private generator: creating the loader's iterator must not consume the global RNG
         kwargs.setdefault("generator", epoch_generator(self.seed, epoch, salt=29))
         return DataLoader(
-            dataset,
+            items,
             batch_size=batch_size,
             sampler=sampler,
-            collate_fn=core.batch_extras(collate_fn),
+            collate_fn=collate,
             num_workers=num_workers,
             drop_last=False,
             **kwargs,
         )
+
+    def _lengths(self, dataset) -> np.ndarray:
+        """Tokens per training item, computed once per dataset (packing needs them every epoch)."""
+        if getattr(self, "_lengths_of", (None,))[0] is not dataset:
+            self._lengths_of = (dataset, sample_lengths(dataset))
+        return self._lengths_of[1]
 
     def scoring_pass(self, epoch: int) -> None:
         """Score every training sample without gradients, sharded over ranks; the core gathers."""

@@ -1,5 +1,6 @@
-"""The datamodule: train loaders come from the pruning callback's plan, eval loaders are plain
-(sharded without shuffling when several ranks run, since Lightning's sampler injection is off)."""
+"""The datamodule: train loaders come from the pruning callback's plan (packed rows with
+``data.packing``), eval loaders are plain and padded (sharded without shuffling when several
+ranks run, since Lightning's sampler injection is off)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,22 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from qtune.data.bundle import TaskBundle
+from qtune.data.packing_config import Packing
 from qtune.lightning.callback import PruningCallback
 
 
 class QTuneDataModule(L.LightningDataModule):
     def __init__(
-        self, bundle: TaskBundle, batch_size: int, eval_batch_size: int | None = None, num_workers: int = 0
+        self,
+        bundle: TaskBundle,
+        batch_size: int,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        packing: Packing | None = None,
     ) -> None:
+        """``packing``: train batches of ``batch_size`` packed rows (eval batches stay padded)."""
         super().__init__()
+        self.packing = packing
         self.bundle = bundle
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
@@ -30,7 +39,11 @@ class QTuneDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return self._pruning().dataloader(
-            self.bundle.train, batch_size=self.batch_size, collate_fn=self.bundle.collate, num_workers=self.num_workers
+            self.bundle.train,
+            batch_size=self.batch_size,
+            collate_fn=self.bundle.collate,
+            num_workers=self.num_workers,
+            packing=self.packing,
         )
 
     def val_dataloader(self) -> DataLoader:

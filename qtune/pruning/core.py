@@ -96,6 +96,8 @@ class PruningCore(ResumeState):
         self._resume_batch_size: int | None = None
         self._resume_elapsed = 0.0  # seconds of the resumed epoch trained before the checkpoint
         self.batch_size: int | None = None  # the integration's per-rank batch size (resume checks it)
+        self.packing_layout: dict | None = None  # the loader's packing (resume checks it), None: padded
+        self._resume_packing: dict | None = None
 
     def begin_epoch(self) -> None:
         self._buffers.reset()
@@ -107,20 +109,6 @@ class PruningCore(ResumeState):
     def resuming(self, epoch: int) -> bool:
         """True while `epoch` is the one a mid-epoch checkpoint was taken in."""
         return self._resume_at is not None and self._resume_at[0] == epoch
-
-    def samples_to_skip(self, epoch: int, batch_size: int, key: str = "batch_size") -> int:
-        """This rank's samples of `epoch` already trained before a mid-epoch checkpoint (0
-        otherwise). Another batch size than the checkpoint's is refused, naming `key`: the
-        same count of batches would then retrain or skip samples."""
-        if not self.resuming(epoch):
-            return 0
-        if self._resume_batch_size not in (None, batch_size):
-            raise ValueError(
-                f"this checkpoint was taken mid-epoch with batch size {self._resume_batch_size}; "
-                f"this run uses {batch_size} ({key}), which would retrain or skip samples. Resume "
-                "with the same batch size, or from an end-of-epoch checkpoint"
-            )
-        return self._resume_at[1] * batch_size
 
     def run_scoring_pass(self, epoch: int, batches: Iterable, score_batch: Callable[[Any], tuple]) -> None:
         """A no-grad pass: ``score_batch(batch)`` gives ``(sample_ids, scores, forward_tokens)``

@@ -56,6 +56,7 @@ class ResumeState:
             "world_size": self.comm.world_size,
             "batches_done": self._batches_done,
             "batch_size": self.batch_size,
+            "packing": self.packing_layout,
             "time_s": elapsed if self._batches_done else 0.0,
             "buffers": self._buffers.state_dict(),
             "counters": {k: torch.as_tensor(v).cpu() for k, v in self._counters.items()},
@@ -133,6 +134,7 @@ class ResumeState:
                 )
             self._resume_at = (int(progress["epoch"]), int(progress["batches_done"]))
             self._resume_batch_size = progress.get("batch_size")
+            self._resume_packing = progress.get("packing")
             self._resume_elapsed = float(progress.get("time_s", 0.0))
             self._batches_done = int(progress["batches_done"])
             self._buffers.reset()
@@ -148,6 +150,29 @@ class ResumeState:
             restore_rng(unpack_state(rngs[rank]))
         elif "rng" in state:  # single process, or another world size: rank 0's state
             restore_rng(state["rng"])
+
+    def samples_to_skip(self, epoch: int, batch_size: int, key: str = "batch_size") -> int:
+        """This rank's items of `epoch` already trained before a mid-epoch checkpoint (0
+        otherwise): samples, or rows when the loader packs (``packing_layout``; a row's samples
+        are a pure function of the plan and the packing). Another batch size or packing than
+        the checkpoint's is refused, naming the key: the same count of batches would then
+        retrain or skip samples."""
+        if not self.resuming(epoch):
+            return 0
+        if self._resume_batch_size not in (None, batch_size):
+            raise ValueError(
+                f"this checkpoint was taken mid-epoch with batch size {self._resume_batch_size}; "
+                f"this run uses {batch_size} ({key}), which would retrain or skip samples. Resume "
+                "with the same batch size, or from an end-of-epoch checkpoint"
+            )
+        if self._resume_packing != self.packing_layout:
+            raise ValueError(
+                f"this checkpoint was taken mid-epoch with packing {self._resume_packing}; this run "
+                f"packs with {self.packing_layout} (config keys data.packing, data.max_tokens_per_row, "
+                "data.packing_policy), which would retrain or skip samples. Resume with the same "
+                "packing, or from an end-of-epoch checkpoint"
+            )
+        return self._resume_at[1] * batch_size
 
     def settle_resume(self, current_epoch: int) -> None:
         """Finish an epoch the checkpoint holds complete but unbooked, before the next epoch's

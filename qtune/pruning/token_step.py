@@ -42,6 +42,12 @@ def needs_policy_extras(needs: TokenNeeds) -> bool:
     return "topk_entropy" in needs.statistics or needs.reference_kl is not None
 
 
+def needs_step_extras(needs: TokenNeeds) -> bool:
+    """Whether a rule reads more than the policy's own token statistics (a reference, base or
+    file losses, the top-K entropy): only the padded step computes those so far."""
+    return needs.reference_model or needs.base_loss or needs.token_scores or needs_policy_extras(needs)
+
+
 def lm_stats_extra(
     model,
     batch: dict,

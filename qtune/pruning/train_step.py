@@ -5,6 +5,7 @@ Face mixin in ``compute_loss``. The plan's per-sample loss weights reach the los
 ``batch["sample_weight"]`` (the Lightning loader's collate adds them; the mixin puts them on the
 batch from the core). A strategy with a batch plan (Q-Tuning) scores the batch and trains what
 it keeps (:func:`qtune.pruning.planned_step.planned_step`); any other trains the whole batch.
+A packed batch (``seg``: several samples per row) takes :mod:`qtune.pruning.packed_step`.
 The :class:`StepRecord` goes to ``PruningCore.record_batch`` and to the compute budget.
 """
 
@@ -17,8 +18,9 @@ import torch
 
 from qtune.pruning.batch_stats import sample_scores
 from qtune.pruning.loss import masked_token_mean
+from qtune.pruning.packed_step import is_packed, packed_train_step
 from qtune.pruning.planned_step import forward_tokens, planned_step, wrong_tokens_trained
-from qtune.pruning.token_step import rule_inputs
+from qtune.pruning.token_step import needs_step_extras, rule_inputs
 
 
 @dataclass
@@ -74,6 +76,14 @@ def train_step(
     token statistics (with gradients); ``strategy`` is the run's (None: train everything);
     ``token_fn`` computes its token rule's inputs (``qtune.pruning.token_step.TokenStep`` bound
     to the policy model; None: rules on the policy's own statistics only)."""
+    if is_packed(batch):  # several samples per row: per-sample views of the same step
+        rule = getattr(strategy, "token_rule", None)
+        if rule is not None and needs_step_extras(rule.needs()):
+            raise ValueError(
+                f"token rule {rule.name!r} reads a reference or top-K entropies, which packed "
+                "batches do not compute yet (data.packing=true)"
+            )
+        return StepRecord(**packed_train_step(stats_fn, batch, strategy, epoch, step))
     weights = batch.get("sample_weight")
     ids = batch["sample_id"]
     if strategy is not None and strategy.uses_batch_plan:
