@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import IterableDataset
 
+from qtune.hf.flattened import is_flattened, packed_from_flattened
 from qtune.pruning.indexed import IndexedDataset
 
 
@@ -75,13 +76,20 @@ def with_sample_id(dataset):
 
 class KeepSampleId:
     """Wraps a collator that builds its batch from known keys only (TRL's drops the rest): the
-    inner collator sees the items without ``sample_id``, which is added back as a tensor."""
+    inner collator sees the items without ``sample_id``, which is added back as a tensor. A
+    padding-free collator's single row becomes qtune's packed layout (``qtune.hf.flattened``).
+    Items without ``sample_id`` (an eval set) go through the inner collator untouched."""
 
     def __init__(self, inner) -> None:
         self.inner = inner
 
     def __call__(self, features: list[dict]) -> dict:
-        ids = [int(f["sample_id"]) for f in features]
+        if not features or "sample_id" not in features[0]:
+            return self.inner(features)
+        ids = torch.tensor([int(f["sample_id"]) for f in features], dtype=torch.long)
         batch = self.inner([{k: v for k, v in f.items() if k != "sample_id"} for f in features])
-        batch["sample_id"] = torch.tensor(ids, dtype=torch.long)
+        if is_flattened(batch, len(features)):
+            lengths = [len(f["input_ids"]) for f in features]
+            return packed_from_flattened(batch, lengths, ids, self.inner)
+        batch["sample_id"] = ids
         return batch

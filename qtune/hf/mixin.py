@@ -54,7 +54,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from qtune.pruning.batch_stats import lm_stats, sample_scores
+from qtune.pruning.batch_stats import lm_stats
 from qtune.pruning.budget import UPPER_EPOCHS, ComputeBudget, build_budget
 from qtune.hf.data import (
     KeepSampleId,
@@ -66,6 +66,7 @@ from qtune.hf.data import (
 from qtune.pruning.core import PruningCore
 from qtune.pruning.planned_step import forward_tokens
 from qtune.pruning.distributed import Collective, TorchDistributed
+from qtune.hf.flattened import per_sample_scores
 from qtune.hf.sampling import EpochPlanSampler, global_epoch_order, scoring_shares
 from qtune.pruning.train_step import train_step
 from qtune.pruning.schedule import lr_factor, training_progress
@@ -73,6 +74,8 @@ from qtune.strategies import build_strategy
 from qtune.strategies.base import PruningStrategy
 
 STATE_FILE = "qtune_pruning.pt"
+# what the loss reads of a batch: padded, or packed (several samples per row: ``seg`` etc.)
+BATCH_KEYS = ("input_ids", "attention_mask", "labels", "sample_id", "position_ids", "seg", "sample_length")
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant", "constant_with_warmup": "constant"}
 
 
@@ -244,7 +247,7 @@ class PruningMixin:
             ids, real = share
             batch = self._prepare_inputs(collate([data[i] for i in ids]))
             stats = lm_stats(model, batch)
-            scores = {k: v[:real] for k, v in sample_scores(stats, stats.valid).items()}
+            scores = {k: v[:real] for k, v in per_sample_scores(stats, batch).items()}
             return batch["sample_id"][:real], scores, forward_tokens(batch)
 
         self._pruning_core.run_scoring_pass(epoch, shares, score_batch)
@@ -255,7 +258,7 @@ class PruningMixin:
         if not model.training or "sample_id" not in inputs:  # evaluation: the model's own loss
             inputs = {k: v for k, v in inputs.items() if k != "sample_id"}
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        batch = {k: inputs[k] for k in ("input_ids", "attention_mask", "labels", "sample_id") if k in inputs}
+        batch = {k: inputs[k] for k in BATCH_KEYS if k in inputs}
         weights = self._pruning_core.sample_weights(batch["sample_id"])
         if weights is not None:  # the plan's weights reach the loss on the batch, as in qtune-train
             batch["sample_weight"] = weights
