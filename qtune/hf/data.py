@@ -52,10 +52,11 @@ def check_trainer_setup(args, train_dataset) -> None:
         )
 
 
-def check_batches_have_labels(collator, dataset) -> None:
-    """One item through the collator, so a dataset whose batches carry no labels (the loss needs
-    them) fails here, not at the first step."""
-    batch = collator([dataset[0]])
+def check_batches_have_labels(collator, dataset, batch_size: int = 1) -> None:
+    """A first batch (two items where batches hold two) through the collator, so a dataset whose
+    batches carry no labels (the loss needs them), or a flattening collator whose row cannot be
+    read per sample, fails here, not at the first step."""
+    batch = collator([dataset[i] for i in range(min(2, max(1, batch_size), len(dataset)))])
     if "labels" not in batch:
         raise ValueError(
             "PruningMixin: batches of train_dataset carry no 'labels' (got "

@@ -67,6 +67,13 @@ from qtune.pruning.core import PruningCore
 from qtune.pruning.planned_step import forward_tokens
 from qtune.pruning.distributed import Collective, TorchDistributed
 from qtune.hf.flattened import per_sample_scores
+from qtune.hf.packing import (
+    check_resume_layout,
+    packed_train_dataloader,
+    row_packing,
+    trainer_args,
+    unpacked_prepare_args,
+)
 from qtune.hf.sampling import EpochPlanSampler, global_epoch_order, scoring_shares
 from qtune.pruning.train_step import train_step
 from qtune.pruning.schedule import lr_factor, training_progress
@@ -119,13 +126,16 @@ class PruningMixin:
         **kwargs,
     ) -> None:
         check_map_style(kwargs.get("train_dataset"))  # before Trainer's own, generic, message
+        self._row_packing = row_packing(trainer_args(args, kwargs))  # TRL packing=True: refused or ours
         super().__init__(*args, **kwargs)
         check_trainer_setup(self.args, self.train_dataset)
         if not isinstance(pruning, PruningStrategy):
             pruning = build_strategy(pruning or "full", seed=self.args.seed, **(pruning_options or {}))
         self.train_dataset = with_sample_id(self.train_dataset)
+        if self._row_packing is not None:
+            self._row_packing.attach(self.train_dataset, getattr(self.data_collator, "pad_token_id", None))
         self.data_collator = KeepSampleId(self.data_collator)
-        check_batches_have_labels(self.data_collator, self.train_dataset)
+        check_batches_have_labels(self.data_collator, self.train_dataset, self.args.per_device_train_batch_size)
         self.model_accepts_loss_kwargs = False  # our loss is a token mean: Trainer scales by GA
         self.pruning_budget = self._build_budget(pruning, pruning_budget)
         self._pruning_core = PruningCore(
@@ -137,6 +147,7 @@ class PruningMixin:
             budget=self.pruning_budget,
         )
         self._pruning_core.batch_size = self.args.per_device_train_batch_size
+        self._pruning_core.packing_layout = None if self._row_packing is None else self._row_packing.layout
         if self.args.world_size > 1:  # torchrun / accelerate launch: gathers over the process group
             self._pruning_core.comm = Collective(TorchDistributed(self.args.device))
         self._epoch = 0
@@ -183,6 +194,18 @@ class PruningMixin:
         if "sample_id" not in self._signature_columns:
             self._signature_columns.append("sample_id")
 
+    def _prepare_dataset(self, dataset, processing_class, args, packing, *rest):
+        """TRL's preparation; under packing the training set is prepared unpacked, for qtune's
+        packer to pack each epoch's kept samples (``qtune.hf.packing``)."""
+        if packing and self._row_packing is not None and rest and rest[-1] == "train":
+            args, packing = unpacked_prepare_args(args, self._row_packing.strategy), False
+        return super()._prepare_dataset(dataset, processing_class, args, packing, *rest)
+
+    def get_train_dataloader(self):
+        if self._row_packing is None:
+            return super().get_train_dataloader()
+        return packed_train_dataloader(self, self._row_packing)
+
     def _get_train_sampler(self, train_dataset=None):
         return EpochPlanSampler(lambda: self._epoch_ids(self._epoch), len(self.train_dataset))
 
@@ -202,10 +225,14 @@ class PruningMixin:
         """Samples of one optimiser step on one rank."""
         return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
 
-    def _epoch_ids(self, epoch: int) -> torch.Tensor:
+    def _epoch_ids(self, epoch: int) -> torch.Tensor | list[tuple[int, ...]]:
         """This epoch's shuffled plan, padded to whole optimiser steps on every rank: the one
-        sequence accelerate deals out to the ranks batch by batch (``qtune.hf.sampling``)."""
+        sequence accelerate deals out to the ranks batch by batch (``qtune.hf.sampling``);
+        under packing, its rows (tuples of sample ids)."""
         plan = self.plan_epoch(epoch)
+        if self._row_packing is not None:
+            steps = self._steps_multiple()
+            return self._row_packing.epoch_rows(epoch, plan, self.args.seed, steps, self.args.world_size)
         return global_epoch_order(
             plan.sample_ids,
             seed=self.args.seed,
@@ -292,7 +319,8 @@ class PruningMixin:
         plan = self.pruning_plans.get(self._epoch)
         if plan is None:
             return self._epoch / self._num_epochs()
-        batches = self._rank_batches(plan.sample_ids.numel())
+        planned = plan.sample_ids.numel() if self._row_packing is None else len(self._epoch_ids(self._epoch))
+        batches = self._rank_batches(planned)
         return training_progress(
             self._epoch, self._pruning_core.batches_done, batches, self._num_epochs(), self.pruning_budget
         )
@@ -377,6 +405,7 @@ class PruningMixin:
         self.load_pruning_state_dict(state)
         core, epoch = self._pruning_core, self._epoch
         done = core.batches_done
+        check_resume_layout(core, epoch, self._row_packing)
         core.samples_to_skip(
             epoch, self.args.per_device_train_batch_size, key="per_device_train_batch_size"
         )  # refuses another batch size
