@@ -59,6 +59,7 @@ def sft(model_dir, out, pruning, lr=0.0, epochs=2, rows=None, **config):
     tok.pad_token = tok.eos_token
     config.setdefault("max_length", MAX_LEN)
     config.setdefault("per_device_train_batch_size", B)
+    config.setdefault("save_strategy", "no")
     args = trl.SFTConfig(
         output_dir=str(out),
         num_train_epochs=epochs,
@@ -67,7 +68,6 @@ def sft(model_dir, out, pruning, lr=0.0, epochs=2, rows=None, **config):
         use_cpu=True,
         seed=0,
         disable_tqdm=True,
-        save_strategy="no",
         **config,
     )
     torch.manual_seed(0)
@@ -318,3 +318,46 @@ def test_a_flattening_collator_without_positions_is_refused(model_dir, tmp_path)
 
 # ---------------------------------------------------------------------------------------------
 # resume
+
+
+# ---------------------------------------------------------------------------------------------
+# resume
+
+RESUME = {"packing": True, "per_device_train_batch_size": 2, "save_strategy": "steps", "save_steps": 1}
+
+
+@pytest.fixture(scope="module")
+def saved_run(model_dir, tmp_path_factory):
+    """A packed random-half run that writes a checkpoint at every step."""
+    out = tmp_path_factory.mktemp("saved")
+    trainer = sft(model_dir, out, "random", lr=1e-2, **RESUME)
+    trainer.train()
+    return out, trainer
+
+
+@pytest.mark.parametrize("where", ["inside epoch 0", "end of epoch 0", "inside epoch 1"])
+def test_a_packed_run_resumes_from_a_checkpoint_to_the_same_weights_and_store(model_dir, saved_run, where):
+    out, whole = saved_run
+    first, second = (h["batches"] for h in whole.pruning_history)
+    assert first >= 3 and second >= 2
+    step = {"inside epoch 0": 2, "end of epoch 0": first, "inside epoch 1": first + 1}[where]
+    resumed = sft(model_dir, out, "random", lr=1e-2, **RESUME)
+    resumed.train(resume_from_checkpoint=str(out / f"checkpoint-{step}"))
+    for (name, a), (_, b) in zip(whole.model.named_parameters(), resumed.model.named_parameters()):
+        assert torch.equal(a, b), name
+    assert [h["batches"] for h in resumed.pruning_history] == [first, second]
+    assert [h["samples_trained"] for h in resumed.pruning_history] == [
+        h["samples_trained"] for h in whole.pruning_history
+    ]
+    for name in FIELDS:  # bit for bit (NaN: never trained)
+        a, b = getattr(resumed._pruning_store, name), getattr(whole._pruning_store, name)
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+def test_resuming_a_packed_checkpoint_mid_epoch_without_packing_is_refused(model_dir, saved_run):
+    out, _ = saved_run
+    unpacked = sft(model_dir, out, "random", lr=1e-2, per_device_train_batch_size=2)
+    with pytest.raises(
+        ValueError, match=r"mid-epoch with packing .*max_tokens_per_row.: 24.*this trainer packs with None"
+    ):
+        unpacked.train(resume_from_checkpoint=str(out / "checkpoint-2"))
