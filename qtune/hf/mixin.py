@@ -31,6 +31,9 @@ What the mixin changes, and why:
   and the LR schedule's progress is the share spent. One host read per optimiser step, only
   under a budget. A keyword argument, not a ``TrainingArguments`` field, so that any Trainer
   subclass's own arguments class works unchanged.
+* **Packed batches**: TRL's ``packing=True`` is replaced by qtune's packer, which packs only
+  each epoch's kept samples (``qtune.hf.packing``); padding-free batches (``padding_free=True``,
+  ``DataCollatorWithFlattening``) are read per sample (``qtune.hf.flattened``).
 * **sample_id**: added to the dataset when missing, kept through Trainer's column removal and
   through the collator (whatever collator the Trainer uses, e.g. TRL's).
 * **Resume**: the pruning state is saved beside each Trainer checkpoint (``qtune_pruning.pt``);
@@ -67,13 +70,7 @@ from qtune.pruning.core import PruningCore
 from qtune.pruning.planned_step import forward_tokens
 from qtune.pruning.distributed import Collective, TorchDistributed
 from qtune.hf.flattened import per_sample_scores
-from qtune.hf.packing import (
-    check_resume_layout,
-    packed_train_dataloader,
-    row_packing,
-    trainer_args,
-    unpacked_prepare_args,
-)
+from qtune.hf import packing as hf_packing
 from qtune.hf.sampling import EpochPlanSampler, global_epoch_order, scoring_shares
 from qtune.pruning.train_step import train_step
 from qtune.pruning.schedule import lr_factor, training_progress
@@ -111,7 +108,7 @@ class _BookBudgetSteps(TrainerCallback):
         return control
 
 
-class PruningMixin:
+class PruningMixin(hf_packing.PackingHooks):
     """Put before a ``transformers.Trainer`` subclass: ``class T(PruningMixin, Trainer)``.
     ``pruning`` is a strategy name (options in ``pruning_options``) or a built strategy. The
     plans, scores, history and resumable state are a :class:`qtune.pruning.core.PruningCore`,
@@ -126,14 +123,16 @@ class PruningMixin:
         **kwargs,
     ) -> None:
         check_map_style(kwargs.get("train_dataset"))  # before Trainer's own, generic, message
-        self._row_packing = row_packing(trainer_args(args, kwargs))  # TRL packing=True: refused or ours
+        self._row_packing = hf_packing.row_packing(
+            hf_packing.trainer_args(args, kwargs)
+        )  # TRL packing=True: refused or ours
         super().__init__(*args, **kwargs)
         check_trainer_setup(self.args, self.train_dataset)
         if not isinstance(pruning, PruningStrategy):
             pruning = build_strategy(pruning or "full", seed=self.args.seed, **(pruning_options or {}))
         self.train_dataset = with_sample_id(self.train_dataset)
         if self._row_packing is not None:
-            self._row_packing.attach(self.train_dataset, getattr(self.data_collator, "pad_token_id", None))
+            self._row_packing.attach(self.train_dataset, self.data_collator, self.model, self.args)
         self.data_collator = KeepSampleId(self.data_collator)
         check_batches_have_labels(self.data_collator, self.train_dataset, self.args.per_device_train_batch_size)
         self.model_accepts_loss_kwargs = False  # our loss is a token mean: Trainer scales by GA
@@ -193,18 +192,6 @@ class PruningMixin:
         super()._set_signature_columns_if_needed()
         if "sample_id" not in self._signature_columns:
             self._signature_columns.append("sample_id")
-
-    def _prepare_dataset(self, dataset, processing_class, args, packing, *rest):
-        """TRL's preparation; under packing the training set is prepared unpacked, for qtune's
-        packer to pack each epoch's kept samples (``qtune.hf.packing``)."""
-        if packing and self._row_packing is not None and rest and rest[-1] == "train":
-            args, packing = unpacked_prepare_args(args, self._row_packing.strategy), False
-        return super()._prepare_dataset(dataset, processing_class, args, packing, *rest)
-
-    def get_train_dataloader(self):
-        if self._row_packing is None:
-            return super().get_train_dataloader()
-        return packed_train_dataloader(self, self._row_packing)
 
     def _get_train_sampler(self, train_dataset=None):
         return EpochPlanSampler(lambda: self._epoch_ids(self._epoch), len(self.train_dataset))
@@ -405,7 +392,7 @@ class PruningMixin:
         self.load_pruning_state_dict(state)
         core, epoch = self._pruning_core, self._epoch
         done = core.batches_done
-        check_resume_layout(core, epoch, self._row_packing)
+        hf_packing.check_resume_layout(core, epoch, self._row_packing)
         core.samples_to_skip(
             epoch, self.args.per_device_train_batch_size, key="per_device_train_batch_size"
         )  # refuses another batch size

@@ -147,10 +147,12 @@ class RowPacking:
         """What a mid-epoch checkpoint must share with the run resuming it."""
         return {"max_tokens_per_row": self.max_tokens_per_row, "policy": self.policy}
 
-    def attach(self, dataset, pad_id: int | None) -> None:
-        """Read the prepared training set's lengths; refuse a sample ``bfd_split`` would split."""
+    def attach(self, dataset, collator, model, args) -> None:
+        """Read the prepared training set's lengths (and the collator's pad id); refuse a sample
+        ``bfd_split`` would split, and FlashAttention over batches of several rows."""
+        check_attention(model, args.per_device_train_batch_size)
         self.lengths = dataset_lengths(dataset)
-        self.pad_id = int(pad_id or 0)
+        self.pad_id = int(getattr(collator, "pad_token_id", None) or 0)
         empty = np.flatnonzero(self.lengths < 1)
         if len(empty):
             raise ValueError(f"train_dataset item {int(empty[0])} has no tokens; packing needs at least one per item")
@@ -193,6 +195,19 @@ class RowPacking:
         return partial(collate_packed, pad_id=self.pad_id, max_tokens_per_row=self.max_tokens_per_row)
 
 
+def check_attention(model, rows_per_batch: int) -> None:
+    """FlashAttention reads restarting ``position_ids`` as sample boundaries only in a batch of
+    one row (transformers' ``_is_packed_sequence``); with more, attention would cross samples."""
+    attn = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if rows_per_batch > 1 and attn in ("flash_attention_2", "flash_attention_3"):
+        raise ValueError(
+            f"packing=True with attn_implementation={attn!r} and per_device_train_batch_size={rows_per_batch}: "
+            "FlashAttention keeps packed samples apart only in a batch of one row. Use "
+            "per_device_train_batch_size=1 (one row of max_length tokens per batch), padding_free=True, "
+            "or attn_implementation='sdpa'"
+        )
+
+
 def check_resume_layout(core, epoch: int, packing: "RowPacking | None") -> None:
     """A mid-epoch checkpoint resumes only with its own packing (the rows it skips must be the
     rows it trained), named in the trainer's terms."""
@@ -228,3 +243,20 @@ def packed_train_dataloader(trainer, packing: RowPacking) -> DataLoader:
         params["prefetch_factor"] = args.dataloader_prefetch_factor
         params["multiprocessing_context"] = args.dataloader_multiprocessing_context
     return trainer.accelerator.prepare(DataLoader(RowItems(dataset), **params))
+
+
+class PackingHooks:
+    """The Trainer hooks :class:`qtune.hf.PruningMixin` takes under packing (``_row_packing``
+    set): TRL's preparation of the training set without packing, and the loader of rows."""
+
+    _row_packing: RowPacking | None = None
+
+    def _prepare_dataset(self, dataset, processing_class, args, packing, *rest):
+        if packing and self._row_packing is not None and rest and rest[-1] == "train":
+            args, packing = unpacked_prepare_args(args, self._row_packing.strategy), False
+        return super()._prepare_dataset(dataset, processing_class, args, packing, *rest)
+
+    def get_train_dataloader(self):
+        if self._row_packing is None:
+            return super().get_train_dataloader()
+        return packed_train_dataloader(self, self._row_packing)
