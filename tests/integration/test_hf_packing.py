@@ -40,7 +40,7 @@ def model_dir(tmp_path_factory):
     return save_tiny_llama(tmp_path_factory.mktemp("hfpack") / "llama")
 
 
-def sft(model_dir, out, pruning, lr=0.0, epochs=2, rows=None, **config):
+def sft(model_dir, out, pruning, lr=0.0, epochs=2, rows=None, eval_rows=None, **config):
     """A pruned SFTTrainer; it records each training micro-batch's inputs per epoch."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -75,6 +75,7 @@ def sft(model_dir, out, pruning, lr=0.0, epochs=2, rows=None, **config):
         model=AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float64),
         args=args,
         train_dataset=datasets.Dataset.from_list(rows or chat_rows()),
+        eval_dataset=None if eval_rows is None else datasets.Dataset.from_list(eval_rows),
         processing_class=tok,
         pruning=pruning,
         pruning_options=OPTIONS.get(pruning, {}),
@@ -226,6 +227,18 @@ def test_bfd_split_without_a_long_sample_packs_as_bfd(model_dir, tmp_path):
     assert trained_ids(split.recorded[0]) == trained_ids(bfd.recorded[0])
     for (name, a), (_, b) in zip(split.model.named_parameters(), bfd.model.named_parameters()):
         assert torch.equal(a, b), name
+
+
+def test_evaluation_under_packing_is_trls_own_and_gives_the_unpacked_loss(model_dir, tmp_path):
+    """An eval set is TRL's (packed by TRL's BFD when packing=True); its loss is a token mean,
+    so packing it changes nothing at learning rate 0 (one eval batch either way)."""
+    eval_rows = chat_rows(40)[32:]
+    losses = []
+    for config in ({"packing": True}, {}):
+        trainer = sft(model_dir, tmp_path, "random", epochs=1, eval_rows=eval_rows, **config)
+        trainer.train()
+        losses.append(trainer.evaluate()["eval_loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------
