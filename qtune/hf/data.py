@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import IterableDataset
 
+from qtune.hf.flattened import is_flattened, packed_from_flattened
 from qtune.pruning.indexed import IndexedDataset
 
 
@@ -51,10 +52,11 @@ def check_trainer_setup(args, train_dataset) -> None:
         )
 
 
-def check_batches_have_labels(collator, dataset) -> None:
-    """One item through the collator, so a dataset whose batches carry no labels (the loss needs
-    them) fails here, not at the first step."""
-    batch = collator([dataset[0]])
+def check_batches_have_labels(collator, dataset, batch_size: int = 1) -> None:
+    """A first batch (two items where batches hold two) through the collator, so a dataset whose
+    batches carry no labels (the loss needs them), or a flattening collator whose row cannot be
+    read per sample, fails here, not at the first step."""
+    batch = collator([dataset[i] for i in range(min(2, max(1, batch_size), len(dataset)))])
     if "labels" not in batch:
         raise ValueError(
             "PruningMixin: batches of train_dataset carry no 'labels' (got "
@@ -75,13 +77,20 @@ def with_sample_id(dataset):
 
 class KeepSampleId:
     """Wraps a collator that builds its batch from known keys only (TRL's drops the rest): the
-    inner collator sees the items without ``sample_id``, which is added back as a tensor."""
+    inner collator sees the items without ``sample_id``, which is added back as a tensor. A
+    padding-free collator's single row becomes qtune's packed layout (``qtune.hf.flattened``).
+    Items without ``sample_id`` (an eval set) go through the inner collator untouched."""
 
     def __init__(self, inner) -> None:
         self.inner = inner
 
     def __call__(self, features: list[dict]) -> dict:
-        ids = [int(f["sample_id"]) for f in features]
+        if not features or "sample_id" not in features[0]:
+            return self.inner(features)
+        ids = torch.tensor([int(f["sample_id"]) for f in features], dtype=torch.long)
         batch = self.inner([{k: v for k, v in f.items() if k != "sample_id"} for f in features])
-        batch["sample_id"] = torch.tensor(ids, dtype=torch.long)
+        if is_flattened(batch, len(features)):
+            lengths = [len(f["input_ids"]) for f in features]
+            return packed_from_flattened(batch, lengths, ids, self.inner)
+        batch["sample_id"] = ids
         return batch

@@ -33,6 +33,9 @@ What the mixin changes, and why:
   and the LR schedule's progress is the share spent. One host read per optimiser step, only
   under a budget. A keyword argument, not a ``TrainingArguments`` field, so that any Trainer
   subclass's own arguments class works unchanged.
+* **Packed batches**: TRL's ``packing=True`` is replaced by qtune's packer, which packs only
+  each epoch's kept samples (``qtune.hf.packing``); padding-free batches (``padding_free=True``,
+  ``DataCollatorWithFlattening``) are read per sample (``qtune.hf.flattened``).
 * **sample_id**: added to the dataset when missing, kept through Trainer's column removal and
   through the collator (whatever collator the Trainer uses, e.g. TRL's).
 * **Resume**: the pruning state is saved beside each Trainer checkpoint (``qtune_pruning.pt``);
@@ -56,7 +59,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from qtune.pruning.batch_stats import lm_stats, sample_scores
+from qtune.pruning.batch_stats import lm_stats
 from qtune.pruning.budget import UPPER_EPOCHS, ComputeBudget, build_budget
 from qtune.hf.data import (
     KeepSampleId,
@@ -68,6 +71,8 @@ from qtune.hf.data import (
 from qtune.pruning.core import PruningCore
 from qtune.pruning.planned_step import forward_tokens
 from qtune.pruning.distributed import Collective, TorchDistributed
+from qtune.hf.flattened import per_sample_scores
+from qtune.hf import packing as hf_packing
 from qtune.hf.sampling import EpochPlanSampler, global_epoch_order, scoring_shares
 from qtune.hf.token_rules import attach_token_rule
 from qtune.pruning.train_step import train_step
@@ -77,6 +82,8 @@ from qtune.strategies.base import PruningStrategy
 from qtune.strategies.token_base import TokenRule
 
 STATE_FILE = "qtune_pruning.pt"
+# what the loss reads of a batch: padded, or packed (several samples per row: ``seg`` etc.)
+BATCH_KEYS = ("input_ids", "attention_mask", "labels", "sample_id", "position_ids", "seg", "sample_length")
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant", "constant_with_warmup": "constant"}
 
 
@@ -105,7 +112,7 @@ class _BookBudgetSteps(TrainerCallback):
         return control
 
 
-class PruningMixin:
+class PruningMixin(hf_packing.PackingHooks):
     """Put before a ``transformers.Trainer`` subclass: ``class T(PruningMixin, Trainer)``.
     ``pruning`` is a strategy name (options in ``pruning_options``) or a built strategy;
     ``pruning_token`` a token rule's name (options in ``pruning_token_options``) or a built
@@ -123,14 +130,19 @@ class PruningMixin:
         **kwargs,
     ) -> None:
         check_map_style(kwargs.get("train_dataset"))  # before Trainer's own, generic, message
+        self._row_packing = hf_packing.row_packing(
+            hf_packing.trainer_args(args, kwargs)
+        )  # TRL packing=True: refused or ours
         super().__init__(*args, **kwargs)
         check_trainer_setup(self.args, self.train_dataset)
         if not isinstance(pruning, PruningStrategy):
             pruning = build_strategy(pruning or "full", seed=self.args.seed, **(pruning_options or {}))
         token = attach_token_rule(pruning, pruning_token, pruning_token_options, self.args.seed)
         self.train_dataset = with_sample_id(self.train_dataset)
+        if self._row_packing is not None:
+            self._row_packing.attach(self.train_dataset, self.data_collator, self.model, self.args)
         self.data_collator = KeepSampleId(self.data_collator)
-        check_batches_have_labels(self.data_collator, self.train_dataset)
+        check_batches_have_labels(self.data_collator, self.train_dataset, self.args.per_device_train_batch_size)
         self.model_accepts_loss_kwargs = False  # our loss is a token mean: Trainer scales by GA
         self.pruning_budget = self._build_budget(pruning, pruning_budget)
         self._pruning_core = PruningCore(
@@ -142,6 +154,7 @@ class PruningMixin:
             budget=self.pruning_budget,
         )
         self._pruning_core.batch_size = self.args.per_device_train_batch_size
+        self._pruning_core.packing_layout = None if self._row_packing is None else self._row_packing.layout
         if self.args.world_size > 1:  # torchrun / accelerate launch: gathers over the process group
             self._pruning_core.comm = Collective(TorchDistributed(self.args.device))
         self._epoch = 0
@@ -208,10 +221,14 @@ class PruningMixin:
         """Samples of one optimiser step on one rank."""
         return self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
 
-    def _epoch_ids(self, epoch: int) -> torch.Tensor:
+    def _epoch_ids(self, epoch: int) -> torch.Tensor | list[tuple[int, ...]]:
         """This epoch's shuffled plan, padded to whole optimiser steps on every rank: the one
-        sequence accelerate deals out to the ranks batch by batch (``qtune.hf.sampling``)."""
+        sequence accelerate deals out to the ranks batch by batch (``qtune.hf.sampling``);
+        under packing, its rows (tuples of sample ids)."""
         plan = self.plan_epoch(epoch)
+        if self._row_packing is not None:
+            steps = self._steps_multiple()
+            return self._row_packing.epoch_rows(epoch, plan, self.args.seed, steps, self.args.world_size)
         return global_epoch_order(
             plan.sample_ids,
             seed=self.args.seed,
@@ -253,7 +270,7 @@ class PruningMixin:
             ids, real = share
             batch = self._prepare_inputs(collate([data[i] for i in ids]))
             stats = lm_stats(model, batch)
-            scores = {k: v[:real] for k, v in sample_scores(stats, stats.valid).items()}
+            scores = {k: v[:real] for k, v in per_sample_scores(stats, batch).items()}
             return batch["sample_id"][:real], scores, forward_tokens(batch)
 
         self._pruning_core.run_scoring_pass(epoch, shares, score_batch)
@@ -264,7 +281,7 @@ class PruningMixin:
         if not model.training or "sample_id" not in inputs:  # evaluation: the model's own loss
             inputs = {k: v for k, v in inputs.items() if k != "sample_id"}
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        batch = {k: inputs[k] for k in ("input_ids", "attention_mask", "labels", "sample_id") if k in inputs}
+        batch = {k: inputs[k] for k in BATCH_KEYS if k in inputs}
         weights = self._pruning_core.sample_weights(batch["sample_id"])
         if weights is not None:  # the plan's weights reach the loss on the batch, as in qtune-train
             batch["sample_weight"] = weights
@@ -298,7 +315,8 @@ class PruningMixin:
         plan = self.pruning_plans.get(self._epoch)
         if plan is None:
             return self._epoch / self._num_epochs()
-        batches = self._rank_batches(plan.sample_ids.numel())
+        planned = plan.sample_ids.numel() if self._row_packing is None else len(self._epoch_ids(self._epoch))
+        batches = self._rank_batches(planned)
         return training_progress(
             self._epoch, self._pruning_core.batches_done, batches, self._num_epochs(), self.pruning_budget
         )
@@ -383,6 +401,7 @@ class PruningMixin:
         self.load_pruning_state_dict(state)
         core, epoch = self._pruning_core, self._epoch
         done = core.batches_done
+        hf_packing.check_resume_layout(core, epoch, self._row_packing)
         core.samples_to_skip(
             epoch, self.args.per_device_train_batch_size, key="per_device_train_batch_size"
         )  # refuses another batch size

@@ -91,7 +91,8 @@ def build(a):
 
         tok = AutoTokenizer.from_pretrained(a.model)
         tok.pad_token = tok.eos_token
-        base, args = trl.SFTTrainer, trl.SFTConfig(max_length=32, **common)
+        sft_config = {"max_length": 32, **json.loads(a.sft_config)}  # e.g. packing=True
+        base, args = trl.SFTTrainer, trl.SFTConfig(**sft_config, **common)
         kwargs = {"train_dataset": datasets.Dataset.from_list(chat_rows()), "processing_class": tok}
     else:
         from transformers import Trainer, TrainingArguments
@@ -133,6 +134,7 @@ def main() -> None:
     p.add_argument("--trainer", choices=["trainer", "sft"], default="trainer")
     p.add_argument("--pruning", default="random")
     p.add_argument("--options", default="{}")
+    p.add_argument("--sft-config", default="{}")  # more SFTConfig arguments, as JSON
     p.add_argument("--budget", type=float, default=None)
     p.add_argument("--token", default=None)  # a token rule composed with --pruning
     p.add_argument("--token-options", default="{}")
@@ -163,6 +165,7 @@ def main() -> None:
             str(e): None if p.weights is None else p.weights.tolist() for e, p in trainer.pruning_plans.items()
         },
         "history": [{k: v for k, v in h.items() if k != "time_s"} for h in trainer.pruning_history],
+        "lengths": [len(trainer.train_dataset[i]["input_ids"]) for i in range(len(trainer.train_dataset))],
         "store": digest(*(v for k, v in sorted(store.items()) if torch.is_tensor(v))),
         "params": digest(*params),
         "last_lr": trainer.lr_scheduler.get_last_lr()[0],

@@ -103,6 +103,21 @@ def test_sft_trainer_with_lora_on_two_ranks(model_dir, tmp_path):
     assert [h["samples_trained"] for h in a["history"]] == [12.0, 12.0]
 
 
+def test_sft_packing_on_two_ranks_trains_each_planned_id_in_rows(model_dir, tmp_path):
+    """SFTTrainer(packing=True): qtune packs each epoch's kept samples into rows of max_length
+    tokens; the ranks share the rows batch by batch (4 rows each), padded to whole rounds."""
+    config = json.dumps({"packing": True, "max_length": 16})
+    a, b = run(model_dir, tmp_path / "packed", "random", "--trainer", "sft", "--sft-config", config)
+    assert_ranks_agree(a, b)
+    for epoch, plan in a["plans"].items():
+        entry, ids = a["history"][int(epoch)], a["trained"][epoch] + b["trained"][epoch]
+        assert sorted(Counter(ids)) == plan and entry["samples_trained"] == len(ids)
+        assert entry["packing_tokens"] == sum(a["lengths"][i] for i in plan)
+        rounds = -(-entry["packing_rows"] // STEP)  # rows padded to whole rounds of 2 x 4 rows
+        assert entry["batches"] == rounds and rounds < -(-len(plan) // STEP)  # fewer steps than unpacked
+    assert a["last_lr"] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_accelerate_launch_runs_the_same_plans(model_dir, tmp_path, shared_run):
     import socket
 
