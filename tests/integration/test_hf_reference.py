@@ -335,3 +335,17 @@ def test_a_reference_no_rule_reads_is_not_loaded_with_a_warning(runs, tmp_path):
     t = make_trainer(runs.model_dir, tmp_path, "full", None, "rho1", mixin={"pruning_reference": module})
     assert t._token_step.reference.module is module and not any(p.requires_grad for p in module.parameters())
     assert math.isclose(t._token_step.reference.params, params(module)[0])
+
+
+def test_a_resumed_run_compares_with_the_starting_model_and_ends_with_the_same_weights(runs, tmp_path):
+    """The ``self`` copy is taken when the trainer is built, before a checkpoint's weights are
+    loaded: a run resumed mid-epoch ends where the uninterrupted one does."""
+    whole = runs("rho1_random", RANDOM, "rho1", reference="self")
+    mixin = {"pruning_reference": "self"}
+    make_trainer(runs.model_dir, tmp_path, *RANDOM, "rho1", mixin=mixin, save_strategy="steps", save_steps=3).train()
+    resumed = make_trainer(runs.model_dir, tmp_path, *RANDOM, "rho1", mixin=mixin)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-3"))  # inside the first epoch
+    for (name, a), (_, b) in zip(whole.model.named_parameters(), resumed.model.named_parameters()):
+        assert torch.equal(a, b), name
+    assert resumed.pruning_totals["tokens_trained"] == whole.pruning_totals["tokens_trained"]
+    assert resumed.pruning_totals["scoring_tokens"] == whole.pruning_totals["scoring_tokens"]
