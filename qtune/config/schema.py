@@ -404,16 +404,14 @@ def token_rule_from_config(strategy, token: dict, seed: int):
     strategy; built and refused as in every trainer (``qtune.pruning.token_composition``).
     qtune-train's step computes every input a rule may declare; whether the declared
     ``reference.*`` can give it is checked by ``qtune.config.reference.check_reference``."""
-    from qtune.pruning.token_composition import StepInputs, compose_token_rule
-
-    every_input = StepInputs(reference_model=True, base_loss=True, token_scores=True, top_k=True)
+    from qtune.pruning.token_composition import EVERY_INPUT, compose_token_rule
 
     token = dict(token)
     name = token.pop("name", None)
     if not name:
         raise ConfigError("config key strategy.token.name is missing (choose +strategy/token=NAME)")
     try:
-        return compose_token_rule(strategy, name, token, seed=seed, provided=every_input)
+        return compose_token_rule(strategy, name, token, seed=seed, provided=EVERY_INPUT)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 

@@ -19,7 +19,8 @@ What the mixin changes, and why:
   response tokens with the plan's per-sample weights (InfoBatch), and batch plans (Q-Tuning)
   through :func:`qtune.pruning.train_step.train_step`, the step ``qtune-train`` runs; a token
   rule (``pruning_token``, composed with any sample strategy) in the same step
-  (``qtune.hf.token_rules``).
+  (``qtune.hf.token_rules``), its reference (``pruning_reference``) built with the trainer
+  (``qtune.hf.reference``).
   The per-sample scores of the training forward feed the statistics store.
 * **LR schedule**: Trainer fixes ``max_steps`` from full epochs; the mixin's schedule reads
   progress instead (epoch + share of this epoch's steps, over ``num_train_epochs``), so warm-up
@@ -59,6 +60,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from qtune.models.adapters import parameter_counts
 from qtune.pruning.batch_stats import lm_stats
 from qtune.pruning.budget import UPPER_EPOCHS, ComputeBudget, build_budget
 from qtune.hf.data import (
@@ -74,6 +76,7 @@ from qtune.pruning.distributed import Collective, TorchDistributed
 from qtune.hf.flattened import per_sample_scores
 from qtune.hf import packing as hf_packing
 from qtune.hf.sampling import EpochPlanSampler, global_epoch_order, scoring_shares
+from qtune.hf.reference import build_token_step, check_reference_argument, run_flops, token_fn_for
 from qtune.hf.token_rules import attach_token_rule
 from qtune.pruning.train_step import train_step
 from qtune.pruning.schedule import lr_factor, training_progress
@@ -116,8 +119,9 @@ class PruningMixin(hf_packing.PackingHooks):
     """Put before a ``transformers.Trainer`` subclass: ``class T(PruningMixin, Trainer)``.
     ``pruning`` is a strategy name (options in ``pruning_options``) or a built strategy;
     ``pruning_token`` a token rule's name (options in ``pruning_token_options``) or a built
-    rule. The plans, scores, history and resumable state are a
-    :class:`qtune.pruning.core.PruningCore`, the one ``qtune-train``'s Lightning callback drives."""
+    rule, ``pruning_reference`` what it compares with (``qtune.hf.reference``). The plans,
+    scores, history and resumable state are a :class:`qtune.pruning.core.PruningCore`, the one
+    ``qtune-train``'s Lightning callback drives."""
 
     def __init__(
         self,
@@ -127,6 +131,7 @@ class PruningMixin(hf_packing.PackingHooks):
         pruning_budget: float | None = None,
         pruning_token: str | TokenRule | None = None,
         pruning_token_options: dict[str, Any] | None = None,
+        pruning_reference: Any = None,
         **kwargs,
     ) -> None:
         check_map_style(kwargs.get("train_dataset"))  # before Trainer's own, generic, message
@@ -138,12 +143,16 @@ class PruningMixin(hf_packing.PackingHooks):
         if not isinstance(pruning, PruningStrategy):
             pruning = build_strategy(pruning or "full", seed=self.args.seed, **(pruning_options or {}))
         token = attach_token_rule(pruning, pruning_token, pruning_token_options, self.args.seed)
+        rule = getattr(pruning, "token_rule", None)
+        reference = check_reference_argument(rule, pruning_reference)  # before anything loads
         self.train_dataset = with_sample_id(self.train_dataset)
         if self._row_packing is not None:
             self._row_packing.attach(self.train_dataset, self.data_collator, self.model, self.args)
         self.data_collator = KeepSampleId(self.data_collator)
         check_batches_have_labels(self.data_collator, self.train_dataset, self.args.per_device_train_batch_size)
         self.model_accepts_loss_kwargs = False  # our loss is a token mean: Trainer scales by GA
+        self._param_counts = parameter_counts(self.model)  # (all, trainable), for the FLOPs
+        self._token_step = build_token_step(rule, reference, self.model, self.train_dataset, self._param_counts[0])
         self.pruning_budget = self._build_budget(pruning, pruning_budget)
         self._pruning_core = PruningCore(
             pruning,
@@ -173,9 +182,7 @@ class PruningMixin(hf_packing.PackingHooks):
             )
         if not 0.0 < float(fraction) <= 1.0:
             raise ValueError(f"pruning_budget={fraction} is out of range; expected a value in (0.0, 1.0]")
-        from qtune.models.adapters import parameter_counts
-
-        num_params, trainable = parameter_counts(self.model)
+        num_params, trainable = self._param_counts
         batch = self._steps_multiple() * self.args.world_size
         return build_budget(
             float(fraction),
@@ -186,6 +193,7 @@ class PruningMixin(hf_packing.PackingHooks):
             num_params,
             trainable,
             read_items=True,
+            prepaid_flops=self._token_step.file_flops if self._token_step is not None else 0.0,
         )
 
     # the core's state, under the names a Trainer user reads
@@ -195,6 +203,7 @@ class PruningMixin(hf_packing.PackingHooks):
     pruning_totals = property(lambda self: self._pruning_core.totals)
     pruning_token_rule = property(lambda self: getattr(self._pruning_core.strategy, "token_rule", None))
     _pruning_store = property(lambda self: self._pruning_core.store)
+    pruning_flops = property(lambda self: run_flops(self.pruning_totals, *self._param_counts, self._token_step))
 
     # -- data ------------------------------------------------------------------------------
     def _set_signature_columns_if_needed(self) -> None:
@@ -289,7 +298,9 @@ class PruningMixin(hf_packing.PackingHooks):
         def stats_fn(b, labels=None):
             return lm_stats(model, b, labels)
 
-        record = train_step(stats_fn, batch, self.pruning_strategy, self._epoch, self.state.global_step)
+        token_fn = token_fn_for(self._token_step, model, stats_fn, self.accelerator.unwrap_model)
+        step = self.state.global_step
+        record = train_step(stats_fn, batch, self.pruning_strategy, self._epoch, step, token_fn=token_fn)
         loss = record.loss
         # rows and counters stay on the device (no host sync per step) until the epoch ends
         self._pruning_core.record_batch(record)

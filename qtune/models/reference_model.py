@@ -59,10 +59,15 @@ def load_reference_model(path: str | Path, like: torch.nn.Module, key: str = "re
         from peft import AutoPeftModelForCausalLM
 
         model = AutoPeftModelForCausalLM.from_pretrained(str(directory), **_dtype_kwargs(dtype)).merge_and_unload()
+    check_vocabulary(model, like, f"{key}={path}")
+    return model.eval(), {**info, "dir": str(directory)}
+
+
+def check_vocabulary(model: torch.nn.Module, like: torch.nn.Module, where: str) -> None:
+    """Refuse a reference that predicts other token ids than the trained model ``like``."""
     ours, theirs = _vocab(like), _vocab(model)
     if ours is not None and theirs != ours:
         raise ValueError(
-            f"{key}={path}: the reference predicts {theirs} token ids, the trained model {ours}: "
+            f"{where}: the reference predicts {theirs} token ids, the trained model {ours}: "
             "a reference must share the trained model's tokenizer"
         )
-    return model.eval(), {**info, "dir": str(directory)}

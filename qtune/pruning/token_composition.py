@@ -4,9 +4,9 @@
 the rule through :func:`compose_token_rule`, so both refuse the same things: a strategy that
 plans tokens itself (a batch plan: Q-Tuning), an unknown rule or option, and a rule whose
 inputs the training step does not compute. :func:`missing_inputs` is the one place that says
-what a step provides beyond the policy's own statistics; a trainer that gains an input (a
-reference model's forward, say) says so with :class:`StepInputs`. Messages name the caller's
-keys (:class:`TokenKeys`), and the rule is attached as ``strategy.token_rule``, which
+what a step provides beyond the policy's own statistics; a trainer says what its step computes
+with :class:`StepInputs` (qtune's two compute every input: :data:`EVERY_INPUT`). Messages name
+the caller's keys (:class:`TokenKeys`), and the rule is attached as ``strategy.token_rule``, which
 :func:`qtune.pruning.train_step.train_step` reads.
 """
 
@@ -30,6 +30,11 @@ class StepInputs:
     base_loss: bool = False  # the frozen initial model's per-token loss
     token_scores: bool = False  # per-token scores read from a file
     top_k: bool = False  # the top-K entropy kernel output
+
+
+EVERY_INPUT = StepInputs(reference_model=True, base_loss=True, token_scores=True, top_k=True)
+"""What qtune-train's and the mixin's steps compute (``qtune.pruning.token_step``): whether
+the declared reference can give it is ``qtune.pruning.reference_setup``'s check."""
 
 
 @dataclass(frozen=True)

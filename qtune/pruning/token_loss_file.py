@@ -40,15 +40,20 @@ def to_fp16(values: np.ndarray) -> np.ndarray:
 
 class TokenLossFile:
     """A token-loss directory, memory-mapped. ``key`` names the config key it came from in
-    errors (``reference.path``)."""
+    errors (``reference.path``), ``writer`` what writes one and ``base_option`` its option that
+    adds the base model's losses."""
 
-    def __init__(self, path: str | Path, key: str = "reference.path") -> None:
-        self.path, self.key = Path(path), key
+    def __init__(
+        self,
+        path: str | Path,
+        key: str = "reference.path",
+        writer: str = "qtune-score token_losses.out=DIR",
+        base_option: str = "qtune-score token_losses.base=true",
+    ) -> None:
+        self.path, self.key, self.writer, self.base_option = Path(path), key, writer, base_option
         meta_path = self.path / META
         if not meta_path.is_file():
-            raise FileNotFoundError(
-                f"{key}={path}: no {META} there; write per-token losses with qtune-score token_losses.out=DIR"
-            )
+            raise FileNotFoundError(f"{key}={path}: no {META} there; write per-token losses with {writer}")
         self.meta: dict[str, Any] = json.loads(meta_path.read_text())
         if self.meta.get("format") != FORMAT:
             raise ValueError(f"{key}={path}: format {self.meta.get('format')!r}, expected {FORMAT!r}")
@@ -61,10 +66,10 @@ class TokenLossFile:
             self.columns[name] = arr
 
     def __getstate__(self) -> dict:  # spawned ranks reopen the file instead of copying it
-        return {"path": self.path, "key": self.key}
+        return {"path": self.path, "key": self.key, "writer": self.writer, "base_option": self.base_option}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"], state["key"])
+        self.__init__(state["path"], state["key"], state["writer"], state["base_option"])
 
     @property
     def num_samples(self) -> int:
@@ -79,7 +84,7 @@ class TokenLossFile:
         if column not in self.columns:
             raise ValueError(
                 f"{self.key}={self.path} holds {sorted(self.columns)}, not {column} ({why}); "
-                + ("rewrite it with qtune-score token_losses.base=true" if column == "base_loss" else "")
+                + (f"rewrite it with {self.base_option}" if column == "base_loss" else "")
             )
         return self.columns[column]
 

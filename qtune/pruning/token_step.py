@@ -116,14 +116,20 @@ class TokenStep:
             raise ValueError("reference.source=file reads padded batches, not packed ones (data.pack)")
         return self.losses.rows(column, batch["sample_id"], width, device)
 
-    def __call__(self, model, stats_fn: Callable, batch: dict, *, seed=0, epoch=0, step=0, rank=0) -> TokenForward:
+    def __call__(
+        self, model, stats_fn: Callable, batch: dict, *, seed=0, epoch=0, step=0, rank=0, reference_policy=None
+    ) -> TokenForward:
+        """``model``: the policy, forwarded with gradient; ``reference_policy``: the same model as
+        the reference forwards see it (a ``self`` reference disables its adapters), when
+        ``model`` is a wrapper (DDP) without the model's own methods; default ``model``."""
         needs = self.needs
+        policy = model if reference_policy is None else reference_policy
         labels = batch["labels"][:, 1:]
         width, dev = labels.shape[1], labels.device
         head = ref_loss = base_loss = score = None
         ref_params = 0
         if needs.reference_kl is not None:
-            head = reference_head(self.reference, model, batch, self.fused_head)
+            head = reference_head(self.reference, policy, batch, self.fused_head)
             ref_params += self.reference.params
         if needs.reference_loss:
             if head is not None:
@@ -132,7 +138,7 @@ class TokenStep:
                 ref_loss = self._file("ref_loss", batch, width, dev)
             else:
                 ref_loss = reference_token_loss(
-                    self.reference, model, batch, labels, fused_head=self.fused_head, backend=self.backend
+                    self.reference, policy, batch, labels, fused_head=self.fused_head, backend=self.backend
                 )
                 ref_params += self.reference.params
         if needs.base_loss and not needs.token_scores:
@@ -140,7 +146,7 @@ class TokenStep:
                 base_loss = self._file("base_loss", batch, width, dev)
             else:
                 base_loss = reference_token_loss(
-                    self.base, model, batch, labels, fused_head=self.fused_head, backend=self.backend
+                    self.base, policy, batch, labels, fused_head=self.fused_head, backend=self.backend
                 )
                 ref_params += self.base.params
         if needs.token_scores:

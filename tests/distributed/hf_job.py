@@ -115,6 +115,7 @@ def build(a):
         pruning_budget=a.budget,
         pruning_token=a.token,
         pruning_token_options=json.loads(a.token_options) if a.token else None,
+        pruning_reference=a.reference,
         **kwargs,
     )
 
@@ -138,6 +139,7 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=None)
     p.add_argument("--token", default=None)  # a token rule composed with --pruning
     p.add_argument("--token-options", default="{}")
+    p.add_argument("--reference", default=None)  # pruning_reference: "self" or a directory
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--accumulation", type=int, default=1)
@@ -170,6 +172,8 @@ def main() -> None:
         "params": digest(*params),
         "last_lr": trainer.lr_scheduler.get_last_lr()[0],
         "totals": {k: float(v) for k, v in trainer.pruning_totals.items() if not k.endswith("time_s")},
+        "flops": trainer.pruning_flops,
+        "param_counts": list(trainer._param_counts),
     }
     if trainer.pruning_budget is not None:  # the share of the full run's FLOPs spent
         report["budget_spent"] = trainer.pruning_budget.spent / trainer.pruning_budget.full_run_flops

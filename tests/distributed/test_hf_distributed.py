@@ -147,6 +147,25 @@ def test_a_token_rule_books_the_same_token_totals_on_both_ranks(model_dir, tmp_p
     assert a["totals"]["tokens_trained"] == 3 * a["totals"]["samples_trained"]
 
 
+@pytest.mark.slow  # a two-rank SFTTrainer run, about a minute on two cores
+def test_a_lora_self_reference_runs_on_every_rank(model_dir, tmp_path):
+    """rho1 against the starting model, SFTTrainer + LoRA on two ranks: each rank forwards its
+    own micro-batches through the model inside the DDP wrapper with its adapters disabled, and
+    both book the reference tokens of all ranks (the frozen base's share of each token)."""
+    a, b = run(
+        model_dir,
+        tmp_path / "ref",
+        "random",
+        *("--trainer", "sft", "--peft", "--batch-size", 8, "--token", "rho1", "--reference", "self"),
+    )
+    assert_ranks_agree(a, b)
+    assert a["totals"] == b["totals"] and a["flops"] == b["flops"]
+    p, pt = a["param_counts"]
+    forward = a["totals"]["forward_tokens"]
+    assert a["totals"]["scoring_tokens"] == pytest.approx(forward * (p - pt) / p)
+    assert a["flops"] == pytest.approx((4 * p + 2 * pt) * forward + 2 * (p - pt) * forward)
+
+
 def test_budget_stops_every_rank_at_the_same_step(model_dir, tmp_path):
     a, b = run(model_dir, tmp_path / "budget", "random", "--budget", 0.5, "--epochs", 4)
     assert_ranks_agree(a, b)

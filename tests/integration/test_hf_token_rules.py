@@ -2,92 +2,15 @@
 strategy, in ``Trainer`` and TRL's ``SFTTrainer``: the tokens trained against an independent
 count, the loss against plain PyTorch formulas, resume, and the refusals shared with qtune-train."""
 
-import math
-
 import pytest
 import torch
+from hf_trainers import B, N, RESPONSE, expected_tokens, keep_count, make_trainer, sft_trainer
 from tiny_hf import save_tiny_llama
-
-from qtune.hf import PruningMixin
-
-N, B, T, PROMPT = 32, 4, 12, 4
-RESPONSE = T - PROMPT  # label tokens per row (labels shift by one; the prompt's are -100)
-
-
-class LMItems(torch.utils.data.Dataset):
-    def __init__(self, n=N, vocab=40, seed=0):
-        self.ids = torch.randint(5, vocab, (n, T), generator=torch.Generator().manual_seed(seed))
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, i):
-        labels = self.ids[i].clone()
-        labels[:PROMPT] = -100
-        return {"input_ids": self.ids[i], "attention_mask": torch.ones(T, dtype=torch.long), "labels": labels}
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return save_tiny_llama(tmp_path_factory.mktemp("hftok") / "llama")
-
-
-def recording(base):
-    """``PruningMixin`` over ``base``, recording each trained batch's ids and response-token
-    counts per row (``trainer.trained``), counted here from the labels."""
-
-    class Recorded(PruningMixin, base):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if model.training and "sample_id" in inputs:
-                rows = (inputs["labels"][:, 1:] != -100).sum(-1).tolist()
-                self.trained.append((self._epoch, self.state.global_step, inputs["sample_id"].tolist(), rows))
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-
-    return Recorded
-
-
-def make_trainer(model_dir, out, pruning="full", options=None, token=None, token_options=None, epochs=2, **args):
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
-
-    from qtune.kernels import set_default_backend
-
-    set_default_backend("torch")
-    torch.manual_seed(0)
-    targs = TrainingArguments(
-        **{
-            "output_dir": str(out),
-            "per_device_train_batch_size": B,
-            "num_train_epochs": epochs,
-            "learning_rate": 1e-2,
-            "report_to": [],
-            "use_cpu": True,
-            "seed": 0,
-            "disable_tqdm": True,
-            "save_strategy": "no",
-            "dataloader_num_workers": 0,
-            **args,
-        }
-    )
-    trainer = recording(Trainer)(
-        model=AutoModelForCausalLM.from_pretrained(str(model_dir)),
-        args=targs,
-        train_dataset=LMItems(),
-        pruning=pruning,
-        pruning_options=options or {},
-        pruning_token=token,
-        pruning_token_options=token_options,
-    )
-    trainer.trained = []
-    return trainer
-
-
-def keep_count(n: int, ratio: float) -> int:
-    return 0 if n == 0 else min(n, max(1, math.ceil(ratio * n)))
-
-
-def expected_tokens(trained, ratio=None) -> float:
-    """Tokens a rule keeping ``ratio`` per row trains (every response token without a ratio)."""
-    return float(sum(n if ratio is None else keep_count(n, ratio) for *_, rows in trained for n in rows))
 
 
 SAMPLES = {"full": ("full", {}), "random_half": ("random", {"keep_ratio": 0.5})}
@@ -218,10 +141,9 @@ def test_a_built_rule_is_taken_as_it_is(model_dir, tmp_path):
     "pruning, token, options, message",
     [
         ("qtuning", "dft", None, r"pruning_token='dft': strategy 'qtuning' plans tokens itself"),
-        ("full", "rho1", None, r"pruning_token='rho1' needs a reference model.*available now: dft, ppl, random"),
-        ("full", "asft", None, r"pruning_token='asft' needs a reference model"),
-        ("full", "eaft", None, r"pruning_token='eaft' needs top-20 entropies"),
-        ("full", "tokencleaning", None, r"pruning_token='tokencleaning' needs a token score file"),
+        ("full", "rho1", None, r"pruning_token='rho1' needs a reference model \(argument pruning_reference\)"),
+        ("full", "asft", None, r"pruning_token='asft' needs a reference model \(argument pruning_reference\)"),
+        ("full", "tokencleaning", {"scope": "sequence"}, r"pruning_token='tokencleaning' needs a reference model"),
         ("full", "nope", None, r"unknown token rule 'nope' \(config key pruning_token\)"),
         ("full", "ppl", {"bogus": 1}, r"unknown option\(s\) \['bogus'\] \(config keys pruning_token_options"),
         ("full", "ppl", {"keep_ratio": 1.5}, r"pruning_token_options\['keep_ratio'\]=1.5 is out of range"),
@@ -233,50 +155,6 @@ def test_what_cannot_compose_is_refused_naming_the_argument(model_dir, tmp_path,
         make_trainer(
             model_dir, tmp_path, pruning, {"sample_ratio": 0.5} if pruning == "qtuning" else {}, token, options
         )
-
-
-def sft_trainer(model_dir, out, token, token_options=None, pruning="full", options=None, lora=False):
-    trl = pytest.importorskip("trl")
-    datasets = pytest.importorskip("datasets")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from qtune.kernels import set_default_backend
-
-    set_default_backend("torch")
-    torch.manual_seed(0)
-    words = ["one two", "three four five", "six", "seven eight nine ten"]  # responses of 1 to 4 words
-    rows = [{"prompt": f"add {words[i % 4]}", "completion": f" {words[(i + 1) % 4]}"} for i in range(N)]
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    tok.pad_token = tok.eos_token
-    args = trl.SFTConfig(
-        output_dir=str(out),
-        per_device_train_batch_size=8,
-        num_train_epochs=2,
-        learning_rate=1e-2,
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
-        save_strategy="no",
-        max_length=32,
-    )
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
-    if lora:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
-    trainer = recording(trl.SFTTrainer)(
-        model=model,
-        args=args,
-        train_dataset=datasets.Dataset.from_list(rows),
-        processing_class=tok,
-        pruning=pruning,
-        pruning_options=options or {},
-        pruning_token=token,
-        pruning_token_options=token_options,
-    )
-    trainer.trained = []
-    return trainer
 
 
 @pytest.mark.parametrize(

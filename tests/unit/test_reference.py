@@ -1,5 +1,5 @@
 """A token rule's reference model (``qtune.pruning.reference``, ``qtune.models.reference_model``)
-and the per-token loss file (``qtune.pruning.token_loss_file``, ``qtune.cli.token_losses``):
+and the per-token loss file (``qtune.pruning.token_loss_file``, ``qtune.pruning.token_loss_writer``):
 each checked against plain PyTorch (cross entropy on a model's logits, softmax entropy)."""
 
 import copy
@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qtune.cli.token_losses import write_token_losses
+from qtune.pruning.token_loss_writer import write_token_losses
 from qtune.models.adapters import apply_adapter
 from qtune.models.reference_model import load_reference_model
 from qtune.pruning.batch_stats import lm_stats

@@ -1,11 +1,19 @@
-"""One check for every trainer: qtune-train's ``strategy.token`` and the HF mixin's
-``pruning_token`` accept and refuse the same rules, each message in its own keys."""
+"""One check for every trainer: qtune-train's ``strategy.token`` with ``reference.*`` and the HF
+mixin's ``pruning_token`` with ``pruning_reference`` accept and refuse the same rules with the
+same references, each message in its own keys."""
+
+import dataclasses
+from contextlib import nullcontext
 
 import pytest
+from omegaconf import OmegaConf
 
 from qtune.config.declared import ConfigError
+from qtune.config.reference import check_reference
 from qtune.config.schema import token_rule_from_config
+from qtune.hf.reference import HF_REFERENCE_KEYS, check_reference_argument
 from qtune.hf.token_rules import attach_token_rule
+from qtune.pruning.reference_setup import ReferenceKeys, ReferenceRefusal
 from qtune.pruning.token_composition import (
     StepInputs,
     TokenKeys,
@@ -23,6 +31,18 @@ CASES = [(name, {}) for name in token_rule_names()] + [
     ("tokencleaning", {"scope": "sequence"}),
     ("nope", {}),
 ]
+EVERY_SOURCE = {"none", "self", "path", "file"}
+# which references each rule runs with, from the methods' definitions (docs/strategies.md)
+RUNS_WITH = {
+    ("random", ""): EVERY_SOURCE,
+    ("ppl", ""): EVERY_SOURCE,
+    ("dft", ""): EVERY_SOURCE,
+    ("eaft", ""): EVERY_SOURCE,  # its own top-K entropies: a reference is not read
+    ("rho1", ""): {"self", "path", "file"},  # a reference loss per token: any reference
+    ("asft", ""): {"self", "path"},  # a KL to the reference's whole distribution: no file
+    ("tokencleaning", ""): {"file"},  # global: every token of the data set ranked, from a file
+    ("tokencleaning", "sequence"): {"path", "file"},  # base - reference: the base is the start
+}
 
 
 def outcome(fn):
@@ -33,28 +53,80 @@ def outcome(fn):
 
 
 def in_hf_keys(message: str) -> str:
-    return TokenKeys("pruning_token", "pruning_token_options[{!r}]", "pruning_token").rename(message)
+    """A qtune-train message with each of its keys spelt as the mixin spells it."""
+    train, hf = ReferenceKeys(), HF_REFERENCE_KEYS
+    for field in ("writer_base", "writer", "file", "model", "self_", "declared"):
+        message = message.replace(getattr(train, field), getattr(hf, field))
+    message = TokenKeys("pruning_token", "pruning_token_options[{!r}]", "pruning_token").rename(message)
+    return message.replace("strategy.token=", "pruning_token=")
 
 
+@pytest.fixture(scope="module")
+def declared(tmp_path_factory):
+    """source -> (qtune-train's reference config, the mixin's pruning_reference)."""
+    d = str(tmp_path_factory.mktemp("ref"))
+    return {
+        "none": ({"source": "none"}, None),
+        "self": ({"source": "self"}, "self"),
+        "path": ({"source": "path", "path": d}, d),
+        "file": ({"source": "file", "path": d}, {"source": "file", "path": d}),
+    }
+
+
+@pytest.mark.parametrize("source", sorted(EVERY_SOURCE))
 @pytest.mark.parametrize("strategy", ["random", "qtuning"])
 @pytest.mark.parametrize("name, options", CASES)
-def test_both_trainers_accept_and_refuse_the_same_rules(strategy, name, options):
-    train = outcome(lambda: token_rule_from_config(build_strategy(strategy), {"name": name, **options}, seed=0))
-    hf_strategy = build_strategy(strategy)
-    hf = outcome(lambda: attach_token_rule(hf_strategy, name, options, seed=0) and hf_strategy.token_rule)
-    assert train[0] == hf[0]
-    if train[0] == "refused":
-        assert hf[1] == in_hf_keys(train[1]).replace("strategy.token=", "pruning_token=")
-        assert "strategy.token" not in hf[1]
+def test_both_trainers_accept_and_refuse_the_same_rules(declared, source, strategy, name, options):
+    train_ref, hf_ref = declared[source]
+    cfg = OmegaConf.create({"task": "sft", "data": {"packing": False}, "reference": train_ref})
+
+    def train():
+        rule = token_rule_from_config(build_strategy(strategy), {"name": name, **options}, seed=0)
+        check_reference(cfg, rule)
+        return rule
+
+    def hf():
+        s = build_strategy(strategy)
+        attach_token_rule(s, name, options, seed=0)
+        unread = source != "none" and name not in ("rho1", "asft", "tokencleaning")
+        with pytest.warns(UserWarning, match="is not loaded") if unread else nullcontext():
+            check_reference_argument(s.token_rule, hf_ref)
+        return s.token_rule
+
+    got_train, got_hf = outcome(train), outcome(hf)
+    assert got_train[0] == got_hf[0]
+    if got_train[0] == "refused":
+        assert got_hf[1] == in_hf_keys(got_train[1])
+        assert not any(k in got_hf[1] for k in ("strategy.token", "reference.source", "qtune-score"))
+        assert "pruning_" not in got_train[1]
     else:
-        assert train[1] == hf[1] == name
-    runnable = strategy == "random" and not options and name in ("random", "ppl", "dft")
-    assert (train[0] == "ok") == runnable
+        assert got_train[1] == got_hf[1] == name
+    runs_with = RUNS_WITH.get((name, options.get("scope", "")), set()) if set(options) <= {"scope"} else set()
+    assert (got_train[0] == "ok") == (strategy == "random" and source in runs_with)
 
 
-def test_a_qtune_train_refusal_is_a_config_error():
-    with pytest.raises(ConfigError, match="strategy.token='rho1' needs a reference model"):
-        token_rule_from_config(build_strategy("random"), {"name": "rho1"}, seed=0)
+def test_a_rule_without_its_reference_is_refused_by_each_trainer_naming_its_key(tmp_path):
+    from conftest import compose
+
+    from qtune.config.schema import validate_config
+
+    with pytest.raises(
+        ConfigError, match=r"strategy.token='rho1' needs a reference model \(config key reference.source\)"
+    ):
+        validate_config(compose(["+strategy/token=rho1"]))
+    assert validate_config(compose(["+strategy/token=rho1", "reference.source=self"])).token_rule.name == "rho1"
+    rule = build_token_rule("rho1")
+    with pytest.raises(
+        ReferenceRefusal, match=r"pruning_token='rho1' needs a reference model \(argument pruning_reference\)"
+    ) as refused:
+        check_reference_argument(rule, None)
+    assert refused.value.reason == "missing"
+    assert check_reference_argument(rule, "self").source == "self"
+    assert dataclasses.asdict(check_reference_argument(rule, {"source": "path", "path": str(tmp_path)})) == {
+        "source": "path",
+        "path": str(tmp_path),
+        "module": None,
+    }
 
 
 def test_what_a_step_provides_decides_what_runs():
