@@ -58,8 +58,6 @@ import os
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
-
 from qtune.models.adapters import parameter_counts
 from qtune.pruning.batch_stats import lm_stats
 from qtune.pruning.budget import UPPER_EPOCHS, ComputeBudget, build_budget
@@ -75,6 +73,7 @@ from qtune.pruning.planned_step import forward_tokens
 from qtune.pruning.distributed import Collective, TorchDistributed
 from qtune.hf.flattened import per_sample_scores
 from qtune.hf import packing as hf_packing
+from qtune.hf.callbacks import BookBudgetSteps, BookEpochs
 from qtune.hf.sampling import EpochPlanSampler, global_epoch_order, scoring_shares
 from qtune.hf.reference import build_token_step, check_reference_argument, run_flops, token_fn_for
 from qtune.hf.token_rules import attach_token_rule
@@ -88,31 +87,6 @@ STATE_FILE = "qtune_pruning.pt"
 # what the loss reads of a batch: padded, or packed (several samples per row: ``seg`` etc.)
 BATCH_KEYS = ("input_ids", "attention_mask", "labels", "sample_id", "position_ids", "seg", "sample_length")
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant", "constant_with_warmup": "constant"}
-
-
-class _BookEpochs(TrainerCallback):
-    def __init__(self, owner: "PruningMixin") -> None:
-        self.owner = owner
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        self.owner._finish_epoch()
-
-
-class _BookBudgetSteps(TrainerCallback):
-    """Books each optimiser step's FLOPs before the LR scheduler reads the progress, and stops
-    training when one more step of the same cost would overrun the budget."""
-
-    def __init__(self, owner: "PruningMixin") -> None:
-        self.owner = owner
-
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        budget, comm = self.owner.pruning_budget, self.owner._pruning_core.comm
-        flops = torch.as_tensor(self.owner._step_flops, dtype=torch.float64)
-        budget.book_step(comm.sum({"flops": flops})["flops"])  # every rank's step: one all-reduce
-        self.owner._step_flops = 0.0
-        if budget.exhausted:
-            control.should_training_stop = True
-        return control
 
 
 class PruningMixin(hf_packing.PackingHooks):
@@ -145,6 +119,7 @@ class PruningMixin(hf_packing.PackingHooks):
         token = attach_token_rule(pruning, pruning_token, pruning_token_options, self.args.seed)
         rule = getattr(pruning, "token_rule", None)
         reference = check_reference_argument(rule, pruning_reference)  # before anything loads
+        hf_packing.check_rule_packs(rule, self._row_packing is not None or getattr(self.args, "padding_free", False))
         self.train_dataset = with_sample_id(self.train_dataset)
         if self._row_packing is not None:
             self._row_packing.attach(self.train_dataset, self.data_collator, self.model, self.args)
@@ -168,9 +143,9 @@ class PruningMixin(hf_packing.PackingHooks):
             self._pruning_core.comm = Collective(TorchDistributed(self.args.device))
         self._epoch = 0
         self._step_flops = 0.0  # this optimiser step's FLOPs so far (a device tensor in a step)
-        self.add_callback(_BookEpochs(self))
+        self.add_callback(BookEpochs(self))
         if self.pruning_budget is not None:
-            self.add_callback(_BookBudgetSteps(self))
+            self.add_callback(BookBudgetSteps(self))
 
     def _build_budget(self, strategy: PruningStrategy, fraction: float | None) -> ComputeBudget | None:
         if fraction is None:
@@ -304,7 +279,7 @@ class PruningMixin(hf_packing.PackingHooks):
         loss = record.loss
         # rows and counters stay on the device (no host sync per step) until the epoch ends
         self._pruning_core.record_batch(record)
-        if self.pruning_budget is not None:  # read once per optimiser step (_BookBudgetSteps)
+        if self.pruning_budget is not None:  # read once per optimiser step (BookBudgetSteps)
             self._step_flops = self._step_flops + self.pruning_budget.step_cost(record, loss.device)
         return (loss, {"loss": loss}) if return_outputs else loss
 

@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from qtune.data.packed_collate import collate_packed
 from qtune.data.packing_config import Packing
 from qtune.pruning.packed_epoch import pack_epoch, sample_lengths
+from qtune.pruning.token_step import needs_step_extras
 from qtune.pruning.sampler import shard_plan
 
 STRATEGIES = {"bfd": "truncate", "bfd_split": "refuse"}  # TRL's packing_strategy -> qtune's policy
@@ -260,3 +261,14 @@ class PackingHooks:
         if self._row_packing is None:
             return super().get_train_dataloader()
         return packed_train_dataloader(self, self._row_packing)
+
+
+def check_rule_packs(rule, packed: bool) -> None:
+    """Refuse, at construction, a token rule that reads a reference or top-K entropies on packed
+    or padding-free batches: the packed step computes only the policy's own statistics."""
+    if packed and rule is not None and needs_step_extras(rule.needs()):
+        raise ValueError(
+            f"pruning_token={rule.name!r} reads a reference model's losses or top-K entropies, which packed "
+            "batches (packing=True, padding_free=True) do not compute yet: train it unpacked, or use a rule "
+            "on the policy's own statistics (random, ppl, dft)"
+        )

@@ -40,7 +40,7 @@ def model_dir(tmp_path_factory):
     return save_tiny_llama(tmp_path_factory.mktemp("hfpack") / "llama")
 
 
-def sft(model_dir, out, pruning, lr=0.0, epochs=2, rows=None, eval_rows=None, **config):
+def sft(model_dir, out, pruning, lr=0.0, epochs=2, rows=None, eval_rows=None, token=None, reference=None, **config):
     """A pruned SFTTrainer; it records each training micro-batch's inputs per epoch."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -79,6 +79,8 @@ def sft(model_dir, out, pruning, lr=0.0, epochs=2, rows=None, eval_rows=None, **
         processing_class=tok,
         pruning=pruning,
         pruning_options=OPTIONS.get(pruning, {}),
+        pruning_token=token,
+        pruning_reference=reference,
     )
     trainer.recorded = batches
     return trainer
@@ -214,6 +216,15 @@ def test_el2n_scoring_pass_under_packing_scores_as_unpacked(model_dir, tmp_path)
 def test_packing_modes_that_cut_samples_are_refused_naming_the_mode(model_dir, tmp_path, config, message):
     with pytest.raises(ValueError, match=message):
         sft(model_dir, tmp_path, "random", **config)
+
+
+@pytest.mark.parametrize("mode", ["packing", "padding_free"])
+def test_a_rule_reading_a_reference_is_refused_on_packed_batches(model_dir, tmp_path, mode):
+    with pytest.raises(
+        ValueError, match=r"pruning_token='rho1' reads a reference .* \(packing=True, padding_free=True\)"
+    ):
+        sft(model_dir, tmp_path, "random", token="rho1", reference="self", **MODES[mode])
+    sft(model_dir, tmp_path, "random", token="ppl", **MODES[mode])  # the policy's own statistics pack
 
 
 def test_bfd_split_without_a_long_sample_packs_as_bfd(model_dir, tmp_path):
