@@ -70,3 +70,18 @@ def test_metric_option_sets_the_headline(runs, tmp_path):
     with pytest.raises(SystemExit, match="--metric=bleu: no run has it.*token_f1"):
         build_report([runs], tmp_path / "bad", metric="bleu")
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_measured_token_keep_ratio_is_a_column_once_runs_record_it(runs, tmp_path):
+    build_report([runs], tmp_path / "before")
+    assert "token keep" not in (tmp_path / "before" / "report.md").read_text()  # older runs: no column
+    for name, ratio in (("random_0", 0.5), ("random_1", 0.6), ("full_0", 1.0)):
+        path = runs / name / "summary.json"
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"token_keep_ratio": ratio}))
+    rows = {r["strategy"]: r for r in build_report([runs], tmp_path / "after")["rows"]}
+    assert rows["random"]["token_keep_ratio"] == pytest.approx(0.55)
+    assert rows["full"]["token_keep_ratio"] == 1.0  # full_1 recorded none: the mean of those that did
+    lines = (tmp_path / "after" / "report.md").read_text().splitlines()
+    head = next(line for line in lines if line.startswith("| strategy")).split(" | ")
+    random_row = next(line for line in lines if line.startswith("| random")).split(" | ")
+    assert random_row[head.index("token keep")] == "0.5500"
