@@ -233,6 +233,7 @@ def reference_full(point: Point, points: list[Point]) -> Point | None:
     fulls = [q for q in points if strategy_class(q.strategy).full_data and q.epochs <= point.epochs]
     # the matching full run trains its epochs unbudgeted (a budget is a fraction of that run)
     fulls = [q for q in fulls if q.knobs.get("budget") is None] or fulls
+    fulls = [q for q in fulls if not q.knobs.get("token")] or fulls  # full data with every token
     fulls = [q for q in fulls if same_data(q)] or fulls  # the baseline trains the same data
     exact = [q for q in fulls if q.epochs == point.epochs]
     if exact:

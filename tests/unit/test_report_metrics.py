@@ -85,3 +85,18 @@ def test_the_measured_token_keep_ratio_is_a_column_once_runs_record_it(runs, tmp
     head = next(line for line in lines if line.startswith("| strategy")).split(" | ")
     random_row = next(line for line in lines if line.startswith("| random")).split(" | ")
     assert random_row[head.index("token keep")] == "0.5500"
+
+
+def test_full_with_a_token_rule_is_compared_with_plain_full_not_used_as_it(runs, tmp_path):
+    for seed, em in enumerate((0.70, 0.80)):  # sorts before plain full ('{"token"' < '{}')
+        d = runs / f"full_dft_{seed}"
+        d.mkdir()
+        summary = {"strategy": "full", "seed": seed, "epochs": 2, "flops_estimate": 130.0, "eval": {"exact_match": em}}
+        (d / "summary.json").write_text(json.dumps(summary))
+        cfg = {"data": {"name": "embedded"}, "strategy": {"name": "full", "token": {"name": "dft"}}}
+        OmegaConf.save(OmegaConf.create(cfg), d / "config.yaml")
+    rows = build_report([runs], tmp_path / "out")["rows"]
+    dft = next(r for r in rows if r["knobs"].get("token"))
+    rand = next(r for r in rows if r["strategy"] == "random")
+    assert rand["rel_flops"] == pytest.approx(0.5) and dft["rel_flops"] == pytest.approx(1.3)
+    assert dft["delta_vs_full"] == pytest.approx(0.75 - 0.55)
