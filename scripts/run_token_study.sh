@@ -8,23 +8,33 @@
 #   scripts/run_token_study.sh [OUT] [WORKERS] [embedded|smollm2]
 #     embedded (default): the noisy embedded task, tiny Llama, 5 seeds, 9 epochs, OUT outputs/token_study
 #     smollm2: experiment=smollm2_lora (SmolLM2-135M + LoRA), 3 seeds, 2 epochs, OUT outputs/smollm2_token_study
-#   environment: SEEDS, EPOCHS (override the above), ONLY="full rho1 random_x_tokencleaning ..."
-#   (run only those points; names below), DRY=1 (print the plan, run nothing)
-#   then: python scripts/token_study_table.py OUT > table.md ; qtune-report OUT/sft --out OUT/report
+#   environment: SEEDS, EPOCHS, REF_EPOCHS (the reference's; default EPOCHS) override the above;
+#   ONLY="full rho1 random_x_tokencleaning ..." runs only those points (full, random, qtuning,
+#   RULE alone, random_x_RULE, random_x_ppl_lam0; RULE in random ppl rho1 tokencleaning dft eaft
+#   asft) and the references they need; DRY=1 prints the plan and runs nothing.
+#   Then: python scripts/token_study_table.py OUT > table.md ; qtune-report OUT/sft --out OUT/report
 #
 # The reference (rho1, tokencleaning) is trained by qtune first, per seed (each seed has its own
-# data): random 10 % of the clean items (data.drop_kinds=[noisy]), the same subset every epoch,
-# the study's epochs; OUT/reference/sft/random-clean_ref-keep0.1-*/seed<N>. rho1 forwards it every
-# step (reference.source=path); tokencleaning global reads its and the starting model's
-# per-token losses from a file computed once per seed by qtune-score (OUT/losses/seed<N>,
+# data): random 10 % of the clean items (data.drop_kinds=[noisy]), the same subset every epoch;
+# OUT/reference/sft/random-clean_ref-keep0.1-*/seed<N>. rho1 forwards it every step
+# (reference.source=path); tokencleaning global reads its and the starting model's per-token
+# losses from a file computed once per seed by qtune-score (OUT/losses/seed<N>,
 # reference.source=file). asft compares with the starting model (reference.source=self). With
 # smollm2 rho1 also uses reference.source=self (LoRA: the adapters disabled, no second copy);
-# tokencleaning needs a trained reference there too (base − reference is 0 for self).
-# What each reference cost is in the runs' summary.json (reference.training_flops, file_flops)
-# and in the table.
+# tokencleaning needs a trained reference there too (base - reference is 0 for self). What each
+# reference cost is in the runs' summary.json (reference.training_flops, file_flops) and in the
+# table. Points: 18 per seed (+ the reference and its loss file).
 #
-# Time (embedded, measured on the shared 2-core CPU, one thread per run, 1 seed x 9 epochs;
-# see TIMING below): filled in by the timing run.
+# Time. Embedded, measured with 1 seed x 9 epochs, one thread per run, on the 2-core CPU shared
+# with other jobs (load average 4.5 during the first two, under 1 during the last), wall seconds
+# incl. start-up and evaluation: reference 49 (+ 20 grid start), qtune-score loss file 95, full
+# 300, full x rho1 321, random 0.25 x tokencleaning-global 48. Extrapolated per seed (the other
+# rules alone 1.0-1.1x full, asft like rho1, random 0.25 ~ 95, Q-Tuning ~ 215, composed ~ 100
+# each): about 3,650 s of runs per seed. With 2 workers each grid of 5 seeds takes 3 rounds:
+# 3 x 3,650 + 5 x 95 (loss files) + 19 grid starts x 20 s = about 11,800 s, 3 h 15 min as
+# measured (the last run, on a quiet CPU, went twice as fast: perhaps 2 h on an idle one).
+# SmolLM2 (not timed here; a full run of the SmolLM2 study is about 2.5 min): about 12
+# full-run equivalents per seed, about 1 h 30 min for 3 seeds with 1 worker.
 set -euo pipefail
 OUT=${1:-}
 WORKERS=${2:-2}
@@ -38,7 +48,8 @@ esac
 HERE=$(cd "$(dirname "$0")" && pwd)
 GRID=(python "$HERE/run_grid.py" --task sft --epochs "$EPOCHS" --seeds "$SEEDS" --workers "$WORKERS")
 [[ -n "${DRY:-}" ]] && GRID+=(--dry-run)
-REF_NAME="random-clean_ref-keep0.1-same_epochs-e$EPOCHS"
+REF_EPOCHS=${REF_EPOCHS:-$EPOCHS}
+REF_NAME="random-clean_ref-keep0.1-same_epochs-e$REF_EPOCHS"
 REF="$OUT/reference/sft/$REF_NAME"
 LOSSES="$OUT/losses"
 # per-seed paths: Hydra resolves ${seed} in each run's config
@@ -71,7 +82,7 @@ SELECTING=(random ppl rho1 tokencleaning)
 
 # 1. the clean 10 % reference of each seed, then the loss files tokencleaning reads
 if needs_reference; then
-  "${GRID[@]}" --out "$OUT/reference" --strategies random --ratios 0.1 --tag clean_ref \
+  "${GRID[@]}" --out "$OUT/reference" --epochs "$REF_EPOCHS" --strategies random --ratios 0.1 --tag clean_ref \
     --set "${BASE[@]}" strategy.static=true "data.drop_kinds=[noisy]"
   if want tokencleaning || want random_x_tokencleaning; then
     for seed in $(seq 0 $((SEEDS - 1))); do

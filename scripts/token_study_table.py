@@ -160,7 +160,7 @@ def reference_lines(table: list[dict], flops_full: float) -> list[str]:
         em, std = mean_std([r.eval_value("exact_match") for r in found])
         cost = mean(found, lambda r: r.summary.get("flops_estimate")) / flops_full
         lines.append(
-            f"- reference `{parent.name}` ({len(found)} seeds): exact match {_num(em)} ± {_num(std)}, "
+            f"- reference `{parent.name}` (seeds: {len(found)}): exact match {_num(em)} ± {_num(std)}, "
             f"training {_num(cost, 3)} × the FLOPs of full; used by {', '.join(users)}"
         )
     return lines

@@ -209,7 +209,8 @@ def group_points(runs: list[Run]) -> dict[str, list[Point]]:
         for pt in points:
             same = [q for q in points if q.strategy == pt.strategy]
             varying = {k for q in same for k in set(q.knobs) | set(pt.knobs) if q.knobs.get(k) != pt.knobs.get(k)}
-            shown = [k for k in pt.knobs if k in pt.ratio_keys or k in varying]
+            # a token rule is always named: a composed point never reads as its sample strategy alone
+            shown = [k for k in pt.knobs if k in pt.ratio_keys or k in varying or k == "token"]
             fmt = strategy_class(pt.strategy).format_option
             pt.label = ", ".join(f"{k}={fmt(k, pt.knobs[k]) or _fmt(pt.knobs[k])}" for k in shown)
             pt.variant = ", ".join(

@@ -100,3 +100,13 @@ def test_full_with_a_token_rule_is_compared_with_plain_full_not_used_as_it(runs,
     rand = next(r for r in rows if r["strategy"] == "random")
     assert rand["rel_flops"] == pytest.approx(0.5) and dft["rel_flops"] == pytest.approx(1.3)
     assert dft["delta_vs_full"] == pytest.approx(0.75 - 0.55)
+
+
+def test_a_composed_point_names_its_token_rule_even_alone(runs, tmp_path):
+    for seed in range(2):
+        path = runs / f"random_{seed}" / "config.yaml"
+        cfg = OmegaConf.load(path)
+        cfg.strategy.token = {"name": "ppl", "keep_ratio": 0.5}
+        OmegaConf.save(cfg, path)
+    rows = {r["strategy"]: r for r in build_report([runs], tmp_path / "out")["rows"]}
+    assert rows["random"]["ratios"] == "token={keep_ratio:0.5,name:ppl}"

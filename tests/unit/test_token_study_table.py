@@ -142,7 +142,7 @@ def test_markdown_and_the_reference_note(study, capsys):
     ]
     # the three reference runs: EM 0.7 ± 0.1, training 10 / 100 of full's FLOPs
     note = next(line for line in md.splitlines() if line.startswith("- reference"))
-    assert "3 seeds" in note and "0.700 ± 0.100" in note and "0.100 × the FLOPs of full" in note
+    assert "seeds: 3" in note and "0.700 ± 0.100" in note and "0.100 × the FLOPs of full" in note
     assert len(json.loads((study / "t.json").read_text())) == 4
 
 
