@@ -122,7 +122,7 @@ def result_rows(summary: dict, run_dir: Path) -> list[tuple[str, str]]:
             "samples trained",
             f"{summary['samples_trained']:,.0f} of {n:,} x {epochs} epochs ({summary['realised_keep_ratio']:.2f})",
         ),
-        ("tokens trained", f"{summary['tokens_trained']:,.0f}"),
+        ("tokens trained", f"{summary['tokens_trained']:,.0f}" + _token_keep(summary)),
         (
             "FLOPs vs full",
             f"{summary['flops_vs_full']:.3f}" + (f" (budget {summary['budget']})" if summary.get("budget") else ""),
@@ -131,6 +131,14 @@ def result_rows(summary: dict, run_dir: Path) -> list[tuple[str, str]]:
         ("run directory", str(run_dir)),
     ]
     return rows
+
+
+def _token_keep(summary: dict) -> str:
+    """The measured token keep ratio, when the run measured one and a token rule set it below 1."""
+    ratio = summary.get("token_keep_ratio")
+    if ratio is None or ratio >= 1.0:
+        return ""
+    return f" of {summary['response_tokens']:,.0f} response tokens ({ratio:.2f})"
 
 
 def print_result(summary: dict, run_dir: Path) -> None:

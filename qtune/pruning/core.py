@@ -39,7 +39,14 @@ from qtune.pruning.statistics_store import StatisticsStore
 from qtune.pruning.train_step import StepRecord
 from qtune.strategies.base import EpochContext, EpochPlan, PruningStrategy
 
-COUNTERS = ("samples_trained", "tokens_trained", "forward_tokens", "scoring_tokens", "wrong_tokens_trained")
+COUNTERS = (
+    "samples_trained",
+    "tokens_trained",
+    "response_tokens",  # of the trained rows: the token keep ratio's denominator
+    "forward_tokens",
+    "scoring_tokens",
+    "wrong_tokens_trained",
+)
 
 
 def plan_hash(ids: torch.Tensor) -> str:
@@ -298,6 +305,7 @@ class PruningCore(ResumeState):
             "planned_samples": int(plan.sample_ids.numel()) if plan else 0,
             "samples_trained": counts.get("samples_trained", 0.0),
             "tokens_trained": counts.get("tokens_trained", 0.0),
+            "response_tokens": counts.get("response_tokens", 0.0),
             "scoring_tokens": counts.get("scoring_tokens", 0.0) + self._pass_tokens,
             "batches": self._batches_done,
             "plan_hash": plan_hash(plan.sample_ids) if plan else "",

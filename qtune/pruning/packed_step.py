@@ -72,6 +72,7 @@ def packed_train_step(stats_fn: Callable, batch: dict, strategy, epoch: int, ste
             token_keep=s.token_keep,
             response_mask=s.response,
             batch_info=s.info,
+            response_tokens=(s.response & s.keep.unsqueeze(-1)).sum(),
         )
     segments = SegmentMap.labels(batch)
     stats = stats_fn(batch)
@@ -80,6 +81,7 @@ def packed_train_step(stats_fn: Callable, batch: dict, strategy, epoch: int, ste
     rule = getattr(strategy, "token_rule", None)
     if rule is None:
         loss, trained, kept = masked_token_mean(stats.loss, mask, weights), mask.sum(), mask
+        response = trained
     else:
         views = sample_views(segments, stats)
         seed = getattr(strategy, "seed", 0)
@@ -91,6 +93,7 @@ def packed_train_step(stats_fn: Callable, batch: dict, strategy, epoch: int, ste
             extra=None if decided.extra is None else segments.to_packed(decided.extra, fill=0.0),
         )
         loss, trained, kept = packed.reduce(stats.loss, weights), packed.tokens_trained, packed.weights != 0
+        response = decided.response_tokens
     return dict(
         loss=loss,
         sample_ids=ids,
@@ -99,6 +102,7 @@ def packed_train_step(stats_fn: Callable, batch: dict, strategy, epoch: int, ste
         tokens_trained=trained,
         forward_tokens=forward_tokens(batch),
         wrong_tokens_trained=wrong_tokens_trained(batch, kept).get("wrong_tokens_trained"),
+        response_tokens=response,
     )
 
 

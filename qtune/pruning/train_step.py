@@ -39,6 +39,8 @@ class StepRecord:
     token_keep: torch.Tensor | None = None  # [B, T] kept tokens, label coordinates (a batch plan)
     response_mask: torch.Tensor | None = None  # [B, T] response tokens (a batch plan)
     batch_info: dict | None = None  # a batch plan's numbers (quadrant counts, ...)
+    # response tokens of the trained rows: tokens_trained / response_tokens is the token keep ratio
+    response_tokens: torch.Tensor | None = None
 
     @classmethod
     def from_outputs(cls, outputs: Any) -> "StepRecord | None":
@@ -101,6 +103,7 @@ def train_step(
             s.token_keep,
             s.response,
             s.info,
+            response_tokens=(s.response & s.keep.unsqueeze(-1)).sum(),
         )
     rule = getattr(strategy, "token_rule", None)
     scoring = None
@@ -108,11 +111,13 @@ def train_step(
         stats = stats_fn(batch)
         mask = stats.valid
         loss, trained, kept = masked_token_mean(stats.loss, mask, weights), mask.sum(), mask
+        response = trained
     else:  # the rule's inputs (a reference forward, top-K entropy, ...): qtune.pruning.token_step
         stats, inputs, scoring = rule_inputs(stats_fn, batch, strategy, epoch, step, token_fn)
         mask = stats.valid
         decided = rule.apply(inputs)
         loss, trained, kept = decided.reduce(stats.loss, weights), decided.tokens_trained, decided.weights != 0
+        response = decided.response_tokens
     return StepRecord(
         loss,
         ids,
@@ -122,4 +127,5 @@ def train_step(
         forward_tokens(batch),
         scoring,
         wrong_tokens_trained=wrong_tokens_trained(batch, kept).get("wrong_tokens_trained"),
+        response_tokens=response,
     )

@@ -209,7 +209,8 @@ def group_points(runs: list[Run]) -> dict[str, list[Point]]:
         for pt in points:
             same = [q for q in points if q.strategy == pt.strategy]
             varying = {k for q in same for k in set(q.knobs) | set(pt.knobs) if q.knobs.get(k) != pt.knobs.get(k)}
-            shown = [k for k in pt.knobs if k in pt.ratio_keys or k in varying]
+            # a token rule is always named: a composed point never reads as its sample strategy alone
+            shown = [k for k in pt.knobs if k in pt.ratio_keys or k in varying or k == "token"]
             fmt = strategy_class(pt.strategy).format_option
             pt.label = ", ".join(f"{k}={fmt(k, pt.knobs[k]) or _fmt(pt.knobs[k])}" for k in shown)
             pt.variant = ", ".join(
@@ -233,6 +234,7 @@ def reference_full(point: Point, points: list[Point]) -> Point | None:
     fulls = [q for q in points if strategy_class(q.strategy).full_data and q.epochs <= point.epochs]
     # the matching full run trains its epochs unbudgeted (a budget is a fraction of that run)
     fulls = [q for q in fulls if q.knobs.get("budget") is None] or fulls
+    fulls = [q for q in fulls if not q.knobs.get("token")] or fulls  # full data with every token
     fulls = [q for q in fulls if same_data(q)] or fulls  # the baseline trains the same data
     exact = [q for q in fulls if q.epochs == point.epochs]
     if exact:

@@ -49,6 +49,7 @@ def point_rows(points: list[Point], metric: str | None = None) -> list[dict]:
             "rel_time": math.nan,
             "ref_epochs": None,
             "realised_keep_ratio": pt.mean("realised_keep_ratio"),
+            "token_keep_ratio": _token_keep(pt),
             "budget": pt.knobs.get("budget"),
             "runs": [str(r.path) for r in pt.runs],
         }
@@ -71,6 +72,7 @@ def point_rows(points: list[Point], metric: str | None = None) -> list[dict]:
 def markdown_table(rows: list[dict]) -> str:
     """One task's table; share columns appear only when some run of the task records them."""
     shares = [(k, title) for k, title in SHARE_KEYS if any(k in r for r in rows)]
+    token_keep = any(not math.isnan(r.get("token_keep_ratio", math.nan)) for r in rows)
     budgets = any(r.get("budget") is not None for r in rows)
     metric = rows[0]["metric"] if rows else "eval"
     others = sorted({m for r in rows for m in r.get("metrics", {})} - {metric})
@@ -87,6 +89,7 @@ def markdown_table(rows: list[dict]) -> str:
             "full ref. epochs",
             "realised keep",
         ]
+        + (["token keep"] if token_keep else [])
         + [t for _, t in shares]
         + (["budget"] if budgets else [])
         + others
@@ -105,6 +108,7 @@ def markdown_table(rows: list[dict]) -> str:
             str(r["ref_epochs"] if r["ref_epochs"] is not None else "—"),
             _num(r["realised_keep_ratio"]),
         ]
+        cells += [_num(r.get("token_keep_ratio", math.nan))] if token_keep else []
         cells += [_num(r.get(k, math.nan)) for k, _ in shares]
         cells += [str(r["budget"]) if r.get("budget") is not None else "—"] if budgets else []
         cells += [_mean_std(r.get("metrics", {}).get(m)) for m in others]
@@ -125,6 +129,13 @@ def welch(a: list[float], b: list[float]) -> tuple[float, float]:
     if len(a) < 2 or len(b) < 2 or (max(a) == min(a) and max(b) == min(b)):
         return delta, math.nan
     return delta, float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def _token_keep(pt: Point) -> float:
+    """Mean measured token keep ratio; nan when no run measured one (runs from before it was
+    recorded, or without response tokens)."""
+    values = [r.summary.get("token_keep_ratio") for r in pt.runs]
+    return pt.mean_std([math.nan if v is None else float(v) for v in values])[0]
 
 
 def _delta(r: dict) -> str:

@@ -25,6 +25,7 @@ def build_summary(
     """``epochs``: the run's nominal epochs (the matching full run's, under a budget);
     ``epochs_run``: the epochs it trained (more or fewer under a budget)."""
     samples = totals.get("samples_trained", 0.0)
+    response = float(totals.get("response_tokens", 0.0))
     epochs_run = epochs if epochs_run is None else epochs_run
     return {
         "strategy": strategy,
@@ -34,6 +35,9 @@ def build_summary(
         "train_samples_total": train_samples_total,
         "samples_trained": int(samples),
         "tokens_trained": int(totals.get("tokens_trained", 0.0)),
+        "response_tokens": int(response),
+        # tokens trained per response token of the trained samples (1.0 without a token rule)
+        "token_keep_ratio": float(totals.get("tokens_trained", 0.0)) / response if response else None,
         "forward_tokens_trained": int(totals.get("forward_tokens", 0.0)),
         "scoring_forward_tokens": int(totals.get("scoring_tokens", 0.0)),
         "num_params": num_params,

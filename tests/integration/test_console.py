@@ -80,3 +80,21 @@ def test_the_progress_bar_counts_the_epochs_the_budget_buys():
     budget = SimpleNamespace(planned_epochs=lambda epoch: epoch + 3, progress=0.4)
     bar = QTuneProgressBar(budget)
     assert bar._get_train_description(2) == "Epoch 2/4 (budget 40% spent)"
+
+
+def test_result_rows_name_the_measured_token_keep_ratio_below_one():
+    summary = {
+        "eval": {},
+        "train_samples_total": 100,
+        "epochs": 1,
+        "samples_trained": 100,
+        "realised_keep_ratio": 1.0,
+        "tokens_trained": 1100,
+        "response_tokens": 2000,
+        "token_keep_ratio": 0.55,
+        "flops_vs_full": 1.0,
+        "train_time_s": 1.0,
+    }
+    assert dict(result_rows(summary, "r"))["tokens trained"] == "1,100 of 2,000 response tokens (0.55)"
+    full = summary | {"tokens_trained": 2000, "token_keep_ratio": 1.0}
+    assert dict(result_rows(full, "r"))["tokens trained"] == "2,000"
