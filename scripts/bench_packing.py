@@ -291,15 +291,17 @@ def print_table(results: list[dict], args, backend: str) -> None:
     )
     print(
         f"{'model':<13} {'strategy':<8} {'head':<9} {'pad %':>6} {'padded tok/s':>13} "
-        f"{'packed tok/s':>13} {'speed-up':>9} {'loss tok pad/pack':>18}"
+        f"{'packed tok/s':>13} {'speed-up':>9} {'kept pad/pack':>14} {'grad tok pad/pack':>18}"
     )
     for r in results:
         for row in r.get("rows", []):
-            loss = f"{row['padded_counters']['loss_tokens']}/{row['packed_counters']['loss_tokens']}"
+            pad, pack = row["padded_counters"], row["packed_counters"]
+            kept = f"{pad['samples_trained']}/{pack['samples_trained']}"
+            grad = f"{pad['forward_tokens']}/{pack['forward_tokens']}"
             print(
                 f"{r['model']:<13} {row['strategy']:<8} {row['head']:<9} "
                 f"{100 * r['layout']['padded']['padding_share']:>6.1f} {row['padded_tokens_per_s']:>13.1f} "
-                f"{row['packed_tokens_per_s']:>13.1f} {row['speedup']:>8.2f}x {loss:>18}"
+                f"{row['packed_tokens_per_s']:>13.1f} {row['speedup']:>8.2f}x {kept:>14} {grad:>18}"
             )
 
 
@@ -309,7 +311,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--strategies", default="full,qtuning")
     ap.add_argument("--heads", default="full,response", help="LM head: full, response (response-only)")
     ap.add_argument("--samples", type=int, default=64, help="samples in the plan, tiny Llama")
-    ap.add_argument("--smol-samples", type=int, default=8, help="samples in the plan, SmolLM2")
+    ap.add_argument("--smol-samples", type=int, default=12, help="samples in the plan, SmolLM2")
     ap.add_argument("--max-len", type=int, default=1000, help="longest item, tiny Llama")
     ap.add_argument("--smol-max-len", type=int, default=512, help="longest item, SmolLM2")
     ap.add_argument("--row-tokens", type=int, default=None, help="packed row length (default: the longest item)")
@@ -351,7 +353,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         env = {"torch": torch.__version__, "transformers": transformers.__version__}
         env.update(threads=torch.get_num_threads(), backend=backend, machine=platform.processor() or platform.machine())
         target = {"speedup": TARGET_SPEEDUP, "where_padding_share_at_least": TARGET_PADDING}
-        out = {"args": vars(args), "env": env, "target": target, "models": results}
+        note = (
+            f"SmolLM2-135M + LoRA runs a shorter set to keep a CPU run short: {args.smol_samples} samples with "
+            f"items of at most {args.smol_max_len} tokens and {args.smol_rounds} rounds (tiny Llama: "
+            f"{args.samples} samples, at most {args.max_len} tokens, {args.rounds} rounds)"
+        )
+        out = {"args": vars(args), "env": env, "target": target, "note": note, "models": results}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return results
