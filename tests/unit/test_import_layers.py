@@ -25,7 +25,7 @@ ALLOWED = {
     "qtune.eval": {"qtune.data", "qtune.config.declared", "qtune.runs"},
     "qtune.pruning": {"qtune.strategies", "qtune.kernels", "qtune.data", "qtune.runs"},
     "qtune.lightning": {"qtune.pruning", "qtune.strategies", "qtune.kernels", "qtune.data", "qtune.runs"},
-    "qtune.hf": {"qtune.pruning", "qtune.strategies", "qtune.kernels", "qtune.models", "qtune.runs"},
+    "qtune.hf": {"qtune.pruning", "qtune.strategies", "qtune.kernels", "qtune.data", "qtune.models", "qtune.runs"},
     "qtune.report": {"qtune.data", "qtune.eval", "qtune.strategies", "qtune.runs"},
 }
 NO_LIGHTNING = (
