@@ -32,7 +32,13 @@ from qtune.data.packing import pack_plan
 from qtune.data.sft import IGNORE_INDEX
 from qtune.pruning.batch_stats import next_token_labels
 from qtune.pruning.loss import masked_token_mean
-from qtune.pruning.planned_step import PlannedStep, forward_tokens, response_mask, wrong_tokens_trained
+from qtune.pruning.planned_step import (
+    PlannedStep,
+    forward_tokens,
+    planned_record,
+    response_mask,
+    wrong_tokens_trained,
+)
 from qtune.pruning.segments import SegmentMap
 from qtune.pruning.token_inputs import token_inputs
 from qtune.strategies.base import BatchStats
@@ -59,21 +65,7 @@ def packed_train_step(stats_fn: Callable, batch: dict, strategy, epoch: int, ste
     ids = batch["sample_id"]
     if strategy is not None and strategy.uses_batch_plan:
         s = packed_planned_step(stats_fn, batch, strategy, batch.get("sample_weight"), epoch, step)
-        return dict(
-            loss=s.loss,
-            sample_ids=ids,
-            scores=s.scores,
-            samples_trained=s.keep.sum(),
-            tokens_trained=s.mask.sum(),
-            forward_tokens=s.forward_tokens,
-            scoring_tokens=s.scoring_tokens,
-            wrong_tokens_trained=s.wrong_tokens_trained,
-            trained_mask=s.keep,
-            token_keep=s.token_keep,
-            response_mask=s.response,
-            batch_info=s.info,
-            response_tokens=(s.response & s.keep.unsqueeze(-1)).sum(),
-        )
+        return planned_record(s, ids)
     segments = SegmentMap.labels(batch)
     stats = stats_fn(batch)
     mask = stats.valid

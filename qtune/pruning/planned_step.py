@@ -65,6 +65,25 @@ class PlannedStep:
     wrong_tokens_trained: torch.Tensor | None = None  # when the batch carries wrong_tokens
 
 
+def planned_record(s: PlannedStep, sample_ids: torch.Tensor) -> dict:
+    """The ``StepRecord`` fields of a planned step (padded or packed), by name."""
+    return dict(
+        loss=s.loss,
+        sample_ids=sample_ids,
+        scores=s.scores,
+        samples_trained=s.keep.sum(),
+        tokens_trained=s.mask.sum(),
+        forward_tokens=s.forward_tokens,
+        scoring_tokens=s.scoring_tokens,
+        wrong_tokens_trained=s.wrong_tokens_trained,
+        trained_mask=s.keep,
+        token_keep=s.token_keep,
+        response_mask=s.response,
+        batch_info=s.info,
+        response_tokens=(s.response & s.keep.unsqueeze(-1)).sum(),
+    )
+
+
 def planned_step(
     stats_fn: Callable, batch: dict, strategy, weights: torch.Tensor | None, epoch: int, step: int, task: str = "sft"
 ) -> PlannedStep:

@@ -19,7 +19,7 @@ import torch
 from qtune.pruning.batch_stats import sample_scores
 from qtune.pruning.loss import masked_token_mean
 from qtune.pruning.packed_step import is_packed, packed_train_step
-from qtune.pruning.planned_step import forward_tokens, planned_step, wrong_tokens_trained
+from qtune.pruning.planned_step import forward_tokens, planned_record, planned_step, wrong_tokens_trained
 from qtune.pruning.token_step import needs_step_extras, rule_inputs
 
 
@@ -90,21 +90,7 @@ def train_step(
     ids = batch["sample_id"]
     if strategy is not None and strategy.uses_batch_plan:
         s = planned_step(stats_fn, batch, strategy, weights, epoch, step, task)
-        return StepRecord(
-            s.loss,
-            ids,
-            s.scores,
-            s.keep.sum(),
-            s.mask.sum(),
-            s.forward_tokens,
-            s.scoring_tokens,
-            s.wrong_tokens_trained,
-            s.keep,
-            s.token_keep,
-            s.response,
-            s.info,
-            response_tokens=(s.response & s.keep.unsqueeze(-1)).sum(),
-        )
+        return StepRecord(**planned_record(s, ids))
     rule = getattr(strategy, "token_rule", None)
     scoring = None
     if rule is None:
