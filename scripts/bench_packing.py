@@ -13,6 +13,10 @@ permutation), are trained two ways:
   item allowed, as ``data.max_tokens_per_row`` defaults to ``data.max_length``) by
   ``qtune.data.packing.pack_plan``, batches of R rows (``collate_packed``) with R chosen so a
   step holds about as many tokens as a padded batch's real ones: what ``data.packing=true`` trains.
+  Packed rows run under each of --attention: ``sdpa`` (transformers keeps the samples apart with
+  a block-diagonal mask over the whole row, O(row²)) and ``sdpa_segments`` (qtune's per-sample
+  sdpa, O(Σ len²); ``model.attn_implementation=sdpa_segments``). Padded batches carry a mask, and
+  both implementations run them as transformers' sdpa.
 
 A step is qtune's real training step: ``qtune.pruning.train_step.train_step`` (the packed path
 detects ``seg``) with the strategy from ``qtune.strategies.build_strategy`` (``full``, and
@@ -145,11 +149,15 @@ def build(strategy: str):
     return build_strategy(strategy, **cfg)  # qtuning: sample_ratio 0.25, token_ratio 0.5
 
 
-def run_pass(model, start: dict, batches: list[dict], strategy, response_only: bool, backend) -> tuple[float, dict]:
-    """Train every batch once from the ``start`` weights; (seconds, counters)."""
+def run_pass(
+    model, start: dict, batches: list[dict], strategy, response_only: bool, backend, attention: str = "sdpa"
+) -> tuple[float, dict]:
+    """Train every batch once from the ``start`` weights under ``attention``; (seconds, counters)."""
+    from qtune.models.hf import checked_attn_implementation
     from qtune.pruning.batch_stats import lm_stats
     from qtune.pruning.train_step import train_step
 
+    model.set_attn_implementation(checked_attn_implementation(attention))
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in start.items():
@@ -179,6 +187,30 @@ def run_pass(model, start: dict, batches: list[dict], strategy, response_only: b
         "loss_tokens": total("tokens_trained"),
         "forward_tokens": total("forward_tokens"),
         "scoring_tokens": total("scoring_tokens"),
+    }
+
+
+def speedup_row(strategy: str, head: str, attention: str, shape: dict, pad: dict, pack: dict) -> dict:
+    """Packed (under ``attention``) against padded: throughput from each one's fastest pass."""
+    best = {"padded": min(pad["times_s"]), "packed": min(pack["times_s"])}
+    tp = {k: shape[k]["tokens"] / best[k] for k in best}
+    speedup = tp["packed"] / tp["padded"]
+    judged = shape["padded"]["padding_share"] >= TARGET_PADDING
+    return {
+        "strategy": strategy,
+        "head": head,
+        "attention": attention,
+        "padded_tokens_per_s": tp["padded"],
+        "packed_tokens_per_s": tp["packed"],
+        "speedup": speedup,
+        # tokens forwarded with gradients per second (Q-Tuning: the kept samples only)
+        "padded_grad_tokens_per_s": pad["counters"]["forward_tokens"] / best["padded"],
+        "packed_grad_tokens_per_s": pack["counters"]["forward_tokens"] / best["packed"],
+        "target_met": (speedup >= TARGET_SPEEDUP) if judged else None,
+        "padded_times_s": pad["times_s"],
+        "packed_times_s": pack["times_s"],
+        "padded_counters": pad["counters"],
+        "packed_counters": pack["counters"],
     }
 
 
@@ -223,47 +255,30 @@ def bench_model(name: str, args, backend: str) -> dict:
     start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     strategies = {s: build(s) for s in args.strategies.split(",")}
     heads = {"full": False, "response": True}
-    variants = [(s, h, k) for s in strategies for h in args.heads.split(",") for k in ("padded", "packed")]
+    # a layout and its attention: padded batches under sdpa, packed rows under each --attention
+    kinds = [("padded", "sdpa")] + [("packed", a) for a in args.attention.split(",")]
+    variants = [(s, h, k) for s in strategies for h in args.heads.split(",") for k in kinds]
     results = {v: {"times_s": [], "counters": None} for v in variants}
     # warm-up, untimed: every variant's code path once on short items (the statistics kernels
     # are compiled for symbolic shapes by warm_up, so the timed shapes do not recompile)
     short = make_items(np.full(4, 8), np.full(4, 8), vocab, d["seed"])
     warm = {"padded": padded_batches(short, np.arange(4), 4), "packed": packed_batches(short, np.arange(4), 32, 2, 0)}
-    for s, h, k in variants:
-        run_pass(model, start, warm[k], strategies[s], heads[h], backend)
+    for s, h, (k, a) in variants:
+        run_pass(model, start, warm[k], strategies[s], heads[h], backend, a)
     combos = [(s, h) for s in strategies for h in args.heads.split(",")]
     for rnd in range(d["rounds"]):
         for c, (s, h) in enumerate(combos):  # ABBA...: who goes first flips by round and by variant
-            for k in ("padded", "packed") if (rnd + c) % 2 == 0 else ("packed", "padded"):
-                seconds, counters = run_pass(model, start, layouts[k], strategies[s], heads[h], backend)
-                results[(s, h, k)]["times_s"].append(seconds)
-                results[(s, h, k)]["counters"] = counters
+            for k, a in kinds if (rnd + c) % 2 == 0 else kinds[::-1]:
+                seconds, counters = run_pass(model, start, layouts[k], strategies[s], heads[h], backend, a)
+                results[(s, h, (k, a))]["times_s"].append(seconds)
+                results[(s, h, (k, a))]["counters"] = counters
     shape = {k: layout(b) for k, b in layouts.items()}
     rows = []
     for s in strategies:
         for h in args.heads.split(","):
-            pad, pack = results[(s, h, "padded")], results[(s, h, "packed")]
-            best = {k: min(results[(s, h, k)]["times_s"]) for k in layouts}
-            tp = {k: shape[k]["tokens"] / best[k] for k in layouts}
-            speedup = tp["packed"] / tp["padded"]
-            judged = shape["padded"]["padding_share"] >= TARGET_PADDING
-            rows.append(
-                {
-                    "strategy": s,
-                    "head": h,
-                    "padded_tokens_per_s": tp["padded"],
-                    "packed_tokens_per_s": tp["packed"],
-                    "speedup": speedup,
-                    # tokens forwarded with gradients per second (Q-Tuning: the kept samples only)
-                    "padded_grad_tokens_per_s": pad["counters"]["forward_tokens"] / best["padded"],
-                    "packed_grad_tokens_per_s": pack["counters"]["forward_tokens"] / best["packed"],
-                    "target_met": (speedup >= TARGET_SPEEDUP) if judged else None,
-                    "padded_times_s": pad["times_s"],
-                    "packed_times_s": pack["times_s"],
-                    "padded_counters": pad["counters"],
-                    "packed_counters": pack["counters"],
-                }
-            )
+            for attention in args.attention.split(","):
+                pad, pack = results[(s, h, kinds[0])], results[(s, h, ("packed", attention))]
+                rows.append(speedup_row(s, h, attention, shape, pad, pack))
     params = list(model.parameters())
     return {
         "model": name,
@@ -290,7 +305,7 @@ def print_table(results: list[dict], args, backend: str) -> None:
         "time = min over rounds, padded and packed alternating"
     )
     print(
-        f"{'model':<13} {'strategy':<8} {'head':<9} {'pad %':>6} {'padded tok/s':>13} "
+        f"{'model':<13} {'strategy':<8} {'head':<9} {'packed attention':<16} {'pad %':>6} {'padded tok/s':>13} "
         f"{'packed tok/s':>13} {'speed-up':>9} {'kept pad/pack':>14} {'grad tok pad/pack':>18}"
     )
     for r in results:
@@ -299,7 +314,7 @@ def print_table(results: list[dict], args, backend: str) -> None:
             kept = f"{pad['samples_trained']}/{pack['samples_trained']}"
             grad = f"{pad['forward_tokens']}/{pack['forward_tokens']}"
             print(
-                f"{r['model']:<13} {row['strategy']:<8} {row['head']:<9} "
+                f"{r['model']:<13} {row['strategy']:<8} {row['head']:<9} {row['attention']:<16} "
                 f"{100 * r['layout']['padded']['padding_share']:>6.1f} {row['padded_tokens_per_s']:>13.1f} "
                 f"{row['packed_tokens_per_s']:>13.1f} {row['speedup']:>8.2f}x {kept:>14} {grad:>18}"
             )
@@ -314,6 +329,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--smol-samples", type=int, default=12, help="samples in the plan, SmolLM2")
     ap.add_argument("--max-len", type=int, default=1000, help="longest item, tiny Llama")
     ap.add_argument("--smol-max-len", type=int, default=512, help="longest item, SmolLM2")
+    ap.add_argument("--attention", default="sdpa,sdpa_segments", help="attention of the packed rows")
     ap.add_argument("--row-tokens", type=int, default=None, help="packed row length (default: the longest item)")
     ap.add_argument("--batch", type=int, default=8, help="samples per padded batch")
     ap.add_argument("--prompt-median", type=float, default=60.0)
@@ -327,7 +343,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="a seconds-long smoke run: tiny Llama, short items")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    choices = {"--models": MODELS, "--strategies": ("full", "qtuning"), "--heads": ("full", "response")}
+    choices = {"--models": MODELS, "--strategies": ("full", "qtuning"), "--heads": ("full", "response"),
+               "--attention": ("sdpa", "sdpa_segments")}  # fmt: skip
     for flag, value, known in ((f, getattr(args, f[2:]), k) for f, k in choices.items()):
         for name in value.split(","):
             if name not in known:

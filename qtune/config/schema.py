@@ -257,7 +257,7 @@ def check_packing(cfg: Any) -> None:
         raise ConfigError(
             f"data.packing=true with model.attn_implementation={attn}: FlashAttention keeps packed "
             "samples apart only in a batch of one row, and packed batches hold several; use "
-            "model.attn_implementation=sdpa (or eager, flex_attention)"
+            "model.attn_implementation=sdpa_segments (or sdpa, eager, flex_attention)"
         )
 
 

@@ -39,7 +39,19 @@ def _dtype_kwargs(dtype) -> dict[str, Any]:
     return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": dtype}
 
 
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+ATTN_IMPLEMENTATIONS = ("sdpa", "sdpa_segments", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def checked_attn_implementation(impl: str) -> str:
+    """``model.attn_implementation`` checked; qtune's own ``sdpa_segments`` registered with
+    transformers before a model asks for it."""
+    if impl not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"model.attn_implementation={impl!r}; expected one of {list(ATTN_IMPLEMENTATIONS)}")
+    if impl == "sdpa_segments":
+        from qtune.models.segment_attention import register
+
+        register()
+    return impl
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
@@ -71,9 +83,7 @@ def configure_loaded(model, cfg: Any):
     already loaded (the built-in tiny Llama; ``model=hf`` passes the first to from_pretrained)."""
     impl = cfg.get("attn_implementation")
     if impl is not None:
-        if impl not in ATTN_IMPLEMENTATIONS:
-            raise ValueError(f"model.attn_implementation={impl!r}; expected one of {list(ATTN_IMPLEMENTATIONS)}")
-        model.set_attn_implementation(impl)
+        model.set_attn_implementation(checked_attn_implementation(impl))
     if cfg.get("gradient_checkpointing", False):
         enable_gradient_checkpointing(model)
     return model
@@ -96,11 +106,7 @@ def load_hf_causal_lm(
 
     name_or_path = str(name_or_path)
     if attn_implementation is not None:
-        if attn_implementation not in ATTN_IMPLEMENTATIONS:
-            raise ValueError(
-                f"model.attn_implementation={attn_implementation!r}; expected one of {list(ATTN_IMPLEMENTATIONS)}"
-            )
-        from_pretrained_kwargs["attn_implementation"] = attn_implementation
+        from_pretrained_kwargs["attn_implementation"] = checked_attn_implementation(attn_implementation)
     tokenizer = load_tokenizer(name_or_path, trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path,

@@ -40,7 +40,19 @@ def model_dir(tmp_path_factory):
     return save_tiny_llama(tmp_path_factory.mktemp("hfpack") / "llama")
 
 
-def sft(model_dir, out, pruning, lr=0.0, epochs=2, rows=None, eval_rows=None, token=None, reference=None, **config):
+def sft(
+    model_dir,
+    out,
+    pruning,
+    lr=0.0,
+    epochs=2,
+    rows=None,
+    eval_rows=None,
+    token=None,
+    reference=None,
+    attn=None,
+    **config,
+):
     """A pruned SFTTrainer; it records each training micro-batch's inputs per epoch."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -72,7 +84,7 @@ def sft(model_dir, out, pruning, lr=0.0, epochs=2, rows=None, eval_rows=None, to
     )
     torch.manual_seed(0)
     trainer = Recorded(
-        model=AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float64),
+        model=AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float64, attn_implementation=attn),
         args=args,
         train_dataset=datasets.Dataset.from_list(rows or chat_rows()),
         eval_dataset=None if eval_rows is None else datasets.Dataset.from_list(eval_rows),
@@ -89,10 +101,12 @@ def sft(model_dir, out, pruning, lr=0.0, epochs=2, rows=None, eval_rows=None, to
 MODES = {
     "packing": {"packing": True},  # packing_strategy "bfd", TRL's default
     "padding_free": {"padding_free": True, "max_length": None},
+    # qtune's per-sample sdpa (registered by importing qtune.hf) on TRL's packed rows
+    "packing_segments": {"packing": True, "attn": "sdpa_segments"},
     "unpacked": {},  # the reference of "packing": long samples keep their first MAX_LEN tokens
     "unpacked_whole": {"max_length": None},  # the reference of "padding_free"
 }
-REFERENCE = {"packing": "unpacked", "padding_free": "unpacked_whole"}
+REFERENCE = {"packing": "unpacked", "padding_free": "unpacked_whole", "packing_segments": "unpacked"}
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +128,10 @@ def trained_ids(batches: list[dict]) -> list[int]:
     return [i for b in batches for i in b["sample_id"].tolist()]
 
 
-@pytest.mark.parametrize("mode", ["packing", "padding_free"])
-@pytest.mark.parametrize("pruning", ["random", "qtuning"])
+@pytest.mark.parametrize(
+    "mode,pruning",
+    [(m, p) for m in ("packing", "padding_free") for p in ("random", "qtuning")] + [("packing_segments", "qtuning")],
+)
 def test_packed_runs_score_every_sample_as_unpacked(runs, mode, pruning):
     packed, plain = runs(mode, pruning), runs(REFERENCE[mode], pruning)
     a, b = packed._pruning_store, plain._pruning_store
@@ -123,7 +139,9 @@ def test_packed_runs_score_every_sample_as_unpacked(runs, mode, pruning):
     assert torch.equal(a.num_tokens, b.num_tokens)
     for name in FIELDS:
         torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-5, equal_nan=True)
-    if mode == "packing":  # the two long samples were cut to MAX_LEN tokens, as TRL's BFD cuts them
+    if mode == "packing_segments":
+        assert packed.model.config._attn_implementation == "sdpa_segments"
+    if mode != "padding_free":  # the two long samples were cut to MAX_LEN tokens, as TRL's BFD cuts them
         lengths = [len(x) for x in packed.train_dataset["input_ids"]]
         assert lengths[5] == lengths[17] == MAX_LEN and max(lengths) == MAX_LEN
 

@@ -87,10 +87,14 @@ def read_store(run_dir) -> dict[str, np.ndarray]:
         return {k: z[k] for k in STORE}
 
 
-@pytest.mark.parametrize("name", ["full", "qtuning"])
-def test_packed_and_padded_runs_store_the_same_scores(runs, name):
+@pytest.mark.parametrize("name,attn", [("full", "sdpa"), ("qtuning", "sdpa"), ("qtuning", "sdpa_segments")])
+def test_packed_and_padded_runs_store_the_same_scores(runs, name, attn):
+    """Also under ``sdpa_segments`` (packed rows attended per sample, no block mask)."""
     padded, pad_dir = runs(f"still_padded_{name}", STILL + [f"strategy={name}"])
-    packed, pack_dir = runs(f"still_packed_{name}", STILL + PACK + [f"strategy={name}"])
+    attention = [] if attn == "sdpa" else [f"model.attn_implementation={attn}"]
+    packed, pack_dir = runs(
+        f"still_packed_{name}{'_' + attn if attention else ''}", STILL + PACK + [f"strategy={name}"] + attention
+    )
     want, got = read_store(pad_dir), read_store(pack_dir)
     assert np.isfinite(want["loss"]).all()  # every sample scored
     assert np.array_equal(got["num_tokens"], want["num_tokens"])

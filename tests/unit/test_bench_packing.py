@@ -20,9 +20,9 @@ def test_quick_run_writes_every_variant_and_both_layouts_train_the_same_tokens(t
     out = tmp_path / "bench_packing.json"
     results = load_script("bench_packing").main(["--quick", "--json", str(out)])
     (tiny,) = results
-    assert [(r["strategy"], r["head"]) for r in tiny["rows"]] == [
-        ("full", "full"), ("full", "response"), ("qtuning", "full"), ("qtuning", "response")
-    ]  # fmt: skip
+    assert [(r["strategy"], r["head"], r["attention"]) for r in tiny["rows"]] == [
+        (s, h, a) for s in ("full", "qtuning") for h in ("full", "response") for a in ("sdpa", "sdpa_segments")
+    ]
     padded, packed = tiny["layout"]["padded"], tiny["layout"]["packed"]
     samples = tiny["data"]["samples"]
     assert padded["samples"] == packed["samples"] == samples

@@ -93,13 +93,18 @@ def tiny_llama(tmp_path_factory):
     return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
 
 
-@pytest.mark.parametrize("attn,fused", [("sdpa", False), ("eager", False), ("sdpa", True)])
+@pytest.mark.parametrize(
+    "attn,fused", [("sdpa", False), ("eager", False), ("sdpa", True), ("sdpa_segments", False), ("sdpa_segments", True)]
+)
 def test_packed_forward_gives_the_padded_statistics(tiny_llama, attn, fused):
     """End to end through a random Llama: the packed batch (position_ids, no mask) gives every
     sample the statistics of the padded batch, so attention never crosses a sample."""
     from transformers import LlamaForCausalLM
 
-    model = LlamaForCausalLM.from_pretrained(str(tiny_llama), attn_implementation=attn).eval()
+    from qtune.models.hf import checked_attn_implementation
+
+    model = LlamaForCausalLM.from_pretrained(str(tiny_llama), attn_implementation=checked_attn_implementation(attn))
+    model.eval()
     assert model.config.use_cache  # the default that would hide the packing from the mask
     vocab = model.config.vocab_size
     packed, padded = packed_and_padded(make_items(13, 1, vocab=vocab, max_prompt=3), cap=32)
