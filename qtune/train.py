@@ -238,6 +238,7 @@ def train(cfg: DictConfig, strategy, run_dir: Path, t_start: float, extra_callba
         budget=budget,
         data_fingerprint=data_fingerprint(bundle),
     )
+    pruning.core.reference_identity = token_step.identity() if token_step is not None else None
     module = QTuneModule(
         model,
         task=bundle.task,

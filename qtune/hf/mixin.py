@@ -138,6 +138,7 @@ class PruningMixin(hf_packing.PackingHooks):
             budget=self.pruning_budget,
         )
         self._pruning_core.batch_size = self.args.per_device_train_batch_size
+        self._pruning_core.reference_identity = self._token_step.identity() if self._token_step else None
         self._pruning_core.packing_layout = None if self._row_packing is None else self._row_packing.layout
         if self.args.world_size > 1:  # torchrun / accelerate launch: gathers over the process group
             self._pruning_core.comm = Collective(TorchDistributed(self.args.device))

@@ -104,6 +104,7 @@ class PruningCore(ResumeState):
         self._resume_elapsed = 0.0  # seconds of the resumed epoch trained before the checkpoint
         self.batch_size: int | None = None  # the integration's per-rank batch size (resume checks it)
         self.packing_layout: dict | None = None  # the loader's packing (resume checks it), None: padded
+        self.reference_identity: dict | None = None  # a token rule's reference (resume checks it)
         self._resume_packing: dict | None = None
 
     def begin_epoch(self) -> None:

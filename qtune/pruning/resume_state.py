@@ -46,6 +46,8 @@ class ResumeState:
             cfg["strategy"] = self.strategy_config
         if self.data_fingerprint is not None:  # the data a resume must train on
             cfg["data"] = self.data_fingerprint
+        if self.reference_identity:  # what a token rule compares with
+            cfg["reference"] = self.reference_identity
         return cfg
 
     def _epoch_progress(self, epoch: int) -> dict[str, Any]:

@@ -180,6 +180,17 @@ class TokenStep:
         """What computing the loss file cost (0 without one): spent before the first step."""
         return self.losses.flops if self.losses is not None else 0.0
 
+    def identity(self) -> dict[str, Any]:
+        """What the rule compares with, as a resumed run must too (checkpoints store it)."""
+        out: dict[str, Any] = {}
+        if self.reference is not None:
+            out.update(source=self.reference.source, path=self.reference.path)
+        if self.base is not None:
+            out["base"] = self.base.path
+        if self.losses is not None:
+            out.update(source="file", path=str(self.losses.path))
+        return out
+
     def summary(self) -> dict[str, Any]:
         """The run summary's ``reference`` entry: what the rule compared with and what it cost."""
         out: dict[str, Any] = {}

@@ -349,3 +349,7 @@ def test_a_resumed_run_compares_with_the_starting_model_and_ends_with_the_same_w
         assert torch.equal(a, b), name
     assert resumed.pruning_totals["tokens_trained"] == whole.pruning_totals["tokens_trained"]
     assert resumed.pruning_totals["scoring_tokens"] == whole.pruning_totals["scoring_tokens"]
+    # the checkpoint records the reference: resuming against another one is refused
+    other = make_trainer(runs.model_dir, tmp_path, *RANDOM, "rho1", mixin={"pruning_reference": str(runs.ref_run)})
+    with pytest.raises(ValueError, match=r"reference\.source: 'self' -> 'path'"):
+        other.train(resume_from_checkpoint=str(tmp_path / "checkpoint-3"))

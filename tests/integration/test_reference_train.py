@@ -245,3 +245,14 @@ def test_qtune_score_writes_token_losses_only_from_a_model_reference(runs):
     assert not (runs.root / "nothing").exists()
     meta = json.loads((runs.losses / "meta.json").read_text())
     assert meta["columns"] == ["ref_loss", "base_loss"] and meta["num_samples"] == 120
+
+
+def test_resuming_with_another_reference_is_refused_by_key(runs):
+    """A checkpoint records what the rule compared with: a resume against another reference
+    would change the rule's decisions mid-run."""
+    case(runs, "asft_self")
+    runs.full  # the other reference: a finished run
+    ckpt = runs.root / "asft_self" / "checkpoints" / "last.ckpt"
+    other = [*CASES["asft_self"][:-1], "reference.source=path", f"reference.path={runs.root / 'full'}"]
+    with pytest.raises(ValueError, match=r"reference\.source: 'self' -> 'path'"):
+        run(runs.cfg("asft_resumed", other + [f"ckpt_path={ckpt}"]))
