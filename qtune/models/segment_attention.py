@@ -10,12 +10,14 @@ outputs and gradients).
 
 Batches with an ``attention_mask`` (padded batches, scoring passes) go to transformers' own
 ``sdpa`` unchanged, so one model serves both layouts. Without a mask and without restarts a
-row is one segment (plain causal sdpa). Registered with transformers on import of
-``qtune.models``; a user of the HF mixin passes ``attn_implementation="sdpa_segments"`` to
-``from_pretrained`` after ``import qtune.hf``.
+row is one segment (plain causal sdpa). Registered with transformers when a qtune run asks
+for it (``qtune.models.hf.checked_attn_implementation``) and on ``import qtune.hf``; a user of
+the HF mixin then passes ``attn_implementation="sdpa_segments"`` to ``from_pretrained``.
 
 Limits: decoder self-attention without a KV cache (training and scoring), no sliding window
-(refused: a window needs the mask this path skips), no ``output_attentions``.
+(refused: a window needs the mask this path skips), no ``output_attentions``; the segment
+bounds are read on the host once per layer (one sync each, cheap on CPU, where this path is
+meant to run).
 """
 
 from __future__ import annotations
